@@ -1,0 +1,1 @@
+//! keel.toml: model, loading, validation with file:line, embedded default.

@@ -1,0 +1,1 @@
+//! Bindings and URL prefixes to apps, with HTTP.sys precedence.
