@@ -520,3 +520,112 @@ fn put_headers(out: &mut BytesMut, headers: &[Header]) -> Result<(), EncodeError
     }
     Ok(())
 }
+
+/// The parts of a REQUEST frame, borrowed: lets the daemon encode a request head straight
+/// from its parsed request without building a [`RequestHead`] first.
+pub struct RequestParts<'a, H> {
+    pub id: StreamId,
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    pub version: HttpVersion,
+    pub tls: bool,
+    pub server_name: &'a [u8],
+    pub client: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub deadline_ms: u32,
+    /// Header (name, value) pairs; at most 65,535 of them.
+    pub headers: H,
+    pub body: &'a [u8],
+    pub end: bool,
+}
+
+/// Appends a REQUEST frame built from borrowed parts. Same bytes as `encode(Frame::Request)`.
+pub fn encode_request<'a, H>(parts: RequestParts<'a, H>, out: &mut BytesMut) -> Result<(), EncodeError>
+where
+    H: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let start = out.len();
+    out.put_bytes(0, HEADER_LEN);
+    out.put_u8(parts.version.code());
+    out.put_u8(parts.tls as u8);
+    out.put_u32(parts.deadline_ms);
+    put_str16(out, parts.method, "method")?;
+    put_str16(out, parts.target, "target")?;
+    put_str16(out, parts.server_name, "server name")?;
+    put_addr(out, parts.client);
+    put_addr(out, parts.local);
+    let count_at = out.len();
+    out.put_u16(0);
+    let mut count: u32 = 0;
+    for (name, value) in parts.headers {
+        count += 1;
+        if count > u16::MAX as u32 {
+            out.truncate(start);
+            return Err(EncodeError::TooLong("header list"));
+        }
+        put_str16(out, name, "header name")?;
+        put_str16(out, value, "header value")?;
+    }
+    out[count_at..count_at + 2].copy_from_slice(&(count as u16).to_be_bytes());
+    out.extend_from_slice(parts.body);
+    let len = out.len() - start - HEADER_LEN;
+    if len > MAX_PAYLOAD_LIMIT as usize {
+        out.truncate(start);
+        return Err(EncodeError::Oversized(len));
+    }
+    let header = &mut out[start..start + HEADER_LEN];
+    header[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    header[4] = kind::REQUEST;
+    header[5] = end_flag(parts.end);
+    header[8..12].copy_from_slice(&parts.id.to_be_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_request_matches_encode_of_a_request_frame() {
+        let head = RequestHead {
+            id: 7,
+            method: Bytes::from_static(b"POST"),
+            target: Bytes::from_static(b"/echo?x=1"),
+            version: HttpVersion::Http11,
+            tls: true,
+            server_name: Bytes::from_static(b"example.com"),
+            client: Some("127.0.0.1:4000".parse().unwrap()),
+            local: Some("[::1]:8080".parse().unwrap()),
+            deadline_ms: 1234,
+            headers: vec![
+                (Bytes::from_static(b"host"), Bytes::from_static(b"example.com")),
+                (Bytes::from_static(b"content-type"), Bytes::from_static(b"text/plain")),
+            ],
+            body: Bytes::from_static(b"hello"),
+            end: true,
+        };
+        let mut a = BytesMut::new();
+        encode(&Frame::Request(head.clone()), &mut a).unwrap();
+        let mut b = BytesMut::new();
+        encode_request(
+            RequestParts {
+                id: 7,
+                method: b"POST",
+                target: b"/echo?x=1",
+                version: HttpVersion::Http11,
+                tls: true,
+                server_name: b"example.com",
+                client: head.client,
+                local: head.local,
+                deadline_ms: 1234,
+                headers: head.headers.iter().map(|(n, v)| (&n[..], &v[..])),
+                body: b"hello",
+                end: true,
+            },
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(Decoder::default().decode(&mut b).unwrap(), Some(Frame::Request(head)));
+    }
+}

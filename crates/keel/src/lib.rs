@@ -1,4 +1,13 @@
 //! keel: the daemon. See ARCHITECTURE.md for the request's path through these modules.
 
 pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod exchange;
+pub mod listener;
+pub mod log;
+pub mod os;
+pub mod pool;
+pub mod queue;
+pub mod request_path;
 pub mod routing;

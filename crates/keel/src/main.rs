@@ -1,1 +1,131 @@
-fn main() {}
+//! The `keel` command: a thin CLI over the daemon and the config loader.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use keel::config::{self, Config};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "An application server with HTTP.sys-style request queues and worker process isolation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config: ./keel.toml if present, else the embedded default.
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and exit: 0 when valid, 1 with FILE:LINE: KEY: messages when not.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Write a commented keel.toml equal to the embedded default.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "keel.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Init { path, force } => init(&path, force),
+    }
+}
+
+/// Which config a command uses: the named file, ./keel.toml, or the embedded default.
+fn load(explicit: Option<PathBuf>) -> Result<Config, config::ConfigError> {
+    match explicit {
+        Some(path) => config::load_file(&path),
+        None if Path::new("keel.toml").exists() => config::load_file(Path::new("keel.toml")),
+        None => Ok(config::embedded_default()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    init_tracing();
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &config.source {
+        config::ConfigSource::File(p) => tracing::info!("config {}", p.display()),
+        config::ConfigSource::Embedded => {
+            tracing::info!("no keel.toml here: running the embedded default (keel init writes it out)")
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime");
+    let result = runtime.and_then(|rt| rt.block_on(keel::daemon::run(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: Option<PathBuf>) -> ExitCode {
+    match load(config) {
+        Ok(c) => {
+            let what = match &c.source {
+                config::ConfigSource::File(p) => p.display().to_string(),
+                config::ConfigSource::Embedded => "the embedded default".into(),
+            };
+            println!(
+                "{what}: ok ({} site(s), {} pool(s))",
+                c.sites.len(),
+                c.pools.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(path: &Path, force: bool) -> ExitCode {
+    if path.exists() && !force {
+        eprintln!("{} exists; use --force to overwrite it", path.display());
+        return ExitCode::FAILURE;
+    }
+    match std::fs::write(path, config::DEFAULT_TOML) {
+        Ok(()) => {
+            println!("wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Carrying requests to workers over keel-proto: what a queued request holds ([`Job`]),
+//! what a request learns from its worker ([`Event`]), and one worker connection
+//! ([`worker_conn::WorkerConn`]).
+
+pub mod worker_conn;
+
+use bytes::Bytes;
+use keel_proto::{AbortCode, ResponseHead, StreamId};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub use worker_conn::WorkerConn;
+
+/// Everything a request learns about its trip through a pool, in order.
+pub enum Event {
+    /// A worker has it, as stream `id` (sent again after every replay).
+    Assigned { worker: Arc<WorkerConn>, id: StreamId },
+    /// The worker handed it to application code.
+    Started,
+    Response(ResponseHead),
+    Data { data: Bytes, end: bool },
+    /// The worker granted more request-body credit.
+    WindowOpened,
+    /// The worker gave up on the request (its handler failed).
+    Aborted(AbortCode),
+    /// The worker died or was killed with the request open.
+    WorkerLost { killed_from_outside: bool },
+}
+
+pub type EventTx = mpsc::UnboundedSender<Event>;
+pub type EventRx = mpsc::UnboundedReceiver<Event>;
+
+/// A request as it waits in a pool's queue: enough to (re)send its head to any worker.
+#[derive(Clone)]
+pub struct Job {
+    pub key: crate::queue::QueueKey,
+    /// The encoded REQUEST frame, stream id 0; the worker connection writes its own id in.
+    pub head: Bytes,
+    /// Inline body bytes inside `head` (they count against the stream's window).
+    pub inline_len: usize,
+    /// The request body is complete inside `head`.
+    pub end: bool,
+    pub events: EventTx,
+}

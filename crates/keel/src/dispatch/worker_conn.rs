@@ -1,0 +1,331 @@
+//! The daemon's side of one worker connection: the table of open streams, the batched
+//! writer, and the reader that checks every frame the worker sends.
+//!
+//! Invariants:
+//! - every frame from the worker is checked against its stream's [`StreamState`] before it
+//!   has any effect; the first violation ends the connection (the worker is killed);
+//! - never more than `capacity` streams are open on the connection;
+//! - frames to the worker are appended to one buffer and written by one task, so many
+//!   requests share one `write` syscall;
+//! - the streams lock is never held while taking the pool lock (lock order: pool → streams).
+
+use super::{Event, EventTx, Job};
+use crate::pool::Pool;
+use std::sync::{Arc, Weak};
+use bytes::{Bytes, BytesMut};
+use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+struct StreamEntry {
+    state: StreamState,
+    events: EventTx,
+}
+
+#[derive(Default)]
+struct Streams {
+    open: HashMap<StreamId, StreamEntry>,
+    next_id: StreamId,
+}
+
+impl Streams {
+    fn allocate_id(&mut self) -> StreamId {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id != 0 && !self.open.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+}
+
+/// One live, welcomed worker connection.
+pub struct WorkerConn {
+    pub pid: u32,
+    pool: Weak<Pool>,
+    pub capacity: usize,
+    initial_window: u32,
+    out: Mutex<BytesMut>,
+    out_ready: Notify,
+    streams: Mutex<Streams>,
+    /// Set once the connection is finished: no new stream may be opened.
+    closed: AtomicBool,
+}
+
+/// What ended a worker connection's reading side.
+#[derive(Debug)]
+pub enum ReadEnd {
+    /// The worker closed its end of the socket.
+    Eof,
+    Io(std::io::Error),
+    /// The worker broke the protocol; the reason goes to the log.
+    Protocol(String),
+}
+
+impl WorkerConn {
+    pub fn new(pid: u32, pool: Weak<Pool>, capacity: usize, initial_window: u32) -> Self {
+        WorkerConn {
+            pid,
+            pool,
+            capacity,
+            initial_window,
+            out: Mutex::new(BytesMut::with_capacity(64 * 1024)),
+            out_ready: Notify::new(),
+            streams: Mutex::new(Streams::default()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.streams.lock().open.len()
+    }
+
+    pub fn has_room(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.in_flight() < self.capacity
+    }
+
+    fn push_out(&self, f: impl FnOnce(&mut BytesMut)) {
+        let mut out = self.out.lock();
+        let was_empty = out.is_empty();
+        f(&mut out);
+        drop(out);
+        if was_empty {
+            self.out_ready.notify_one();
+        }
+    }
+
+    /// Opens a stream for `job` and queues its REQUEST frame. Called by the pool, which has
+    /// checked `has_room`.
+    pub fn open_stream(self: &Arc<Self>, job: &Job) -> StreamId {
+        let mut streams = self.streams.lock();
+        let id = streams.allocate_id();
+        streams.open.insert(
+            id,
+            StreamEntry {
+                state: StreamState::opened(id, self.initial_window, job.inline_len, job.end),
+                events: job.events.clone(),
+            },
+        );
+        drop(streams);
+        self.push_out(|out| {
+            let start = out.len();
+            out.extend_from_slice(&job.head);
+            // The head was encoded once with stream id 0; this worker's id goes in place.
+            out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
+        });
+        let _ = job.events.send(Event::Assigned {
+            worker: self.clone(),
+            id,
+        });
+        id
+    }
+
+    /// Sends as much of `data` as the stream's window allows (at most one frame's worth) and
+    /// returns how many bytes went out. `end` is sent only with the last byte. `None` when
+    /// the stream is gone.
+    pub fn send_request_data(self: &Arc<Self>, id: StreamId, data: &Bytes, end: bool) -> Option<usize> {
+        let mut streams = self.streams.lock();
+        let entry = streams.open.get_mut(&id)?;
+        if !entry.state.request_open {
+            return None;
+        }
+        let n = data
+            .len()
+            .min(entry.state.request_window.available() as usize)
+            .min(keel_proto::MAX_DATA_CHUNK);
+        let last = end && n == data.len();
+        if n == 0 && !last {
+            return Some(0);
+        }
+        entry.state.send_request_data(n, last);
+        let closed = entry.state.is_closed();
+        if closed {
+            streams.open.remove(&id);
+        }
+        drop(streams);
+        self.push_out(|out| keel_proto::encode_data(id, &data[..n], last, out));
+        if closed {
+            self.stream_closed();
+        }
+        Some(n)
+    }
+
+    /// Gives the worker `n` more bytes of response-body credit on `id`.
+    pub fn grant(&self, id: StreamId, n: usize) {
+        let Ok(n) = u32::try_from(n) else { return };
+        if n == 0 {
+            return;
+        }
+        let mut streams = self.streams.lock();
+        let Some(entry) = streams.open.get_mut(&id) else {
+            return;
+        };
+        entry.state.response_window.grant(n);
+        drop(streams);
+        self.push_out(|out| {
+            let _ = keel_proto::encode(&Frame::Window { id, increment: n }, out);
+        });
+    }
+
+    /// The client side gave up on `id`: tell the worker. While the worker's response is
+    /// still running the stream stays open until the worker answers with END or ABORT, so
+    /// its slot is not reused too early; if the response had already ended, the abort only
+    /// abandons the rest of the request body and the stream closes at once.
+    pub fn abort(self: &Arc<Self>, id: StreamId, code: AbortCode) {
+        let mut streams = self.streams.lock();
+        let Some(entry) = streams.open.get_mut(&id) else {
+            return;
+        };
+        entry.state.abort_sent();
+        let closed = entry.state.is_closed();
+        if closed {
+            streams.open.remove(&id);
+        } else {
+            // Events for this stream have nowhere to go any more.
+            let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+            entry.events = tx;
+        }
+        drop(streams);
+        self.push_out(|out| {
+            let _ = keel_proto::encode(&Frame::Abort { id, code }, out);
+        });
+        if closed {
+            self.stream_closed();
+        }
+    }
+
+    /// A slot is free again: the pool may dispatch the next queued request here.
+    fn stream_closed(self: &Arc<Self>) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.slot_freed(self);
+        }
+    }
+
+    /// Queues a connection-level frame (ping, drain).
+    pub fn send_control(&self, frame: &Frame) {
+        self.push_out(|out| {
+            let _ = keel_proto::encode(frame, out);
+        });
+    }
+
+    /// Applies one frame from the worker.
+    pub fn handle_frame(self: &Arc<Self>, frame: Frame) -> Result<(), String> {
+        let id = frame.stream_id();
+        if id == 0 {
+            return match frame {
+                Frame::Pong { .. } => Ok(()),
+                // Cache invalidation arrives with the cache; accepted and ignored until then.
+                Frame::Invalidate { .. } => Ok(()),
+                other => Err(format!("unexpected connection frame {other:?}")),
+            };
+        }
+        let mut streams = self.streams.lock();
+        let Some(entry) = streams.open.get_mut(&id) else {
+            return Err(format!("frame for unknown stream {id}"));
+        };
+        entry.state.recv_from_worker(&frame).map_err(|e| e.to_string())?;
+        let event = match frame {
+            Frame::Started { .. } => Some(Event::Started),
+            Frame::Response(head) => Some(Event::Response(head)),
+            Frame::Data { data, end, .. } => Some(Event::Data { data, end }),
+            Frame::Window { .. } => Some(Event::WindowOpened),
+            Frame::Abort { code, .. } => Some(Event::Aborted(code)),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let _ = entry.events.send(event);
+        }
+        if entry.state.is_closed() {
+            streams.open.remove(&id);
+            drop(streams);
+            self.stream_closed();
+        }
+        Ok(())
+    }
+
+    /// The worker is gone: every open stream learns it, and no stream can be opened again.
+    pub fn fail_all(&self, killed_from_outside: bool) {
+        self.closed.store(true, Ordering::Release);
+        let open = std::mem::take(&mut self.streams.lock().open);
+        for (_, entry) in open {
+            let _ = entry.events.send(Event::WorkerLost {
+                killed_from_outside,
+            });
+        }
+        self.out_ready.notify_one();
+    }
+
+    pub fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.out_ready.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Writes everything queued for the worker, batching frames per syscall, until the
+    /// connection is closed or a write fails.
+    pub async fn run_writer(&self, mut wr: OwnedWriteHalf) {
+        loop {
+            let pending = {
+                let mut out = self.out.lock();
+                if out.is_empty() { None } else { Some(out.split()) }
+            };
+            match pending {
+                Some(buf) => {
+                    if wr.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    // Hand the (now written) buffer's memory back when the queue is idle.
+                    let mut buf = buf;
+                    buf.clear();
+                    let mut out = self.out.lock();
+                    if out.is_empty() && out.capacity() < buf.capacity() {
+                        *out = buf;
+                    }
+                }
+                None => {
+                    if self.is_closed() {
+                        return;
+                    }
+                    self.out_ready.notified().await;
+                }
+            }
+        }
+    }
+
+    /// Reads and applies frames until the worker closes, errs or breaks the protocol.
+    pub async fn run_reader(
+        self: &Arc<Self>,
+        mut rd: OwnedReadHalf,
+        decoder: &Decoder,
+        mut buf: BytesMut,
+    ) -> ReadEnd {
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if let Err(why) = self.handle_frame(frame) {
+                            return ReadEnd::Protocol(why);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return ReadEnd::Protocol(e.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return ReadEnd::Eof,
+                Ok(_) => {}
+                Err(e) => return ReadEnd::Io(e),
+            }
+        }
+    }
+}

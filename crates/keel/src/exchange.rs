@@ -1,0 +1,442 @@
+//! One request's trip through its pool: queued, assigned to a worker, body streamed both
+//! ways under flow control, and — when its worker is lost — replayed or failed by the rules
+//! of DESIGN §3.
+//!
+//! Invariants:
+//! - a request is replayed only if every body byte a worker may have seen is still held
+//!   here ([`RETAIN_LIMIT`]); an unstarted request is replayed whatever its method; a
+//!   started one only when idempotent, killed from outside, no response byte sent, and never
+//!   twice;
+//! - the request body is read from the client only while a worker has window for it, so a
+//!   queued request costs no buffered body and a slow worker slows only its own client;
+//! - response-body credit is given back to the worker only as bytes are handed to the
+//!   client connection, so a slow client stalls only its own stream;
+//! - when the client goes away, a queued request leaves the queue and an assigned one is
+//!   aborted on its worker (`Drop`).
+
+use crate::config::RetryPolicy;
+use crate::dispatch::{Event, EventRx, Job, WorkerConn};
+use crate::log::{ErrorLog, ErrorRecord, Reason};
+use crate::pool::{Placement, Pool};
+use bytes::{Buf, Bytes};
+use http_body::Body;
+use hyper::body::Incoming;
+use keel_proto::{AbortCode, ResponseHead, StreamId};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+use tokio::time::Sleep;
+
+/// Request-body bytes kept for a replay. Beyond this a request that lost its worker after
+/// its body started flowing cannot be replayed and gets 502.
+pub const RETAIN_LIMIT: usize = keel_proto::DEFAULT_INITIAL_WINDOW as usize;
+
+/// What the error log needs to know about a request.
+pub struct RequestMeta {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub version: http::Version,
+    pub method: http::Method,
+    pub uri: String,
+    pub site: Arc<str>,
+    pub error_log: ErrorLog,
+}
+
+impl RequestMeta {
+    pub fn log(&self, status: Option<u16>, reason: Reason, queue: Option<&str>) {
+        self.error_log.write(&ErrorRecord {
+            time: SystemTime::now(),
+            client: Some(self.client),
+            server: Some(self.server),
+            version: Some(self.version),
+            method: Some(self.method.as_str()),
+            uri: Some(&self.uri),
+            status,
+            site: Some(&self.site),
+            reason,
+            queue,
+        });
+    }
+}
+
+/// How waiting for the response head ended when it did not bring one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub status: http::StatusCode,
+    pub reason: Reason,
+}
+
+enum Phase {
+    Queued,
+    Assigned { worker: Arc<WorkerConn>, id: StreamId },
+    Done,
+}
+
+/// The request body as it flows from the client to whichever worker has the request.
+struct RequestBody {
+    source: Option<Incoming>,
+    /// Read from the client but not yet sent to the current worker.
+    pending: VecDeque<Bytes>,
+    /// Everything read from the client so far, for a replay (until RETAIN_LIMIT).
+    retained: Vec<Bytes>,
+    retained_len: usize,
+    replayable: bool,
+    /// The client's body has ended (END still to be sent if `!sent_end`).
+    exhausted: bool,
+    /// END went to the current worker.
+    sent_end: bool,
+}
+
+pub struct Exchange {
+    pool: Arc<Pool>,
+    job: Job,
+    events: EventRx,
+    phase: Phase,
+    idempotent: bool,
+    started: bool,
+    retried: bool,
+    response_started: bool,
+    response_done: bool,
+    body: RequestBody,
+    queue_timer: Option<Pin<Box<Sleep>>>,
+    meta: Arc<RequestMeta>,
+}
+
+impl Exchange {
+    /// `body` is `None` when the whole body travels inline in the job's head.
+    pub fn new(
+        pool: Arc<Pool>,
+        job: Job,
+        events: EventRx,
+        body: Option<Incoming>,
+        meta: Arc<RequestMeta>,
+    ) -> Self {
+        let idempotent = matches!(
+            meta.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+        let exhausted = body.is_none();
+        Exchange {
+            pool,
+            job,
+            events,
+            phase: Phase::Queued,
+            idempotent,
+            started: false,
+            retried: false,
+            response_started: false,
+            response_done: false,
+            body: RequestBody {
+                source: body,
+                pending: VecDeque::new(),
+                retained: Vec::new(),
+                retained_len: 0,
+                replayable: true,
+                exhausted,
+                sent_end: exhausted,
+            },
+            queue_timer: None,
+            meta,
+        }
+    }
+
+    /// Puts the request into its pool. `Err` when the queue is full.
+    pub fn submit(&mut self) -> Result<(), Failure> {
+        match self.pool.submit(self.job.clone()) {
+            Ok(Placement::Dispatched) => Ok(()),
+            Ok(Placement::Queued) => {
+                self.arm_queue_timer();
+                Ok(())
+            }
+            Err(_) => {
+                self.phase = Phase::Done;
+                Err(Failure {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    reason: Reason::QueueFull,
+                })
+            }
+        }
+    }
+
+    fn arm_queue_timer(&mut self) {
+        self.queue_timer = Some(Box::pin(tokio::time::sleep(
+            self.pool.settings.queue_timeout,
+        )));
+    }
+
+    /// Waits for the worker's response head, replaying the request if its worker is lost.
+    pub async fn response_head(&mut self) -> Result<ResponseHead, Failure> {
+        std::future::poll_fn(|cx| self.poll_head(cx)).await
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, Failure>> {
+        loop {
+            if let Err(f) = self.pump_request_body(cx) {
+                return Poll::Ready(Err(f));
+            }
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => match event {
+                    Event::Assigned { worker, id } => self.on_assigned(worker, id),
+                    Event::Started => self.started = true,
+                    Event::Response(head) => {
+                        self.response_started = true;
+                        self.response_done = head.end;
+                        return Poll::Ready(Ok(head));
+                    }
+                    Event::WindowOpened | Event::Data { .. } => {}
+                    Event::Aborted(_) => {
+                        self.phase = Phase::Done;
+                        return Poll::Ready(Err(Failure {
+                            status: http::StatusCode::BAD_GATEWAY,
+                            reason: Reason::ConnectionAbandonedByAppPool,
+                        }));
+                    }
+                    Event::WorkerLost {
+                        killed_from_outside,
+                    } => {
+                        if !self.replay(killed_from_outside) {
+                            self.phase = Phase::Done;
+                            return Poll::Ready(Err(Failure {
+                                status: http::StatusCode::BAD_GATEWAY,
+                                reason: Reason::ConnectionAbandonedByReqQueue,
+                            }));
+                        }
+                    }
+                },
+                // The exchange holds a sender itself (in `job`): the channel cannot close.
+                Poll::Ready(None) => unreachable!("exchange holds its own event sender"),
+                Poll::Pending => {
+                    if let Some(timer) = self.queue_timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        self.queue_timer = None;
+                        if matches!(self.phase, Phase::Queued)
+                            && self.pool.remove_queued(self.job.key)
+                        {
+                            self.phase = Phase::Done;
+                            return Poll::Ready(Err(Failure {
+                                status: http::StatusCode::SERVICE_UNAVAILABLE,
+                                reason: Reason::TimerReqQueue,
+                            }));
+                        }
+                        // Dispatched in the meantime: its Assigned event is on its way.
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn on_assigned(&mut self, worker: Arc<WorkerConn>, id: StreamId) {
+        self.queue_timer = None;
+        self.phase = Phase::Assigned { worker, id };
+    }
+
+    /// The worker holding this request is gone. Returns whether the request went back to the
+    /// head of the queue.
+    fn replay(&mut self, killed_from_outside: bool) -> bool {
+        let policy = self.pool.settings.retry;
+        let allowed = if !self.started {
+            policy != RetryPolicy::Never
+        } else {
+            policy == RetryPolicy::Idempotent
+                && self.idempotent
+                && killed_from_outside
+                && !self.retried
+                && !self.response_started
+        };
+        if !allowed || !self.body.replayable {
+            return false;
+        }
+        if self.started {
+            self.retried = true;
+        }
+        self.started = false;
+        self.phase = Phase::Queued;
+        // Everything read from the client so far goes to the next worker again.
+        self.body.pending = self.body.retained.iter().cloned().collect();
+        // A body that travels inline in the head needs no END of its own.
+        self.body.sent_end = self.job.end;
+        self.arm_queue_timer();
+        self.pool.requeue_front(self.job.clone());
+        true
+    }
+
+    /// Moves request-body bytes from the client to the worker as far as the window allows.
+    fn pump_request_body(&mut self, cx: &mut Context<'_>) -> Result<(), Failure> {
+        let Phase::Assigned { worker, id } = &self.phase else {
+            return Ok(());
+        };
+        let (worker, id) = (worker.clone(), *id);
+        let body = &mut self.body;
+        while !body.sent_end {
+            let last = body.exhausted && body.pending.len() == 1;
+            if let Some(chunk) = body.pending.front_mut() {
+                match worker.send_request_data(id, chunk, last) {
+                    // The stream is gone (worker lost or aborted): its event will tell.
+                    None => return Ok(()),
+                    Some(n) if n == chunk.len() => {
+                        body.pending.pop_front();
+                        body.sent_end = last;
+                    }
+                    Some(0) => return Ok(()), // wait for WINDOW
+                    Some(n) => chunk.advance(n),
+                }
+                continue;
+            }
+            if body.exhausted {
+                match worker.send_request_data(id, &Bytes::new(), true) {
+                    Some(_) | None => body.sent_end = true,
+                }
+                continue;
+            }
+            let Some(source) = body.source.as_mut() else {
+                body.exhausted = true;
+                continue;
+            };
+            match Pin::new(source).poll_frame(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(None) => {
+                    body.exhausted = true;
+                    body.source = None;
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if body.replayable {
+                            body.retained_len += data.len();
+                            if body.retained_len > RETAIN_LIMIT {
+                                body.replayable = false;
+                                body.retained = Vec::new();
+                            } else {
+                                body.retained.push(data.clone());
+                            }
+                        }
+                        body.pending.push_back(data);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    // The client's body broke off (disconnect, bad chunking): nothing to answer.
+                    self.phase_abort(AbortCode::ClientGone);
+                    return Err(Failure {
+                        status: http::StatusCode::BAD_REQUEST,
+                        reason: Reason::ClientReset,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn phase_abort(&mut self, code: AbortCode) {
+        if let Phase::Assigned { worker, id } = std::mem::replace(&mut self.phase, Phase::Done) {
+            worker.abort(id, code);
+        }
+    }
+
+    /// Next chunk of the response body, for the client connection.
+    pub fn poll_response_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, ResponseBroken>>> {
+        loop {
+            if self.response_done {
+                return Poll::Ready(None);
+            }
+            // The request body may still be flowing (full-duplex streaming).
+            if self.pump_request_body(cx).is_err() {
+                return Poll::Ready(Some(Err(ResponseBroken)));
+            }
+            let event = ready!(self.events.poll_recv(cx));
+            match event {
+                Some(Event::Data { data, end }) => {
+                    if let Phase::Assigned { worker, id } = &self.phase {
+                        worker.grant(*id, data.len());
+                    }
+                    if end {
+                        self.response_done = true;
+                        if self.body.sent_end {
+                            self.phase = Phase::Done;
+                        }
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Some(Event::Aborted(_)) | Some(Event::WorkerLost { .. }) => {
+                    self.phase = Phase::Done;
+                    self.meta.log(
+                        None,
+                        Reason::ConnectionAbandonedByReqQueue,
+                        Some(self.pool.name()),
+                    );
+                    return Poll::Ready(Some(Err(ResponseBroken)));
+                }
+                Some(_) => continue,
+                None => unreachable!("exchange holds its own event sender"),
+            }
+        }
+    }
+
+    /// Gives the worker back credit for `n` response bytes handed to the client.
+    pub fn grant_response(&self, n: usize) {
+        if let Phase::Assigned { worker, id } = &self.phase {
+            worker.grant(*id, n);
+        }
+    }
+
+    pub fn is_response_done(&self) -> bool {
+        self.response_done
+    }
+
+    pub fn pool_name(&self) -> &str {
+        self.pool.name()
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Queued => {
+                if self.pool.remove_queued(self.job.key) {
+                    self.meta
+                        .log(None, Reason::ClientReset, Some(self.pool.name()));
+                }
+            }
+            Phase::Assigned { worker, id } => {
+                if !(self.response_done && self.body.sent_end) {
+                    worker.abort(id, AbortCode::ClientGone);
+                    if !self.response_done {
+                        self.meta
+                            .log(None, Reason::ConnectionDropped, Some(self.pool.name()));
+                    }
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+}
+
+/// The worker's response broke off after its head reached the client: the client
+/// connection is closed without completing the body.
+#[derive(Debug)]
+pub struct ResponseBroken;
+
+impl std::fmt::Display for ResponseBroken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the worker's response broke off")
+    }
+}
+
+impl std::error::Error for ResponseBroken {}

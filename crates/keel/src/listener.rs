@@ -1,0 +1,177 @@
+//! Listening sockets and client connections: which sockets the bindings need, accepting,
+//! and serving HTTP/1.1 on each connection with hyper.
+//!
+//! Invariant: a connection task only parses HTTP and hands requests to
+//! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
+
+use crate::config::{BindingHost, Config};
+use crate::log::ErrorLog;
+use crate::pool::Pool;
+use crate::request_path::{AppTarget, ConnContext, serve_request};
+use crate::routing::{HostPattern, RouteEntry, RouteTable};
+use anyhow::Context as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One listening socket and the routes of every binding it serves.
+pub struct ListenerPlan {
+    /// Where to bind; port 0 picks an ephemeral port.
+    pub addr: SocketAddr,
+    /// The bindings served here, as written in the config (for the log).
+    pub bindings: Vec<String>,
+    pub entries: Vec<RouteEntry<AppTarget>>,
+}
+
+/// Groups bindings into sockets. All bindings on one port share one socket; when any of
+/// them names a host (`+`, `*` or a name) that socket is the wildcard address, otherwise
+/// there is one socket per IP literal. Port 0 is one group of its own, so every binding
+/// written with port 0 lands on the same ephemeral port (used by tests).
+pub fn plan(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Vec<ListenerPlan> {
+    let mut by_port: BTreeMap<u16, Vec<(usize, &crate::config::Binding)>> = BTreeMap::new();
+    for (site_idx, site) in config.sites.iter().enumerate() {
+        for b in &site.bindings {
+            by_port.entry(b.port).or_default().push((site_idx, b));
+        }
+    }
+    let mut plans: Vec<ListenerPlan> = Vec::new();
+    for (port, bindings) in by_port {
+        let wildcard = bindings
+            .iter()
+            .any(|(_, b)| !matches!(b.host, BindingHost::Ip(_)));
+        let mut groups: BTreeMap<SocketAddr, Vec<(usize, &crate::config::Binding)>> =
+            BTreeMap::new();
+        for (site_idx, b) in bindings {
+            let addr = match (&b.host, wildcard) {
+                (BindingHost::Ip(ip), false) => SocketAddr::new(*ip, port),
+                _ => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            };
+            groups.entry(addr).or_default().push((site_idx, b));
+        }
+        for (addr, bindings) in groups {
+            let mut entries = Vec::new();
+            let mut names = Vec::new();
+            for (site_idx, b) in bindings {
+                let site = &config.sites[site_idx];
+                names.push(format!("{} (site {})", b, site.name));
+                let host = match &b.host {
+                    BindingHost::Strong => HostPattern::Strong,
+                    BindingHost::Weak => HostPattern::Weak,
+                    BindingHost::Ip(ip) => HostPattern::Ip(*ip),
+                    BindingHost::Name(n) => HostPattern::Name(n.clone()),
+                };
+                let site_name: Arc<str> = site.name.as_str().into();
+                for app in &site.apps {
+                    let Some(pool) = pools.get(&app.pool) else {
+                        continue;
+                    };
+                    entries.push(RouteEntry {
+                        host: host.clone(),
+                        path_prefix: app.path.clone(),
+                        target: AppTarget {
+                            site: site_name.clone(),
+                            pool: pool.clone(),
+                        },
+                    });
+                }
+            }
+            plans.push(ListenerPlan {
+                addr,
+                bindings: names,
+                entries,
+            });
+        }
+    }
+    plans
+}
+
+/// Binds a listening socket: SO_REUSEADDR, a deep backlog, and dual-stack for the IPv6
+/// wildcard (falling back to 0.0.0.0 where IPv6 is off).
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let try_bind = |addr: SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match try_bind(addr) {
+        Ok(l) => Ok(l),
+        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port());
+            try_bind(v4).with_context(|| format!("cannot listen on {addr} ({e}) nor on {v4}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
+/// Accepts connections until `stop` fires; each connection is served on its own task and
+/// watched by `graceful`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    routes: Arc<RouteTable<AppTarget>>,
+    error_log: ErrorLog,
+    stop: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
+    let http = Arc::new({
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.keep_alive(true)
+            .pipeline_flush(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        b
+    });
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let ctx = Arc::new(ConnContext {
+            local: canonical(local),
+            peer: canonical(peer),
+            routes: routes.clone(),
+            error_log: error_log.clone(),
+        });
+        let service = hyper::service::service_fn(move |req| serve_request(req, ctx.clone()));
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watcher().watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// IPv4 clients on a dual-stack socket appear as `::ffff:a.b.c.d`; logs and workers see
+/// them as plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

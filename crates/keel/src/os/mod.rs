@@ -1,0 +1,3 @@
+//! Everything that touches the OS directly (fork/exec, signals): the only `unsafe` in keel.
+
+pub mod spawn;

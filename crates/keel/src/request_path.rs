@@ -1,0 +1,308 @@
+//! The named phases of one request, called in this order from one place
+//! ([`serve_request`]): route → read small body → enqueue → wait for the response head →
+//! respond (streaming the rest) → log abnormal ends.
+//!
+//! Invariant: every request that does not get a worker's answer gets a status from here
+//! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
+
+use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
+use crate::dispatch::Job;
+use crate::log::{ErrorLog, Reason};
+use crate::pool::Pool;
+use crate::routing::{RouteError, RouteTable};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use keel_proto::{HttpVersion, RequestParts};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Request bodies up to this size (by Content-Length) are read whole before queueing and
+/// travel inline in the REQUEST frame: one frame, and always replayable.
+pub const INLINE_BODY_MAX: u64 = 64 * 1024;
+
+/// Seconds a client is told to wait after a 503.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+/// What a route leads to.
+#[derive(Clone)]
+pub struct AppTarget {
+    pub site: Arc<str>,
+    pub pool: Arc<Pool>,
+}
+
+/// What every request on one client connection shares.
+pub struct ConnContext {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub routes: Arc<RouteTable<AppTarget>>,
+    pub error_log: ErrorLog,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
+/// between the client and a worker.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+pub async fn serve_request(
+    req: Request<Incoming>,
+    conn: Arc<ConnContext>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let meta = |site: Arc<str>| {
+        Arc::new(RequestMeta {
+            client: conn.peer,
+            server: conn.local,
+            version: req.version(),
+            method: req.method().clone(),
+            uri: req.uri().to_string(),
+            site,
+            error_log: conn.error_log.clone(),
+        })
+    };
+
+    // route
+    let target = match route(&req, &conn) {
+        Ok(t) => t.clone(),
+        Err(e) => {
+            let reason = match e {
+                RouteError::Hostname => Reason::Hostname,
+                RouteError::Url => Reason::Url,
+            };
+            meta("-".into()).log(Some(400), reason, None);
+            let text = match e {
+                RouteError::Hostname => "Bad Request (Invalid Hostname)\n",
+                RouteError::Url => "Bad Request (Invalid URL)\n",
+            };
+            let mut resp = plain(StatusCode::BAD_REQUEST, text);
+            // As HTTP.sys does after its own error responses.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
+    };
+    let meta = meta(target.site.clone());
+    let pool = target.pool.clone();
+
+    // read small body
+    let (parts, body) = req.into_parts();
+    let (inline, stream) = if body.is_end_stream() {
+        (Bytes::new(), None)
+    } else {
+        match body.size_hint().exact() {
+            Some(n) if n <= INLINE_BODY_MAX => match body.collect().await {
+                Ok(collected) => (collected.to_bytes(), None),
+                Err(_) => {
+                    meta.log(None, Reason::ClientReset, Some(pool.name()));
+                    return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request (body)\n"));
+                }
+            },
+            _ => (Bytes::new(), Some(body)),
+        }
+    };
+
+    // enqueue
+    let head = encode_head(&parts, &conn, &inline, stream.is_none(), &pool);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = Job {
+        key: pool.next_key(),
+        head,
+        inline_len: inline.len(),
+        end: stream.is_none(),
+        events: tx,
+    };
+    let mut exchange = Exchange::new(pool.clone(), job, rx, stream, meta.clone());
+    if let Err(f) = exchange.submit() {
+        return Ok(failure_response(f, &meta, pool.name()));
+    }
+
+    // wait for the response head
+    let head = match exchange.response_head().await {
+        Ok(h) => h,
+        Err(f) => return Ok(failure_response(f, &meta, pool.name())),
+    };
+
+    // respond
+    let Ok(status) = StatusCode::from_u16(head.status) else {
+        let f = Failure {
+            status: StatusCode::BAD_GATEWAY,
+            reason: Reason::ConnectionAbandonedByAppPool,
+        };
+        return Ok(failure_response(f, &meta, pool.name()));
+    };
+    let mut resp = Response::new(if head.end {
+        ResponseBody::Full(Some(head.body))
+    } else {
+        let first = (!head.body.is_empty()).then_some(head.body);
+        ResponseBody::Streaming {
+            first,
+            exchange: Box::new(exchange),
+        }
+    });
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.reserve(head.headers.len());
+    for (name, value) in head.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_maybe_shared(value),
+        ) else {
+            continue;
+        };
+        if !is_hop_by_hop(&name) {
+            headers.append(name, value);
+        }
+    }
+    Ok(resp)
+}
+
+fn route<'t>(
+    req: &Request<Incoming>,
+    conn: &'t ConnContext,
+) -> Result<&'t AppTarget, RouteError> {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+    conn.routes.route(conn.local.ip(), host, req.uri().path())
+}
+
+fn encode_head(
+    parts: &http::request::Parts,
+    conn: &ConnContext,
+    inline: &[u8],
+    end: bool,
+    pool: &Pool,
+) -> Bytes {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let version = match parts.version {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
+        http::Version::HTTP_2 => HttpVersion::Http2,
+        http::Version::HTTP_3 => HttpVersion::Http3,
+        _ => HttpVersion::Http11,
+    };
+    let deadline_ms = u32::try_from(pool.settings.queue_timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut out = BytesMut::with_capacity(256 + inline.len());
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !is_hop_by_hop(n))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let encoded = keel_proto::encode_request(
+        RequestParts {
+            id: 0,
+            method: parts.method.as_str().as_bytes(),
+            target: target.as_bytes(),
+            version,
+            tls: false,
+            server_name: b"",
+            client: Some(conn.peer),
+            local: Some(conn.local),
+            deadline_ms,
+            headers,
+            body: inline,
+            end,
+        },
+        &mut out,
+    );
+    // hyper's limits keep every field far below the u16 length prefixes.
+    debug_assert!(encoded.is_ok());
+    out.freeze()
+}
+
+fn failure_response(f: Failure, meta: &RequestMeta, pool: &str) -> Response<ResponseBody> {
+    meta.log(Some(f.status.as_u16()), f.reason, Some(pool));
+    let text = match f.reason {
+        Reason::QueueFull => "Service Unavailable (the application's queue is full)\n",
+        Reason::TimerReqQueue => "Service Unavailable (no worker took the request in time)\n",
+        Reason::ClientReset => "Bad Request\n",
+        _ => "Bad Gateway (the application ended without answering)\n",
+    };
+    let mut resp = plain(f.status, text);
+    if f.status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    resp
+}
+
+/// A short text/plain response written by the daemon itself.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::Full(Some(Bytes::from_static(text.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The body the client receives: complete already, or still streaming from a worker.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Streaming {
+        /// Body bytes that came inline in the response head.
+        first: Option<Bytes>,
+        exchange: Box<Exchange>,
+    },
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseBroken;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBroken>>> {
+        match self.get_mut() {
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Streaming { first, exchange } => {
+                if let Some(data) = first.take() {
+                    exchange.grant_response(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                exchange
+                    .poll_response_data(cx)
+                    .map(|o| o.map(|r| r.map(Frame::data)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(data) => data.as_ref().is_none_or(|d| d.is_empty()),
+            ResponseBody::Streaming { first, exchange } => {
+                first.is_none() && exchange.is_response_done()
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseBody::Streaming { .. } => SizeHint::default(),
+        }
+    }
+}
