@@ -1,1 +1,177 @@
-fn main() {}
+//! The demo worker bundled with keel: a handful of routes that show what the system does
+//! (including `/crash`, to watch keel replace a dead worker without dropping a request).
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use keel_worker::Body;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+fn main() {
+    let threads: usize = std::env::var("KEEL_DEMO_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    // One core per worker process by default: scale out with more workers (a web garden).
+    let runtime = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = runtime.expect("cannot build the tokio runtime");
+    let worker = match keel_worker::Worker::from_env() {
+        Ok(worker) => worker,
+        Err(e) => {
+            eprintln!("keel-demo-worker: {e}");
+            std::process::exit(2);
+        }
+    };
+    eprintln!("keel-demo-worker pid {} ready", std::process::id());
+    if let Err(e) = runtime.block_on(worker.serve(handle)) {
+        eprintln!("keel-demo-worker: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Requests this process has handled, `/stats` included (tests use it to prove that a
+/// request never reached a worker).
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Every response says which pool answered (`x-keel-pool`), so routing is visible.
+async fn handle(req: Request<Body>) -> Response<DemoBody> {
+    static POOL: OnceLock<Option<HeaderValue>> = OnceLock::new();
+    let mut res = route(req).await;
+    if let Some(pool) = POOL.get_or_init(|| {
+        std::env::var("KEEL_POOL")
+            .ok()
+            .and_then(|p| HeaderValue::from_str(&p).ok())
+    }) {
+        res.headers_mut().insert("x-keel-pool", pool.clone());
+    }
+    res
+}
+
+async fn route(req: Request<Body>) -> Response<DemoBody> {
+    let handled = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match (req.method(), path) {
+        (&Method::GET, "/") => text(StatusCode::OK, Bytes::from_static(b"Hello from keel")),
+        (&Method::GET, "/pid") => text(StatusCode::OK, std::process::id().to_string().into()),
+        (&Method::GET, "/stats") => text(StatusCode::OK, format!("requests {handled}").into()),
+        (_, "/sleep") => {
+            let ms: u64 = param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, format!("slept {ms} ms").into())
+        }
+        (&Method::POST, "/echo") => echo(req),
+        (&Method::GET, "/crash") => std::process::abort(),
+        (&Method::GET, "/big") => {
+            let bytes: u64 = param(query, "bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut res = Response::new(DemoBody::Big { remaining: bytes });
+            res.headers_mut().insert(CONTENT_LENGTH, bytes.into());
+            res.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            res
+        }
+        (&Method::GET, "/env") => match param(query, "name").and_then(|n| std::env::var(n).ok()) {
+            Some(value) => text(StatusCode::OK, value.into()),
+            None => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not set")),
+        },
+        _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found")),
+    }
+}
+
+/// The request body streamed straight back, never held whole.
+fn echo(req: Request<Body>) -> Response<DemoBody> {
+    let (parts, body) = req.into_parts();
+    let mut res = Response::new(DemoBody::Echo(body));
+    for name in [CONTENT_TYPE, CONTENT_LENGTH] {
+        if let Some(value) = parts.headers.get(&name) {
+            res.headers_mut().insert(name, value.clone());
+        }
+    }
+    res
+}
+
+fn text(status: StatusCode, body: Bytes) -> Response<DemoBody> {
+    let mut res = Response::new(DemoBody::Full(Some(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    res
+}
+
+/// The value of `name` in a query string (no percent-decoding: the demo needs none).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// One static chunk that every `/big` response is cut from, so serving it copies nothing.
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// The demo's response bodies, without boxing: a fixed text, an echo, or generated bytes.
+enum DemoBody {
+    Full(Option<Bytes>),
+    Echo(Body),
+    Big { remaining: u64 },
+}
+
+impl http_body::Body for DemoBody {
+    type Data = Bytes;
+    type Error = keel_worker::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            DemoBody::Full(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+            DemoBody::Echo(body) => Pin::new(body).poll_frame(cx),
+            DemoBody::Big { remaining } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let n = (*remaining).min(CHUNK.len() as u64) as usize;
+                *remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DemoBody::Full(body) => body.is_none(),
+            DemoBody::Echo(body) => body.is_end_stream(),
+            DemoBody::Big { remaining } => *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DemoBody::Full(body) => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            DemoBody::Echo(body) => body.size_hint(),
+            DemoBody::Big { remaining } => SizeHint::with_exact(*remaining),
+        }
+    }
+}

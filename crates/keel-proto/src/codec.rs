@@ -24,7 +24,10 @@ pub enum DecodeError {
     #[error("unknown frame kind 0x{0:02x}")]
     UnknownKind(u8),
     #[error("malformed {kind} frame: {what}")]
-    Malformed { kind: &'static str, what: &'static str },
+    Malformed {
+        kind: &'static str,
+        what: &'static str,
+    },
 }
 
 /// Why a frame cannot be encoded (a field is too long for its length prefix, or invalid).
@@ -540,7 +543,10 @@ pub struct RequestParts<'a, H> {
 }
 
 /// Appends a REQUEST frame built from borrowed parts. Same bytes as `encode(Frame::Request)`.
-pub fn encode_request<'a, H>(parts: RequestParts<'a, H>, out: &mut BytesMut) -> Result<(), EncodeError>
+pub fn encode_request<'a, H>(
+    parts: RequestParts<'a, H>,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError>
 where
     H: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
@@ -598,8 +604,14 @@ mod tests {
             local: Some("[::1]:8080".parse().unwrap()),
             deadline_ms: 1234,
             headers: vec![
-                (Bytes::from_static(b"host"), Bytes::from_static(b"example.com")),
-                (Bytes::from_static(b"content-type"), Bytes::from_static(b"text/plain")),
+                (
+                    Bytes::from_static(b"host"),
+                    Bytes::from_static(b"example.com"),
+                ),
+                (
+                    Bytes::from_static(b"content-type"),
+                    Bytes::from_static(b"text/plain"),
+                ),
             ],
             body: Bytes::from_static(b"hello"),
             end: true,
@@ -626,6 +638,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a, b);
-        assert_eq!(Decoder::default().decode(&mut b).unwrap(), Some(Frame::Request(head)));
+        assert_eq!(
+            Decoder::default().decode(&mut b).unwrap(),
+            Some(Frame::Request(head))
+        );
     }
 }

@@ -7,6 +7,8 @@ pub mod codec;
 pub mod frame;
 pub mod stream;
 
-pub use codec::{DecodeError, Decoder, EncodeError, RequestParts, encode, encode_data, encode_request};
+pub use codec::{
+    DecodeError, Decoder, EncodeError, RequestParts, encode, encode_data, encode_request,
+};
 pub use frame::*;
 pub use stream::{ResponsePhase, StreamError, StreamState, Window};

@@ -205,7 +205,8 @@ mod tests {
     fn started_then_response_then_data_closes() {
         let mut s = StreamState::opened(1, 10, 0, true);
         s.recv_from_worker(&Frame::Started { id: 1 }).unwrap();
-        s.recv_from_worker(&response(1, 200, b"abc", false)).unwrap();
+        s.recv_from_worker(&response(1, 200, b"abc", false))
+            .unwrap();
         assert_eq!(s.response_window.available(), 7);
         s.recv_from_worker(&Frame::Data {
             id: 1,
@@ -259,8 +260,11 @@ mod tests {
         let mut s = StreamState::opened(1, 10, 4, false);
         assert!(!s.send_request_data(7, false));
         assert!(s.send_request_data(6, false));
-        s.recv_from_worker(&Frame::Window { id: 1, increment: 5 })
-            .unwrap();
+        s.recv_from_worker(&Frame::Window {
+            id: 1,
+            increment: 5,
+        })
+        .unwrap();
         assert!(s.send_request_data(5, true));
         assert!(!s.request_open);
         assert!(

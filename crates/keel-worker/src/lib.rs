@@ -1,0 +1,168 @@
+//! The Rust SDK for keel worker processes.
+//!
+//! A worker is a child process of the keel daemon. It inherits one end of a `socketpair`
+//! (its number in `KEEL_FD`) and speaks keel's worker protocol over it: the daemon sends
+//! requests, the worker runs application code and sends responses. This crate hides the
+//! protocol behind two entry points:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), keel_worker::Error> {
+//! keel_worker::serve(|_req: http::Request<keel_worker::Body>| async {
+//!     http::Response::new(keel_worker::Body::from("hello"))
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! and [`serve_service`], which runs any `tower::Service` — an axum `Router` unchanged.
+//!
+//! Inside: one reading loop per connection dispatches frames (`connection.rs`), one task per
+//! request runs the application (`handler.rs`), and one writer task batches every outgoing
+//! frame into as few syscalls as it can (`writer.rs`). Flow control is real in both
+//! directions: request-body window is granted only as the handler consumes the body, and
+//! response bodies never exceed the window the daemon granted.
+
+mod body;
+mod conn;
+mod connection;
+mod error;
+mod handler;
+mod request;
+mod response;
+mod writer;
+
+pub use body::{Body, BodyError};
+pub use error::Error;
+pub use keel_proto::CachePolicy;
+pub use request::RequestInfo;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use std::future::Future;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Requests a worker runs at once when neither the builder nor `KEEL_CAPACITY` says.
+const DEFAULT_CAPACITY: u32 = 64;
+
+/// Serves `handler` on the connection keel gave this process (see [`Worker::from_env`]).
+/// Returns `Ok(())` when keel drains the worker or goes away.
+pub async fn serve<F, Fut, B>(handler: F) -> Result<(), Error>
+where
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Worker::from_env()?.serve(handler).await
+}
+
+/// Serves a `tower::Service` (an axum `Router`, for one) on the connection keel gave this
+/// process. An `Err` from the service aborts that request (the daemon answers the client).
+pub async fn serve_service<S, B>(service: S) -> Result<(), Error>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Worker::from_env()?.serve_service(service).await
+}
+
+/// A worker connection not yet serving, with its settings.
+#[derive(Debug)]
+pub struct Worker {
+    socket: UnixStream,
+    capacity: Option<u32>,
+}
+
+/// `KEEL_FD` names one descriptor; it may be wrapped (and so closed) only once.
+static FD_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl Worker {
+    /// Takes the connection keel passed in `KEEL_FD`. Fails when the process was not started
+    /// by keel, and on a second call.
+    pub fn from_env() -> Result<Worker, Error> {
+        let raw = std::env::var("KEEL_FD").map_err(|_| Error::NotStartedByKeel)?;
+        let fd: RawFd = raw
+            .trim()
+            .parse()
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| Error::BadFd(raw.clone()))?;
+        if FD_TAKEN.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyTaken);
+        }
+        // SAFETY: keel starts workers with this descriptor (one end of a socketpair) open and
+        // owned by nobody else in the process; FD_TAKEN makes sure it is adopted only once, so
+        // it is closed only once. This is the SDK's only `unsafe`.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if rustix::net::sockopt::socket_type(&fd) != Ok(rustix::net::SocketType::STREAM) {
+            // Not ours to close: give it back untouched.
+            let _ = fd.into_raw_fd();
+            return Err(Error::BadFd(format!("{raw} (not a stream socket)")));
+        }
+        // Programs this worker starts must not hold the daemon's socket open after it exits.
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
+        Ok(Worker::from_stream(UnixStream::from(fd)))
+    }
+
+    /// A worker on any connected stream socket: a per-pool attach socket, or a test harness
+    /// playing the daemon over `UnixStream::pair()`.
+    pub fn from_stream(socket: UnixStream) -> Worker {
+        Worker {
+            socket,
+            capacity: None,
+        }
+    }
+
+    /// How many requests this worker runs at once (default: `KEEL_CAPACITY`, else 64).
+    pub fn capacity(mut self, n: u32) -> Self {
+        self.capacity = Some(n.max(1));
+        self
+    }
+
+    /// Serves a plain async function until keel drains the worker or goes away.
+    pub async fn serve<F, Fut, B>(self, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_service(handler::FnService::new(handler)).await
+    }
+
+    /// Serves a `tower::Service` until keel drains the worker or goes away.
+    pub async fn serve_service<S, B>(self, service: S) -> Result<(), Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let capacity = match self.capacity {
+            Some(n) => n,
+            None => capacity_from_env()?,
+        };
+        connection::run(self.socket, capacity, service).await
+    }
+}
+
+fn capacity_from_env() -> Result<u32, Error> {
+    match std::env::var("KEEL_CAPACITY") {
+        Err(_) => Ok(DEFAULT_CAPACITY),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(Error::BadCapacity(v)),
+    }
+}

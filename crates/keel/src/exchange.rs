@@ -71,7 +71,10 @@ pub struct Failure {
 
 enum Phase {
     Queued,
-    Assigned { worker: Arc<WorkerConn>, id: StreamId },
+    Assigned {
+        worker: Arc<WorkerConn>,
+        id: StreamId,
+    },
     Done,
 }
 

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "An application server with HTTP.sys-style request queues and worker process isolation")]
+#[command(
+    name = "keel",
+    version,
+    about = "An application server with HTTP.sys-style request queues and worker process isolation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +64,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -75,7 +81,9 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     match &config.source {
         config::ConfigSource::File(p) => tracing::info!("config {}", p.display()),
         config::ConfigSource::Embedded => {
-            tracing::info!("no keel.toml here: running the embedded default (keel init writes it out)")
+            tracing::info!(
+                "no keel.toml here: running the embedded default (keel init writes it out)"
+            )
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -124,7 +124,9 @@ mod tests {
         }
         assert_eq!(q.remove(3), Some(3));
         assert_eq!(q.remove(3), None);
-        let order: Vec<_> = std::iter::from_fn(|| q.pop_front()).map(|(k, _)| k).collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.pop_front())
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(order, vec![1, 2, 4]);
     }
 

@@ -5,8 +5,8 @@
 //! Invariant: every request that does not get a worker's answer gets a status from here
 //! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
 
-use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::dispatch::Job;
+use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{ErrorLog, Reason};
 use crate::pool::Pool;
 use crate::routing::{RouteError, RouteTable};
@@ -171,10 +171,7 @@ pub async fn serve_request(
     Ok(resp)
 }
 
-fn route<'t>(
-    req: &Request<Incoming>,
-    conn: &'t ConnContext,
-) -> Result<&'t AppTarget, RouteError> {
+fn route<'t>(req: &Request<Incoming>, conn: &'t ConnContext) -> Result<&'t AppTarget, RouteError> {
     let host = req
         .uri()
         .host()
@@ -247,7 +244,9 @@ fn failure_response(f: Failure, meta: &RequestMeta, pool: &str) -> Response<Resp
 
 /// A short text/plain response written by the daemon itself.
 pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::Full(Some(Bytes::from_static(text.as_bytes()))));
+    let mut resp = Response::new(ResponseBody::Full(Some(Bytes::from_static(
+        text.as_bytes(),
+    ))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -233,7 +233,8 @@ fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, _)| *d <= 2)
+        // Two edits turn "root" into "pool"; short names get one.
+        .filter(|(d, _)| *d <= 2 && *d * 3 <= name.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }
@@ -280,5 +281,6 @@ mod tests {
         assert_eq!(closest("wokers", &known), Some("workers"));
         assert_eq!(closest("queue_lenght", &known), Some("queue_length"));
         assert_eq!(closest("colour", &known), None);
+        assert_eq!(closest("root", &["path", "pool"]), None);
     }
 }

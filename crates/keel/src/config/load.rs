@@ -549,12 +549,8 @@ fn check_app_path(path: &str) -> Result<(), &'static str> {
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters (percent-encode them)");
     }
-    let inner = path.strip_suffix('/').unwrap_or(path);
-    if inner.len() > 1
-        && inner[1..]
-            .split('/')
-            .any(|seg| matches!(seg, "" | "." | ".."))
-    {
+    let dot_segment = path.split('/').any(|seg| matches!(seg, "." | ".."));
+    if path.contains("//") || dot_segment {
         return Err(
             "must not contain empty, \".\" or \"..\" segments (write it canonically, e.g. \"/shop/api\")",
         );
@@ -562,16 +558,18 @@ fn check_app_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Two app paths route the same requests when they differ only in case or a trailing "/".
+/// Two app paths route the same requests when they differ only in case or a trailing "/"
+/// (routing lower-cases both sides the same way).
 fn same_path(a: &str, b: &str) -> bool {
-    let trim = |p: &str| {
-        if p.len() > 1 {
-            p.strip_suffix('/').unwrap_or(p).to_owned()
+    let key = |p: &str| {
+        let trimmed = if p.len() > 1 {
+            p.strip_suffix('/').unwrap_or(p)
         } else {
-            p.to_owned()
-        }
+            p
+        };
+        trimmed.to_lowercase()
     };
-    trim(a).eq_ignore_ascii_case(&trim(b))
+    key(a) == key(b)
 }
 
 fn is_name(s: &str) -> bool {
@@ -684,6 +682,7 @@ mod tests {
     fn paths_are_the_same_ignoring_case_and_a_trailing_slash() {
         assert!(same_path("/Shop", "/shop/"));
         assert!(same_path("/", "/"));
+        assert!(same_path("/CAFÉ", "/café"));
         assert!(!same_path("/shop", "/shops"));
         assert!(!same_path("/", "/shop"));
     }

@@ -516,7 +516,7 @@ fn pool_integers_are_range_checked() {
     );
     assert_error(
         &with("workers = 99999999999999999999"),
-        "keel.toml:9: TOML syntax:",
+        "keel.toml:9: pool.demo.workers: must be at most 1024 (got 99999999999999999999)",
     );
     assert_error(
         &with("workers = \"2\""),

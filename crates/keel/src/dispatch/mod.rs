@@ -14,17 +14,25 @@ pub use worker_conn::WorkerConn;
 /// Everything a request learns about its trip through a pool, in order.
 pub enum Event {
     /// A worker has it, as stream `id` (sent again after every replay).
-    Assigned { worker: Arc<WorkerConn>, id: StreamId },
+    Assigned {
+        worker: Arc<WorkerConn>,
+        id: StreamId,
+    },
     /// The worker handed it to application code.
     Started,
     Response(ResponseHead),
-    Data { data: Bytes, end: bool },
+    Data {
+        data: Bytes,
+        end: bool,
+    },
     /// The worker granted more request-body credit.
     WindowOpened,
     /// The worker gave up on the request (its handler failed).
     Aborted(AbortCode),
     /// The worker died or was killed with the request open.
-    WorkerLost { killed_from_outside: bool },
+    WorkerLost {
+        killed_from_outside: bool,
+    },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;

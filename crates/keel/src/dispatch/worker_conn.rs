@@ -11,12 +11,12 @@
 
 use super::{Event, EventTx, Job};
 use crate::pool::Pool;
-use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -127,7 +127,12 @@ impl WorkerConn {
     /// Sends as much of `data` as the stream's window allows (at most one frame's worth) and
     /// returns how many bytes went out. `end` is sent only with the last byte. `None` when
     /// the stream is gone.
-    pub fn send_request_data(self: &Arc<Self>, id: StreamId, data: &Bytes, end: bool) -> Option<usize> {
+    pub fn send_request_data(
+        self: &Arc<Self>,
+        id: StreamId,
+        data: &Bytes,
+        end: bool,
+    ) -> Option<usize> {
         let mut streams = self.streams.lock();
         let entry = streams.open.get_mut(&id)?;
         if !entry.state.request_open {
@@ -227,7 +232,10 @@ impl WorkerConn {
         let Some(entry) = streams.open.get_mut(&id) else {
             return Err(format!("frame for unknown stream {id}"));
         };
-        entry.state.recv_from_worker(&frame).map_err(|e| e.to_string())?;
+        entry
+            .state
+            .recv_from_worker(&frame)
+            .map_err(|e| e.to_string())?;
         let event = match frame {
             Frame::Started { .. } => Some(Event::Started),
             Frame::Response(head) => Some(Event::Response(head)),
@@ -274,7 +282,11 @@ impl WorkerConn {
         loop {
             let pending = {
                 let mut out = self.out.lock();
-                if out.is_empty() { None } else { Some(out.split()) }
+                if out.is_empty() {
+                    None
+                } else {
+                    Some(out.split())
+                }
             };
             match pending {
                 Some(buf) => {

@@ -140,10 +140,7 @@ impl Pool {
 
     /// A worker is leaving (lost, draining): no new request goes to it.
     pub fn worker_gone(&self, worker: &Arc<WorkerConn>) {
-        self.inner
-            .lock()
-            .ready
-            .retain(|w| !Arc::ptr_eq(w, worker));
+        self.inner.lock().ready.retain(|w| !Arc::ptr_eq(w, worker));
     }
 
     /// A stream closed on `worker`: its slot takes the queue's head.

@@ -11,8 +11,8 @@
 //! plug in here, around `serve_worker`.
 
 use super::Pool;
-use crate::dispatch::worker_conn::ReadEnd;
 use crate::dispatch::WorkerConn;
+use crate::dispatch::worker_conn::ReadEnd;
 use crate::os::spawn::{Spawned, kill_group, spawn_worker};
 use bytes::BytesMut;
 use keel_proto::{Decoder, Frame, Welcome};
@@ -20,7 +20,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// A worker that has not said HELLO by then is killed (IIS `startupTimeLimit`).
@@ -50,7 +50,7 @@ pub async fn run_slot(pool: Arc<Pool>, slot: usize, stop: CancellationToken, gra
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(
-                    pool = pool.name(),
+                    pool = %pool.name(),
                     slot,
                     "cannot start worker {:?}: {e}",
                     pool.settings.spawn.argv
@@ -60,14 +60,16 @@ pub async fn run_slot(pool: Arc<Pool>, slot: usize, stop: CancellationToken, gra
             }
         };
         let pid = spawned.pid;
-        tracing::info!(pool = pool.name(), slot, pid, "worker started");
+        tracing::info!(pool = %pool.name(), slot, pid, "worker started");
         let (became_ready, ending) = serve_worker(&pool, spawned, &stop, grace).await;
         match &ending {
-            Ending::Drained => tracing::info!(pool = pool.name(), pid, "worker drained and exited"),
-            Ending::KilledFromOutside => {
-                tracing::warn!(pool = pool.name(), pid, "worker was killed (SIGKILL)")
+            Ending::Drained => {
+                tracing::info!(pool = %pool.name(), pid, "worker drained and exited")
             }
-            Ending::Fault(why) => tracing::warn!(pool = pool.name(), pid, "worker ended: {why}"),
+            Ending::KilledFromOutside => {
+                tracing::warn!(pool = %pool.name(), pid, "worker was killed (SIGKILL)")
+            }
+            Ending::Fault(why) => tracing::warn!(pool = %pool.name(), pid, "worker ended: {why}"),
         }
         if became_ready {
             backoff = BACKOFF_START;
@@ -99,10 +101,20 @@ async fn serve_worker(
         socket,
     } = spawned;
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(out, pool.settings.name.clone(), pid, "stdout"));
+        tokio::spawn(forward_lines(
+            out,
+            pool.settings.name.clone(),
+            pid,
+            "stdout",
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(err, pool.settings.name.clone(), pid, "stderr"));
+        tokio::spawn(forward_lines(
+            err,
+            pool.settings.name.clone(),
+            pid,
+            "stderr",
+        ));
     }
     let (mut rd, wr) = socket.into_split();
     let decoder = Decoder::default();
@@ -144,7 +156,7 @@ async fn serve_worker(
         let conn = conn.clone();
         tokio::spawn(async move { conn.run_writer(wr).await })
     };
-    tracing::debug!(pool = pool.name(), pid, capacity, "worker ready");
+    tracing::debug!(pool = %pool.name(), pid, capacity, "worker ready");
     pool.worker_ready(conn.clone());
 
     let mut killed_for_fault: Option<String> = None;
@@ -200,7 +212,7 @@ async fn drain(
     match tokio::time::timeout(left, child.wait()).await {
         Ok(status) => status.ok(),
         Err(_) => {
-            tracing::warn!(pool = pool.name(), pid, "worker still alive after the shutdown timeout: killed");
+            tracing::warn!(pool = %pool.name(), pid, "worker still alive after the shutdown timeout: killed");
             kill_group(pid);
             child.wait().await.ok()
         }
@@ -235,7 +247,11 @@ fn describe(status: Option<ExitStatus>) -> String {
             (Some(code), _) => format!("exited with status {code}"),
             (_, Some(sig)) => format!(
                 "killed by signal {sig}{}",
-                if s.core_dumped() { " (core dumped)" } else { "" }
+                if s.core_dumped() {
+                    " (core dumped)"
+                } else {
+                    ""
+                }
             ),
             _ => format!("{s}"),
         },
@@ -274,15 +290,37 @@ async fn read_hello(
     }
 }
 
+/// Longest worker output line kept whole; longer lines are cut (memory stays bounded
+/// whatever a worker prints).
+const MAX_LINE: usize = 16 * 1024;
+
 /// Worker stdout/stderr lines go to the daemon's log, tagged with pool and pid.
 async fn forward_lines(
-    stream: impl AsyncRead + Unpin,
+    mut stream: impl AsyncRead + Unpin,
     pool: Arc<str>,
     pid: u32,
     which: &'static str,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "keel::worker", pool = &*pool, pid, stream = which, "{line}");
+    let mut buf = BytesMut::with_capacity(4096);
+    let emit = |line: &[u8]| {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        tracing::info!(target: "keel::worker", pool = %pool, pid, stream = which, "{line}");
+    };
+    loop {
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(nl + 1);
+            emit(&line[..nl]);
+        }
+        if buf.len() >= MAX_LINE {
+            emit(&buf.split_to(MAX_LINE));
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if !buf.is_empty() {
+        emit(&buf);
     }
 }

@@ -1,0 +1,117 @@
+//! From a REQUEST frame to the `http::Request` a handler sees.
+
+use crate::body::Body;
+use crate::conn::{BodyChunk, Conn};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Uri, Version};
+use keel_proto::{HttpVersion, RequestHead};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What keel knows about a request beyond its HTTP head; found in `request.extensions()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// The stream id on the worker connection (unique among open requests; reused later).
+    pub id: u32,
+    /// The client's address, as the daemon saw it.
+    pub client: Option<SocketAddr>,
+    /// The local address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The client connection is TLS.
+    pub tls: bool,
+    /// The TLS server name (SNI), when the client sent one.
+    pub server_name: Option<String>,
+}
+
+/// A REQUEST frame the http crate refuses (the daemon validates less strictly than `http`).
+pub(crate) type Rejected = &'static str;
+
+/// Builds the request and, when more body is to come, the sender the reading loop feeds it
+/// through. Header bytes are shared with the frame, not copied.
+pub(crate) fn build(
+    conn: &Arc<Conn>,
+    head: RequestHead,
+) -> (
+    Result<Request<Body>, Rejected>,
+    Option<mpsc::UnboundedSender<BodyChunk>>,
+) {
+    let RequestHead {
+        id,
+        method,
+        target,
+        version,
+        tls,
+        server_name,
+        client,
+        local,
+        deadline_ms: _,
+        headers: fields,
+        body: first,
+        end,
+    } = head;
+
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut content_length = None;
+    let mut rejected = None;
+    for (name, value) in fields {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&name),
+            HeaderValue::from_maybe_shared(value),
+        ) else {
+            rejected = Some("a header the http crate does not accept");
+            continue;
+        };
+        if name == CONTENT_LENGTH {
+            content_length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        }
+        headers.append(name, value);
+    }
+
+    let (body, body_tx) = if end {
+        (Body::from(first), None)
+    } else {
+        let (body, tx) = Body::streaming(conn.clone(), id, first, content_length);
+        (body, Some(tx))
+    };
+    if let Some(what) = rejected {
+        return (Err(what), body_tx);
+    }
+    let Ok(method) = Method::from_bytes(&method) else {
+        return (Err("a method the http crate does not accept"), body_tx);
+    };
+    let Ok(uri) = Uri::from_maybe_shared(target) else {
+        return (Err("a target the http crate does not accept"), body_tx);
+    };
+
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http_version(version);
+    *request.headers_mut() = headers;
+    request.extensions_mut().insert(RequestInfo {
+        id,
+        client,
+        local,
+        tls,
+        server_name: server_name_of(&server_name),
+    });
+    (Ok(request), body_tx)
+}
+
+fn http_version(v: HttpVersion) -> Version {
+    match v {
+        HttpVersion::Http10 => Version::HTTP_10,
+        HttpVersion::Http11 => Version::HTTP_11,
+        HttpVersion::Http2 => Version::HTTP_2,
+        HttpVersion::Http3 => Version::HTTP_3,
+    }
+}
+
+fn server_name_of(raw: &Bytes) -> Option<String> {
+    if raw.is_empty() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(raw).into_owned())
+}

@@ -1,0 +1,165 @@
+//! A worker crash is invisible to clients: queued and unstarted requests are replayed,
+//! started idempotent ones are retried once when the worker was killed from outside, and
+//! what cannot be saved gets a clean 502.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_every_200ms_loses_no_request() {
+    let d = Daemon::start(&demo_config("workers = 2"));
+    d.wait_for_workers(2, Duration::from_secs(10));
+    let url = d.url("/pid");
+    let total = 5000;
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+
+    let daemon_pid = d.pid();
+    let killer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut kills = 0;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(&pid) = children_of(daemon_pid).first() {
+                    kill(pid);
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        let next = next.clone();
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failures = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("error {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    done.store(true, Ordering::Relaxed);
+    let kills = killer.join().unwrap();
+    assert!(kills >= 2, "the storm killed {kills} workers");
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let abandoned: Vec<_> = d
+        .error_lines()
+        .into_iter()
+        .filter(|l| l.contains("Abandoned"))
+        .collect();
+    assert!(abandoned.is_empty(), "{abandoned:?}");
+}
+
+#[test]
+fn crashing_request_gets_502_and_the_next_one_succeeds() {
+    let d = Daemon::start(&demo_config(""));
+    let before = get(d.addr(), "/pid").text();
+    let r = get(d.addr(), "/crash");
+    assert_eq!(r.status, 502);
+    let r = get(d.addr(), "/pid");
+    assert_eq!(r.status, 200);
+    assert_ne!(r.text(), before, "a new worker answered");
+    assert!(
+        d.error_lines().iter().any(|l| l.contains("/crash")
+            && l.contains("502")
+            && l.contains("Connection_Abandoned_By_ReqQueue")),
+        "{:?}",
+        d.error_lines()
+    );
+}
+
+#[test]
+fn started_request_killed_from_outside_is_retried_on_another_worker() {
+    let d = Daemon::start(&demo_config(""));
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=700"));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid);
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "retried on the replacement");
+    assert_eq!(r.text(), "slept 700 ms");
+}
+
+#[test]
+fn started_post_is_not_retried_when_its_worker_is_killed() {
+    let d = Daemon::start(&demo_config(""));
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || {
+        raw_request(
+            addr,
+            b"POST /sleep?ms=700 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid);
+    assert_eq!(slow.join().unwrap().status, 502);
+}
+
+#[test]
+fn retry_never_gives_502_even_for_started_gets() {
+    let d = Daemon::start(&demo_config("retry = \"never\""));
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=700"));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid);
+    assert_eq!(slow.join().unwrap().status, 502);
+}
+
+#[test]
+fn requests_queued_behind_a_crash_are_served_by_the_replacement() {
+    let d = Daemon::start(&demo_config("capacity = 1"));
+    assert_eq!(get(d.addr(), "/").status, 200);
+    let addr = d.addr();
+    let crash = std::thread::spawn(move || get(addr, "/crash"));
+    let waiting: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || get(addr, "/")))
+        .collect();
+    assert_eq!(crash.join().unwrap().status, 502);
+    for w in waiting {
+        let r = w.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "Hello from keel");
+    }
+}
+
+#[test]
+fn killing_the_daemon_takes_its_workers_with_it() {
+    let mut d = Daemon::start(&demo_config("workers = 2"));
+    let workers = d.wait_for_workers(2, Duration::from_secs(10));
+    d.signal(rustix::process::Signal::KILL);
+    d.wait_exit(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while workers.iter().any(|&p| process_alive(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphaned workers {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

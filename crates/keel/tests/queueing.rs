@@ -1,0 +1,89 @@
+//! The per-pool queue: bounded, timed, FIFO, and a request whose client left never reaches
+//! a worker.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Starts a request that holds the only worker slot for `ms` milliseconds, on its own thread.
+fn occupy(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<RawResponse> {
+    std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}")))
+}
+
+fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let d = Daemon::start(&demo_config("capacity = 1\nqueue_length = 2"));
+    assert_eq!(get(d.addr(), "/").status, 200); // worker up
+    let busy = occupy(d.addr(), 1500);
+    std::thread::sleep(Duration::from_millis(200));
+    let queued: Vec<_> = (0..2).map(|_| occupy(d.addr(), 10)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = get(d.addr(), "/");
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert_eq!(busy.join().unwrap().status, 200);
+    for q in queued {
+        assert_eq!(q.join().unwrap().status, 200, "queued requests are served");
+    }
+    let lines = d.error_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 503 ") && l.contains("QueueFull")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn request_waiting_past_queue_timeout_gets_503() {
+    let d = Daemon::start(&demo_config("capacity = 1\nqueue_timeout = \"1s\""));
+    assert_eq!(get(d.addr(), "/").status, 200);
+    let busy = occupy(d.addr(), 3000);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let r = get(d.addr(), "/");
+    let waited = t.elapsed();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(waited < Duration::from_millis(2800), "{waited:?}");
+    assert_eq!(busy.join().unwrap().status, 200);
+    assert!(
+        d.error_lines().iter().any(|l| l.contains("Timer_ReqQueue")),
+        "{:?}",
+        d.error_lines()
+    );
+}
+
+#[test]
+fn client_that_disconnects_while_queued_never_reaches_the_worker() {
+    let d = Daemon::start(&demo_config("capacity = 1"));
+    let first = get(d.addr(), "/stats").text();
+    assert_eq!(first.trim(), "requests 1");
+    let busy = occupy(d.addr(), 1000);
+    std::thread::sleep(Duration::from_millis(200));
+    {
+        let mut s = TcpStream::connect(d.addr()).unwrap();
+        s.write_all(b"GET /pid HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // Dropped: the client goes away while its request waits.
+    }
+    wait_until(
+        || d.error_lines().iter().any(|l| l.contains("Client_Reset")),
+        "a Client_Reset line",
+    );
+    assert_eq!(busy.join().unwrap().status, 200);
+    // The worker saw: /stats, /sleep, and now this /stats; never the abandoned /pid.
+    assert_eq!(get(d.addr(), "/stats").text().trim(), "requests 3");
+}

@@ -1,0 +1,111 @@
+//! Requests travel through the daemon to a real worker process and back.
+
+mod common;
+use common::*;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn get_is_answered_by_a_worker() {
+    let d = Daemon::start(&demo_config(""));
+    let r = get(d.addr(), "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from keel");
+    assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    let pid: u32 = get(d.addr(), "/pid").text().trim().parse().unwrap();
+    assert!(
+        d.worker_pids().contains(&pid),
+        "answered by a worker of this daemon"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mib_post_is_echoed() {
+    let d = Daemon::start(&demo_config(""));
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(d.url("/echo"))
+        .header("content-type", "application/x-test")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/x-test"
+    );
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got[..] == body[..], "echoed bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_post_is_echoed() {
+    let d = Daemon::start(&demo_config(""));
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40)
+        .map(|i| Ok(vec![b'a' + (i % 26) as u8; 10_000]))
+        .collect();
+    let expected: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| c.as_ref().unwrap().clone())
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let resp = reqwest::Client::new()
+        .post(d.url("/echo"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), expected);
+}
+
+#[test]
+fn hundred_pipelined_requests_are_answered_in_order() {
+    let d = Daemon::start(&demo_config(""));
+    let mut s = TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        // Later requests finish sooner: answers out of order would show.
+        let ms = (100 - i) % 7;
+        write!(
+            batch,
+            "GET /sleep?ms={ms}&n={i} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        .unwrap();
+    }
+    s.write_all(&batch).unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..100 {
+        let resp = read_response(&mut r).expect("response");
+        assert_eq!(resp.status, 200);
+        let ms = (100 - i) % 7;
+        assert_eq!(resp.text(), format!("slept {ms} ms"), "response {i}");
+    }
+}
+
+#[test]
+fn big_response_is_streamed_whole() {
+    let d = Daemon::start(&demo_config(""));
+    let r = get(d.addr(), "/big?bytes=3000000");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 3_000_000);
+}
+
+#[test]
+fn worker_output_is_logged_with_pool_and_pid() {
+    let d = Daemon::start(&demo_config(""));
+    assert_eq!(get(d.addr(), "/").status, 200);
+    let pid = d.worker_pids()[0];
+    // The demo worker prints "keel-demo-worker pid N ready" on stderr at start.
+    let line = d.wait_for_line(
+        &format!("keel-demo-worker pid {pid} ready"),
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("pool=demo"), "{line}");
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+}
