@@ -130,9 +130,15 @@ async fn serve_worker(
     let hello = match hello {
         Ok(h) => h,
         Err(why) => {
-            kill_group(pid);
-            let _ = child.wait().await;
-            return (false, Ending::Fault(why));
+            // A worker that closed its socket is usually exiting: say how it ended.
+            let status = match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+                Ok(status) => status.ok(),
+                Err(_) => {
+                    kill_group(pid);
+                    child.wait().await.ok()
+                }
+            };
+            return (false, Ending::Fault(format!("{why}; {}", describe(status))));
         }
     };
     let capacity = match pool.settings.capacity_cap {
