@@ -5,10 +5,7 @@ use common::*;
 
 #[test]
 fn axum_router_serves_through_keel() {
-    let example = keel_bin()
-        .parent()
-        .unwrap()
-        .join("examples/axum_worker");
+    let example = keel_bin().parent().unwrap().join("examples/axum_worker");
     assert!(
         example.exists(),
         "{} is missing: `cargo nextest run --workspace` builds the examples",

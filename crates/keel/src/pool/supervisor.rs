@@ -131,7 +131,8 @@ async fn serve_worker(
         Ok(h) => h,
         Err(why) => {
             // A worker that closed its socket is usually exiting: say how it ended.
-            let status = match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
+            let status = match tokio::time::timeout(Duration::from_millis(500), child.wait()).await
+            {
                 Ok(status) => status.ok(),
                 Err(_) => {
                     kill_group(pid);
