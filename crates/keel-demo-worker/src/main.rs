@@ -65,7 +65,13 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
     let handled = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
-    match (req.method(), path) {
+    // HEAD is answered like GET; the daemon sends the head without the body.
+    let method = if req.method() == Method::HEAD {
+        &Method::GET
+    } else {
+        req.method()
+    };
+    match (method, path) {
         (&Method::GET, "/") => text(StatusCode::OK, Bytes::from_static(b"Hello from keel")),
         (&Method::GET, "/pid") => text(StatusCode::OK, std::process::id().to_string().into()),
         (&Method::GET, "/stats") => text(StatusCode::OK, format!("requests {handled}").into()),

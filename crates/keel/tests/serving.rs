@@ -109,3 +109,28 @@ fn worker_output_is_logged_with_pool_and_pid() {
     assert!(line.contains("pool=demo"), "{line}");
     assert!(line.contains(&format!("pid={pid}")), "{line}");
 }
+
+#[test]
+fn head_gets_the_headers_without_a_body() {
+    let d = Daemon::start(&demo_config(""));
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // Skip the HEAD response's headers; no body follows them.
+    loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // The next bytes on the connection are the second response, not a body.
+    let next = read_response(&mut r).unwrap();
+    assert_eq!(next.status, 200);
+    assert!(next.text().parse::<u32>().is_ok(), "{}", next.text());
+}
