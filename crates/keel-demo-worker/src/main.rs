@@ -1,5 +1,16 @@
 //! The demo worker bundled with keel: a handful of routes that show what the system does
 //! (including `/crash`, to watch keel replace a dead worker without dropping a request).
+//!
+//! Routes for tests of the pool manager: `/hang` blocks the whole runtime thread for good (so
+//! PINGs go unanswered on the default single-thread runtime), `/alloc?mb=N` grows the
+//! resident set by N MiB and keeps it, `/whoami` tells the real uid, gid and groups.
+//!
+//! Start-up switches, read before connecting to keel, in this order:
+//! `KEEL_DEMO_START_DELAY_MS=N` sleeps N ms; `KEEL_DEMO_FAIL_FILE=PATH`, if that file holds
+//! `fail`, exits with status 1, and if it holds `hang`, sleeps for ever (never says HELLO).
+//!
+//! Started by hand, it joins a pool with `attach = true` through
+//! `KEEL_ATTACH=<runtime_dir>/attach/<pool>/worker.sock` (see the keel-worker SDK).
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -7,8 +18,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use keel_worker::Body;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +40,7 @@ fn main() {
             .build()
     };
     let runtime = runtime.expect("cannot build the tokio runtime");
+    start_up_switches();
     let worker = match keel_worker::Worker::from_env() {
         Ok(worker) => worker,
         Err(e) => {
@@ -41,6 +53,97 @@ fn main() {
         eprintln!("keel-demo-worker: {e}");
         std::process::exit(1);
     }
+}
+
+/// `KEEL_DEMO_START_DELAY_MS` and `KEEL_DEMO_FAIL_FILE` (see the module comment).
+fn start_up_switches() {
+    if let Some(ms) = std::env::var("KEEL_DEMO_START_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let Some(path) = std::env::var_os("KEEL_DEMO_FAIL_FILE") else {
+        return;
+    };
+    match std::fs::read_to_string(path).as_deref().map(str::trim) {
+        Ok("fail") => {
+            eprintln!("keel-demo-worker: failing at start (KEEL_DEMO_FAIL_FILE)");
+            std::process::exit(1);
+        }
+        Ok("hang") => {
+            eprintln!("keel-demo-worker: hanging at start (KEEL_DEMO_FAIL_FILE)");
+            hang()
+        }
+        _ => {}
+    }
+}
+
+/// Blocks the calling thread for good.
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Memory `/alloc` took, kept for the life of the process.
+static ALLOCATED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// `/alloc?mb=N`: N MiB, every page written, so they count in the resident set.
+fn alloc(query: &str) -> Response<DemoBody> {
+    let Some(mb) = param(query, "mb").and_then(|v| v.parse::<usize>().ok()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"usage: /alloc?mb=N"),
+        );
+    };
+    let Some(len) = mb.checked_mul(1 << 20) else {
+        return text(StatusCode::BAD_REQUEST, Bytes::from_static(b"too large"));
+    };
+    let mut block = Vec::new();
+    if block.try_reserve_exact(len).is_err() {
+        return text(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("cannot allocate {mb} MiB").into(),
+        );
+    }
+    // Not zero: every page is really written, not left to the shared zero page.
+    block.resize(len, 0xA5);
+    ALLOCATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(block);
+    text(StatusCode::OK, format!("allocated {mb} MiB").into())
+}
+
+/// `/whoami`: `uid=U gid=G groups=A,B,…` — the real ids, from /proc/self/status.
+fn whoami() -> Response<DemoBody> {
+    let status = match std::fs::read_to_string("/proc/self/status") {
+        Ok(status) => status,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("/proc/self/status: {e}").into(),
+            );
+        }
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let first = |v: Vec<String>| v.into_iter().next().unwrap_or_else(|| "?".into());
+    let body = format!(
+        "uid={} gid={} groups={}",
+        first(field("Uid:")),
+        first(field("Gid:")),
+        field("Groups:").join(",")
+    );
+    text(StatusCode::OK, body.into())
 }
 
 /// Requests this process has handled, `/stats` included (tests use it to prove that a
@@ -94,6 +197,9 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
             );
             res
         }
+        (&Method::GET, "/hang") => hang(),
+        (&Method::GET, "/alloc") => alloc(query),
+        (&Method::GET, "/whoami") => whoami(),
         (&Method::GET, "/env") => match param(query, "name").and_then(|n| std::env::var(n).ok()) {
             Some(value) => text(StatusCode::OK, value.into()),
             None => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not set")),

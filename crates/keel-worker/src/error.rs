@@ -7,10 +7,26 @@ use keel_proto::{DecodeError, EncodeError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("KEEL_FD is not set: this program is a keel worker and is started by keel")]
+    #[error(
+        "neither KEEL_FD nor KEEL_ATTACH is set: this program is a keel worker; keel starts it \
+         (KEEL_FD), or set KEEL_ATTACH to a pool's attach socket \
+         (<runtime_dir>/attach/<pool>/worker.sock) to join a pool started with attach = true"
+    )]
     NotStartedByKeel,
     #[error("KEEL_FD={0:?} is not a file descriptor number")]
     BadFd(String),
+    #[error("cannot attach to keel at {socket}: {source}")]
+    Attach {
+        socket: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the attach token from {file}: {source}")]
+    AttachToken {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the attach token is not 64 hexadecimal characters")]
+    BadAttachToken,
     #[error("KEEL_CAPACITY={0:?} is not a whole number above 0")]
     BadCapacity(String),
     #[error("the keel connection (KEEL_FD) was already taken by an earlier Worker::from_env")]

@@ -1,7 +1,8 @@
 //! The Rust SDK for keel worker processes.
 //!
 //! A worker is a child process of the keel daemon. It inherits one end of a `socketpair`
-//! (its number in `KEEL_FD`) and speaks keel's worker protocol over it: the daemon sends
+//! (its number in `KEEL_FD`) — or, started by hand, connects to its pool's attach socket
+//! (`KEEL_ATTACH`, [`Worker::attach`]) — and speaks keel's worker protocol over it: the daemon sends
 //! requests, the worker runs application code and sends responses. This crate hides the
 //! protocol behind two entry points:
 //!
@@ -39,8 +40,10 @@ pub use request::RequestInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use std::future::Future;
+use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower_service::Service;
 
@@ -81,14 +84,46 @@ pub struct Worker {
     capacity: Option<u32>,
 }
 
+/// What an attaching worker sends before HELLO: this, the token, and a line feed.
+const ATTACH_PREAMBLE: &str = "KEEL-ATTACH ";
+
+/// Hexadecimal characters in an attach token (32 random bytes).
+const ATTACH_TOKEN_LEN: usize = 64;
+
 /// `KEEL_FD` names one descriptor; it may be wrapped (and so closed) only once.
 static FD_TAKEN: AtomicBool = AtomicBool::new(false);
 
 impl Worker {
     /// Takes the connection keel passed in `KEEL_FD`. Fails when the process was not started
     /// by keel, and on a second call.
+    ///
+    /// When `KEEL_FD` is not set but `KEEL_ATTACH` is (the path of a pool's attach socket,
+    /// `<runtime_dir>/attach/<pool>/worker.sock`), the worker attaches there instead (see
+    /// [`Worker::attach`]) with the token read from the file named by `KEEL_ATTACH_TOKEN`,
+    /// by default `token` beside the socket.
     pub fn from_env() -> Result<Worker, Error> {
-        let raw = std::env::var("KEEL_FD").map_err(|_| Error::NotStartedByKeel)?;
+        let raw = match std::env::var("KEEL_FD") {
+            Ok(raw) => raw,
+            Err(_) => {
+                return match std::env::var_os("KEEL_ATTACH").filter(|s| !s.is_empty()) {
+                    Some(socket) => {
+                        let socket = PathBuf::from(socket);
+                        let token_file = std::env::var_os("KEEL_ATTACH_TOKEN")
+                            .filter(|s| !s.is_empty())
+                            .map(PathBuf::from)
+                            .unwrap_or_else(|| default_token_file(&socket));
+                        let token = std::fs::read_to_string(&token_file).map_err(|source| {
+                            Error::AttachToken {
+                                file: token_file,
+                                source,
+                            }
+                        })?;
+                        Worker::attach(&socket, &token)
+                    }
+                    None => Err(Error::NotStartedByKeel),
+                };
+            }
+        };
         let fd: RawFd = raw
             .trim()
             .parse()
@@ -110,6 +145,31 @@ impl Worker {
         // Programs this worker starts must not hold the daemon's socket open after it exits.
         rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC).map_err(std::io::Error::from)?;
         Ok(Worker::from_stream(UnixStream::from(fd)))
+    }
+
+    /// Joins a pool that accepts attached workers (`attach = true`), for a worker keel did not
+    /// start: connects to the pool's attach socket and presents `token` (the content of the
+    /// `token` file beside the socket; surrounding white space is ignored). A token works
+    /// once: the daemon writes a new one after each successful attach. Serving then goes on
+    /// as for a worker keel started (HELLO, WELCOME, …). A wrong token, or a process whose
+    /// uid is not the pool's, is refused: the daemon closes the connection, which `serve`
+    /// reports as [`Error::NoWelcome`].
+    pub fn attach(socket: &Path, token: &str) -> Result<Worker, Error> {
+        let token = token.trim().to_ascii_lowercase();
+        if token.len() != ATTACH_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::BadAttachToken);
+        }
+        let attach_error = |source| Error::Attach {
+            socket: socket.to_path_buf(),
+            source,
+        };
+        // std's connect sets SOCK_CLOEXEC: programs this worker starts do not inherit it.
+        let mut stream = UnixStream::connect(socket).map_err(attach_error)?;
+        // 77 bytes into a fresh socket's buffer: this never blocks for long.
+        stream
+            .write_all(format!("{ATTACH_PREAMBLE}{token}\n").as_bytes())
+            .map_err(attach_error)?;
+        Ok(Worker::from_stream(stream))
     }
 
     /// A worker on any connected stream socket: a per-pool attach socket, or a test harness
@@ -155,6 +215,11 @@ impl Worker {
     }
 }
 
+/// `token` in the attach socket's directory.
+fn default_token_file(socket: &Path) -> PathBuf {
+    socket.with_file_name("token")
+}
+
 fn capacity_from_env() -> Result<u32, Error> {
     match std::env::var("KEEL_CAPACITY") {
         Err(_) => Ok(DEFAULT_CAPACITY),
@@ -164,5 +229,33 @@ fn capacity_from_env() -> Result<u32, Error> {
             .ok()
             .filter(|n| *n > 0)
             .ok_or(Error::BadCapacity(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_defaults_to_token_beside_the_socket() {
+        assert_eq!(
+            default_token_file(Path::new("/run/keel/attach/demo/worker.sock")),
+            Path::new("/run/keel/attach/demo/token")
+        );
+    }
+
+    #[test]
+    fn a_malformed_token_is_refused_before_connecting() {
+        let socket = Path::new("/nonexistent/worker.sock");
+        for token in ["", "abc", &"g".repeat(64), &"a".repeat(65)] {
+            assert!(
+                matches!(Worker::attach(socket, token), Err(Error::BadAttachToken)),
+                "{token:?}"
+            );
+        }
+        assert!(matches!(
+            Worker::attach(socket, &"A".repeat(64)),
+            Err(Error::Attach { .. })
+        ));
     }
 }

@@ -1,14 +1,16 @@
 //! `keel serve`: builds pools and listeners from a config, runs until SIGTERM/SIGINT, then
 //! shuts down gracefully.
 //!
-//! Shutdown order (each step bounded by `listener.shutdown_timeout` in total): stop
-//! accepting → let queued and in-flight requests finish on their connections → drain the
-//! workers (DRAIN, wait, SIGKILL stragglers) → exit 0.
+//! Shutdown order: stop accepting → let queued and in-flight requests finish on their
+//! connections (bounded by `listener.shutdown_timeout`) → drain the workers (DRAIN, wait up
+//! to each pool's `shutdown_timeout`, SIGKILL stragglers) → exit 0.
 
 use crate::config::Config;
 use crate::listener;
 use crate::log::ErrorLog;
-use crate::pool::{Pool, PoolSettings, supervisor};
+use crate::os::cgroup::Cgroups;
+use crate::pool::manager::Manager;
+use crate::pool::{Pool, PoolSettings, attach};
 use crate::routing::RouteTable;
 use anyhow::Context as _;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,18 +31,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Pools first (their queues exist before the first connection is accepted)…
     let stop_workers = CancellationToken::new();
-    let mut supervisors = JoinSet::new();
+    let mut managers = JoinSet::new();
     let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
+    let cgroups = Cgroups::detect();
     for (name, cfg) in &config.pools {
-        let pool = Pool::new(PoolSettings::from_config(cfg));
-        for slot in 0..pool.settings.workers {
-            supervisors.spawn(supervisor::run_slot(
-                pool.clone(),
-                slot,
+        let (pool, commands) = Pool::new(PoolSettings::from_config(cfg));
+        let cgroup = if cfg.memory_max.is_some() || cfg.cpu_max.is_some() {
+            match cgroups.pool(name) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(
+                        "pool {name}: cannot create its cgroup ({e}): memory_max and cpu_max are not enforced"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let attach_rx = if cfg.attach {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            let owner = cfg.identity.as_ref().map(|i| (i.uid, i.gid));
+            let (_point, task) = attach::open(
+                name,
+                &config.daemon.runtime_dir,
+                owner,
+                tx,
                 stop_workers.clone(),
-                shutdown_timeout,
-            ));
-        }
+            )
+            .with_context(|| format!("pool {name}: cannot open its attach socket"))?;
+            tokio::spawn(task);
+            Some(rx)
+        } else {
+            None
+        };
+        let manager = Manager::new(pool.clone(), commands, cgroup, attach_rx);
+        managers.spawn(manager.run(stop_workers.clone()));
         pools.insert(name.clone(), pool);
     }
 
@@ -76,14 +102,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("connections still open after {shutdown_timeout:?}: closing them");
     }
 
-    for pool in pools.values() {
-        pool.begin_stop();
-    }
     stop_workers.cancel();
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    // Supervisors kill their worker themselves when `left` runs out; the margin covers that.
-    let all_exited = tokio::time::timeout(left + Duration::from_secs(2), async {
-        while supervisors.join_next().await.is_some() {}
+    // Managers drain their workers and kill those still alive after each pool's
+    // shutdown_timeout; this bound covers the longest of them.
+    let longest = config
+        .pools
+        .values()
+        .map(|p| p.shutdown_timeout)
+        .max()
+        .unwrap_or_default();
+    let all_exited = tokio::time::timeout(longest + Duration::from_secs(2), async {
+        while managers.join_next().await.is_some() {}
     })
     .await;
     if all_exited.is_err() {

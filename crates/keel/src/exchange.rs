@@ -17,7 +17,7 @@
 use crate::config::RetryPolicy;
 use crate::dispatch::{Event, EventRx, Job, WorkerConn};
 use crate::log::{ErrorLog, ErrorRecord, Reason};
-use crate::pool::{Placement, Pool};
+use crate::pool::{Placement, Pool, Refusal};
 use bytes::{Buf, Bytes};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -67,6 +67,27 @@ impl RequestMeta {
 pub struct Failure {
     pub status: http::StatusCode,
     pub reason: Reason,
+    /// The pool could not take the request at all (full queue, offline): what the client
+    /// gets depends on the pool's `unavailable` setting.
+    pub refused: bool,
+}
+
+impl Failure {
+    pub fn new(status: http::StatusCode, reason: Reason) -> Self {
+        Failure {
+            status,
+            reason,
+            refused: false,
+        }
+    }
+
+    pub fn refused(refusal: Refusal) -> Self {
+        Failure {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            reason: refusal.reason(),
+            refused: true,
+        }
+    }
 }
 
 enum Phase {
@@ -150,7 +171,7 @@ impl Exchange {
         }
     }
 
-    /// Puts the request into its pool. `Err` when the queue is full.
+    /// Puts the request into its pool. `Err` when the pool refuses it (queue full, offline).
     pub fn submit(&mut self) -> Result<(), Failure> {
         match self.pool.submit(self.job.clone()) {
             Ok(Placement::Dispatched) => Ok(()),
@@ -158,12 +179,9 @@ impl Exchange {
                 self.arm_queue_timer();
                 Ok(())
             }
-            Err(_) => {
+            Err(refusal) => {
                 self.phase = Phase::Done;
-                Err(Failure {
-                    status: http::StatusCode::SERVICE_UNAVAILABLE,
-                    reason: Reason::QueueFull,
-                })
+                Err(Failure::refused(refusal))
             }
         }
     }
@@ -194,22 +212,27 @@ impl Exchange {
                         return Poll::Ready(Ok(head));
                     }
                     Event::WindowOpened | Event::Data { .. } => {}
+                    Event::Refused(refusal) => {
+                        self.phase = Phase::Done;
+                        self.queue_timer = None;
+                        return Poll::Ready(Err(Failure::refused(refusal)));
+                    }
                     Event::Aborted(_) => {
                         self.phase = Phase::Done;
-                        return Poll::Ready(Err(Failure {
-                            status: http::StatusCode::BAD_GATEWAY,
-                            reason: Reason::ConnectionAbandonedByAppPool,
-                        }));
+                        return Poll::Ready(Err(Failure::new(
+                            http::StatusCode::BAD_GATEWAY,
+                            Reason::ConnectionAbandonedByAppPool,
+                        )));
                     }
                     Event::WorkerLost {
                         killed_from_outside,
                     } => {
                         if !self.replay(killed_from_outside) {
                             self.phase = Phase::Done;
-                            return Poll::Ready(Err(Failure {
-                                status: http::StatusCode::BAD_GATEWAY,
-                                reason: Reason::ConnectionAbandonedByReqQueue,
-                            }));
+                            return Poll::Ready(Err(Failure::new(
+                                http::StatusCode::BAD_GATEWAY,
+                                Reason::ConnectionAbandonedByReqQueue,
+                            )));
                         }
                     }
                 },
@@ -225,10 +248,10 @@ impl Exchange {
                             && self.pool.remove_queued(self.job.key)
                         {
                             self.phase = Phase::Done;
-                            return Poll::Ready(Err(Failure {
-                                status: http::StatusCode::SERVICE_UNAVAILABLE,
-                                reason: Reason::TimerReqQueue,
-                            }));
+                            return Poll::Ready(Err(Failure::new(
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                Reason::TimerReqQueue,
+                            )));
                         }
                         // Dispatched in the meantime: its Assigned event is on its way.
                         continue;
@@ -331,10 +354,10 @@ impl Exchange {
                 Poll::Ready(Some(Err(_))) => {
                     // The client's body broke off (disconnect, bad chunking): nothing to answer.
                     self.phase_abort(AbortCode::ClientGone);
-                    return Err(Failure {
-                        status: http::StatusCode::BAD_REQUEST,
-                        reason: Reason::ClientReset,
-                    });
+                    return Err(Failure::new(
+                        http::StatusCode::BAD_REQUEST,
+                        Reason::ClientReset,
+                    ));
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! Invariant: a connection task only parses HTTP and hands requests to
 //! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
 
-use crate::config::{BindingHost, Config};
+use crate::config::{BindingHost, Config, Isolation};
 use crate::log::ErrorLog;
 use crate::pool::Pool;
 use crate::request_path::{AppTarget, ConnContext, serve_request};
@@ -67,7 +67,12 @@ pub fn plan(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Vec<Listener
                 };
                 let site_name: Arc<str> = site.name.as_str().into();
                 for app in &site.apps {
-                    let Some(pool) = pools.get(&app.pool) else {
+                    // IIS 5.0 isolation mode: every app is served by the one pool.
+                    let pool = match config.isolation {
+                        Isolation::Shared => pools.values().next(),
+                        Isolation::Pool => pools.get(&app.pool),
+                    };
+                    let Some(pool) = pool else {
                         continue;
                     };
                     entries.push(RouteEntry {

@@ -5,6 +5,7 @@
 //! Invariant: every request that does not get a worker's answer gets a status from here
 //! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
 
+use crate::config::Unavailable;
 use crate::dispatch::Job;
 use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{ErrorLog, Reason};
@@ -17,7 +18,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use keel_proto::{HttpVersion, RequestParts};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,10 +60,23 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The pool asked for TCP-level unavailability (`unavailable = "reset"`): the connection is
+/// closed without a response, so a TCP load balancer moves on (IIS `TcpLevel`).
+#[derive(Debug)]
+pub struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("pool unavailable: connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
 pub async fn serve_request(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, ResetConnection> {
     let meta = |site: Arc<str>| {
         Arc::new(RequestMeta {
             client: conn.peer,
@@ -128,22 +141,22 @@ pub async fn serve_request(
     };
     let mut exchange = Exchange::new(pool.clone(), job, rx, stream, meta.clone());
     if let Err(f) = exchange.submit() {
-        return Ok(failure_response(f, &meta, pool.name()));
+        return failure_response(f, &meta, &pool);
     }
 
     // wait for the response head
     let head = match exchange.response_head().await {
         Ok(h) => h,
-        Err(f) => return Ok(failure_response(f, &meta, pool.name())),
+        Err(f) => return failure_response(f, &meta, &pool),
     };
 
     // respond
     let Ok(status) = StatusCode::from_u16(head.status) else {
-        let f = Failure {
-            status: StatusCode::BAD_GATEWAY,
-            reason: Reason::ConnectionAbandonedByAppPool,
-        };
-        return Ok(failure_response(f, &meta, pool.name()));
+        let f = Failure::new(
+            StatusCode::BAD_GATEWAY,
+            Reason::ConnectionAbandonedByAppPool,
+        );
+        return failure_response(f, &meta, &pool);
     };
     let mut resp = Response::new(if head.end {
         ResponseBody::Full(Some(head.body))
@@ -226,10 +239,21 @@ fn encode_head(
     out.freeze()
 }
 
-fn failure_response(f: Failure, meta: &RequestMeta, pool: &str) -> Response<ResponseBody> {
-    meta.log(Some(f.status.as_u16()), f.reason, Some(pool));
+fn failure_response(
+    f: Failure,
+    meta: &RequestMeta,
+    pool: &Pool,
+) -> Result<Response<ResponseBody>, ResetConnection> {
+    if f.refused && pool.settings.config.unavailable == Unavailable::Reset {
+        meta.log(None, f.reason, Some(pool.name()));
+        return Err(ResetConnection);
+    }
+    meta.log(Some(f.status.as_u16()), f.reason, Some(pool.name()));
     let text = match f.reason {
         Reason::QueueFull => "Service Unavailable (the application's queue is full)\n",
+        Reason::AppOffline => {
+            "Service Unavailable (the application is offline after repeated failures)\n"
+        }
         Reason::TimerReqQueue => "Service Unavailable (no worker took the request in time)\n",
         Reason::ClientReset => "Bad Request\n",
         _ => "Bad Gateway (the application ended without answering)\n",
@@ -239,7 +263,7 @@ fn failure_response(f: Failure, meta: &RequestMeta, pool: &str) -> Response<Resp
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
-    resp
+    Ok(resp)
 }
 
 /// A short text/plain response written by the daemon itself.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_every_200ms_loses_no_request() {
-    let d = Daemon::start(&demo_config("workers = 2"));
+    let d = Daemon::start(&demo_config("workers = 2\nstart = \"always\""));
     d.wait_for_workers(2, Duration::from_secs(10));
     let url = d.url("/pid");
     let total = 5000;
@@ -150,7 +150,7 @@ fn requests_queued_behind_a_crash_are_served_by_the_replacement() {
 
 #[test]
 fn killing_the_daemon_takes_its_workers_with_it() {
-    let mut d = Daemon::start(&demo_config("workers = 2"));
+    let mut d = Daemon::start(&demo_config("workers = 2\nstart = \"always\""));
     let workers = d.wait_for_workers(2, Duration::from_secs(10));
     d.signal(rustix::process::Signal::KILL);
     d.wait_exit(Duration::from_secs(5));

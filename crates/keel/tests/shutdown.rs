@@ -6,7 +6,7 @@ use std::time::Duration;
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_leaves_no_worker() {
-    let mut d = Daemon::start(&demo_config("workers = 2"));
+    let mut d = Daemon::start(&demo_config("workers = 2\nstart = \"always\""));
     let workers = d.wait_for_workers(2, Duration::from_secs(10));
     assert_eq!(get(d.addr(), "/").status, 200);
     let addr = d.addr();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
+use super::TimeOfDay;
 use super::error::Problem;
 
 pub(super) type Value<'i> = Spanned<DeValue<'i>>;
@@ -179,6 +180,126 @@ impl<'t> Checker<'t> {
         }
     }
 
+    pub(super) fn boolean(&mut self, v: &Value<'_>, key: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.wrong_type(v, key, "true or false", other);
+                None
+            }
+        }
+    }
+
+    /// A non-negative integer (TOML integers stop at 2^63 - 1).
+    pub(super) fn count(&mut self, v: &Value<'_>, key: &str) -> Option<u64> {
+        let DeValue::Integer(int) = v.get_ref() else {
+            self.wrong_type(v, key, "an integer of 0 or more", v.get_ref());
+            return None;
+        };
+        if int.as_str().starts_with('-') {
+            self.report(&v.span(), key, format!("must be at least 0 (got {int})"));
+            return None;
+        }
+        match u64::from_str_radix(int.as_str(), int.radix()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.report(&v.span(), key, format!("{int} is too large"));
+                None
+            }
+        }
+    }
+
+    /// A number above 0 and at most `max`, written as an integer or a float.
+    pub(super) fn positive_number(&mut self, v: &Value<'_>, key: &str, max: f64) -> Option<f64> {
+        let (n, shown) = match v.get_ref() {
+            DeValue::Integer(int) => {
+                // Out of i64 range: the sign says which way.
+                let n = i64::from_str_radix(int.as_str(), int.radix()).map_or(
+                    if int.as_str().starts_with('-') {
+                        f64::NEG_INFINITY
+                    } else {
+                        f64::INFINITY
+                    },
+                    |n| n as f64,
+                );
+                (n, int.to_string())
+            }
+            DeValue::Float(f) => (f.as_str().parse::<f64>().unwrap_or(f64::NAN), f.to_string()),
+            other => {
+                let expected = format!("a number above 0 and at most {max}");
+                self.wrong_type(v, key, &expected, other);
+                return None;
+            }
+        };
+        if n.is_nan() || n <= 0.0 {
+            self.report(&v.span(), key, format!("must be above 0 (got {shown})"));
+            None
+        } else if n > max {
+            self.report(
+                &v.span(),
+                key,
+                format!("must be at most {max} (got {shown})"),
+            );
+            None
+        } else {
+            Some(n)
+        }
+    }
+
+    /// A size in bytes: an integer, or a string such as "512 MiB", "1G", "300 KB"; zero only
+    /// when `allow_zero`.
+    pub(super) fn size(&mut self, v: &Value<'_>, key: &str, allow_zero: bool) -> Option<u64> {
+        let bytes = match v.get_ref() {
+            DeValue::Integer(_) => self.count(v, key)?,
+            DeValue::String(text) => match parse_size(text) {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    self.report(&v.span(), key, why);
+                    return None;
+                }
+            },
+            other => {
+                let expected = format!("a size ({SIZE_SYNTAX})");
+                self.wrong_type(v, key, &expected, other);
+                return None;
+            }
+        };
+        if bytes == 0 && !allow_zero {
+            self.report(&v.span(), key, "must be more than 0 bytes");
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// A local time "HH:MM", 00:00 to 23:59.
+    pub(super) fn time_of_day(&mut self, v: &Value<'_>, key: &str) -> Option<TimeOfDay> {
+        match v.get_ref() {
+            DeValue::String(text) => match parse_time_of_day(text) {
+                Some(t) => Some(t),
+                None => {
+                    self.report(
+                        &v.span(),
+                        key,
+                        format!("{text:?} is not a time of day (expected \"HH:MM\" from \"00:00\" to \"23:59\")"),
+                    );
+                    None
+                }
+            },
+            DeValue::Datetime(_) => {
+                self.report(
+                    &v.span(),
+                    key,
+                    "must be a string \"HH:MM\" (got a TOML time; put it in quotes, e.g. \"03:00\")",
+                );
+                None
+            }
+            other => {
+                self.wrong_type(v, key, "a string \"HH:MM\"", other);
+                None
+            }
+        }
+    }
+
     fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str, got: &DeValue<'_>) {
         self.report(
             &v.span(),
@@ -186,6 +307,66 @@ impl<'t> Checker<'t> {
             format!("must be {expected} (got {})", type_name(got)),
         );
     }
+}
+
+const SIZE_SYNTAX: &str =
+    "a number and a unit such as \"512 MiB\", \"1 GiB\", \"300MB\", or an integer number of bytes";
+const SIZE_UNITS: &str =
+    "B; KB, MB, GB, TB (powers of 1000); KiB, MiB, GiB, TiB or K, M, G, T (powers of 1024)";
+
+/// "512 MiB", "512MiB", "1G", "1.5 GB", "300 KB", "4096": bytes, rounded down. Units are
+/// case-insensitive: KB = 1000, KiB = Ki = K = 1024 (systemd's reading of "K", "M", "G").
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number = number.replace('_', "");
+    let unit = unit.trim_start();
+    let (whole, fraction) = number.split_once('.').unwrap_or((&number, ""));
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
+        return Err(format!("{text:?} is not a size (expected {SIZE_SYNTAX})"));
+    }
+    let multiplier: u128 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000u128.pow(2),
+        "gb" => 1000u128.pow(3),
+        "tb" => 1000u128.pow(4),
+        "k" | "ki" | "kib" => 1 << 10,
+        "m" | "mi" | "mib" => 1 << 20,
+        "g" | "gi" | "gib" => 1 << 30,
+        "t" | "ti" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size: unknown unit {unit:?} (expected {SIZE_UNITS})"
+            ));
+        }
+    };
+    let too_large = || format!("{text:?} is too large a size");
+    if fraction.len() > 12 {
+        return Err(format!("{text:?} has too many decimals"));
+    }
+    let digits: u128 = format!("{whole}{fraction}")
+        .parse()
+        .map_err(|_| too_large())?;
+    let bytes =
+        digits.checked_mul(multiplier).ok_or_else(too_large)? / 10u128.pow(fraction.len() as u32);
+    u64::try_from(bytes).map_err(|_| too_large())
+}
+
+/// "HH:MM" (hour may be one digit), 00:00 to 23:59.
+pub(super) fn parse_time_of_day(text: &str) -> Option<TimeOfDay> {
+    let (hour, minute) = text.split_once(':')?;
+    let digits = |s: &str, max_len: usize| {
+        (!s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u8>().ok())
+            .flatten()
+    };
+    let hour = digits(hour, 2)?;
+    let minute = (minute.len() == 2).then(|| digits(minute, 2)).flatten()?;
+    (hour < 24 && minute < 60).then_some(TimeOfDay { hour, minute })
 }
 
 /// 1-based line of byte `offset`.
@@ -273,6 +454,82 @@ mod tests {
         assert_eq!(join("pool", "shop"), "pool.shop");
         assert_eq!(join("pool", "my shop"), "pool.\"my shop\"");
         assert_eq!(join("pool", "a.b"), "pool.\"a.b\"");
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        let ok = [
+            ("0", 0),
+            ("4096", 4096),
+            ("512 MiB", 512 << 20),
+            ("512MiB", 512 << 20),
+            ("1G", 1 << 30),
+            ("1 gib", 1 << 30),
+            ("2Gi", 2 << 30),
+            ("1 GB", 1_000_000_000),
+            ("300 KB", 300_000),
+            ("300kb", 300_000),
+            ("300 KiB", 300 * 1024),
+            ("1.5 GiB", 3 << 29),
+            ("1.5KB", 1500),
+            ("10 B", 10),
+            (" 7 M ", 7 << 20),
+            ("1_000 MB", 1_000_000_000),
+            ("16 TiB", 16 << 40),
+        ];
+        for (text, bytes) in ok {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "", "MiB", "-1 MiB", "1..5 MB", "1. MB", ".5 MB", "1.2.3 MB", "0x10",
+        ] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.contains("is not a size"), "{bad}: {err}");
+        }
+        assert!(
+            parse_size("5 XB")
+                .unwrap_err()
+                .contains("unknown unit \"XB\"")
+        );
+        assert!(
+            parse_size("99999999999 TiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+        assert!(
+            parse_size("99999999999999999999999999999999999999999")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn times_of_day_are_hh_mm() {
+        assert_eq!(
+            parse_time_of_day("03:00"),
+            Some(TimeOfDay { hour: 3, minute: 0 })
+        );
+        assert_eq!(
+            parse_time_of_day("3:05"),
+            Some(TimeOfDay { hour: 3, minute: 5 })
+        );
+        assert_eq!(
+            parse_time_of_day("00:00"),
+            Some(TimeOfDay { hour: 0, minute: 0 })
+        );
+        assert_eq!(
+            parse_time_of_day("23:59"),
+            Some(TimeOfDay {
+                hour: 23,
+                minute: 59
+            })
+        );
+        for bad in [
+            "24:00", "12:60", "12:5", "12", "12:00:00", "ab:cd", "", ":", "-1:00", "012:00",
+            "+1:00",
+        ] {
+            assert_eq!(parse_time_of_day(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,23 +1,30 @@
 //! The keel.toml schema: sections, defaults, and the checks that span sections (app → pool,
-//! duplicate site names, binding + path conflicts).
+//! shared isolation, duplicate site names, binding + path conflicts).
 //!
 //! A bad value is recorded and replaced by its default so the walk goes on and finds the next
 //! problem; any recorded problem makes the whole load fail, so a default never leaks out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
 use super::fields::{Checker, Value, join, line_of};
+use super::identity;
 use super::{
-    AppConfig, Binding, Config, ConfigError, ConfigSource, DEFAULT_QUEUE_LENGTH,
-    DEFAULT_QUEUE_TIMEOUT, DEFAULT_WORKERS, ListenerConfig, LogConfig, PoolConfig, Problem,
-    RetryPolicy, SiteConfig, resolve_program,
+    AppConfig, Binding, Config, ConfigError, ConfigSource, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_STARTUP_TIMEOUT, DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig,
+    Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
+    RecycleConfig, RetryPolicy, SiteConfig, StartMode, Unavailable, default_runtime_dir,
+    resolve_program,
 };
 
-const ROOT_KEYS: &[&str] = &["listener", "log", "site", "pool"];
+const ROOT_KEYS: &[&str] = &["isolation", "daemon", "listener", "log", "site", "pool"];
+const DAEMON_KEYS: &[&str] = &["runtime_dir"];
 const LISTENER_KEYS: &[&str] = &["shutdown_timeout"];
 const LOG_KEYS: &[&str] = &["error_log"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app"];
@@ -31,15 +38,56 @@ const POOL_KEYS: &[&str] = &[
     "retry",
     "env",
     "cwd",
+    "start",
+    "idle_timeout",
+    "ping_interval",
+    "ping_timeout",
+    "startup_timeout",
+    "shutdown_timeout",
+    "overlap",
+    "recycle",
+    "rapid_fail",
+    "user",
+    "group",
+    "limits",
+    "memory_max",
+    "cpu_max",
+    "unavailable",
+    "attach",
 ];
+const RECYCLE_KEYS: &[&str] = &["uptime", "requests", "memory", "schedule"];
+const RAPID_FAIL_KEYS: &[&str] = &["failures", "interval", "backoff"];
+const LIMITS_KEYS: &[&str] = &["nofile", "nproc", "core"];
+/// The most CPUs `cpu_max` may name.
+const MAX_CPUS: f64 = 1024.0;
 
 const NAME_RULE: &str = "letters, digits, '_', '.' and '-'";
 const BINDING_EXAMPLE: &str = "\"http://127.0.0.1:8080\"";
+
+/// What loading depends on besides the text: who keel runs as (pool identities, the default
+/// runtime_dir). Tests pass their own.
+#[derive(Clone, Debug)]
+pub(super) struct Host {
+    pub euid: u32,
+    pub egid: u32,
+    pub xdg_runtime_dir: Option<OsString>,
+}
+
+impl Host {
+    pub(super) fn current() -> Self {
+        Host {
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()),
+        }
+    }
+}
 
 pub(super) fn load(
     text: &str,
     source: ConfigSource,
     base_dir: PathBuf,
+    host: &Host,
 ) -> Result<Config, ConfigError> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -53,6 +101,11 @@ pub(super) fn load(
     let mut ck = Checker::new(text);
     ck.unknown_keys(root, "", ROOT_KEYS);
 
+    let isolation = root
+        .get("isolation")
+        .and_then(|v| read_choice(&mut ck, v, "isolation", "an isolation mode", &ISOLATIONS))
+        .unwrap_or_default();
+    let daemon = read_daemon(&mut ck, root.get("daemon"), &base_dir, host);
     let listener = root
         .get("listener")
         .map(|v| read_listener(&mut ck, v))
@@ -63,11 +116,15 @@ pub(super) fn load(
         .unwrap_or_default();
     let pools = root
         .get("pool")
-        .map(|v| read_pools(&mut ck, v, &base_dir))
+        .map(|v| read_pools(&mut ck, v, &base_dir, host))
         .unwrap_or_default();
-    let sites = read_sites(&mut ck, root.get("site"));
+    let shared_pool = match isolation {
+        Isolation::Pool => None,
+        Isolation::Shared => check_one_shared_pool(&mut ck, root.get("isolation"), &pools),
+    };
+    let sites = read_sites(&mut ck, root.get("site"), isolation);
     check_site_names_unique(&mut ck, &sites);
-    check_apps_name_pools(&mut ck, &sites, &pools);
+    check_apps_name_pools(&mut ck, &sites, &pools, isolation);
     check_no_shared_binding_and_path(&mut ck, &sites);
 
     let problems = ck.into_problems();
@@ -77,9 +134,14 @@ pub(super) fn load(
     Ok(Config {
         source,
         base_dir,
+        isolation,
+        daemon,
         listener,
         log,
-        sites: sites.into_iter().map(SiteDraft::into_config).collect(),
+        sites: sites
+            .into_iter()
+            .map(|site| site.into_config(shared_pool.as_deref()))
+            .collect(),
         pools,
     })
 }
@@ -98,6 +160,66 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
         line: span.map(|s| line_of(text, s.start)),
         key: "TOML syntax".to_owned(),
         message,
+    }
+}
+
+const ISOLATIONS: [(&str, Isolation); 2] =
+    [("pool", Isolation::Pool), ("shared", Isolation::Shared)];
+const START_MODES: [(&str, StartMode); 2] = [
+    ("on-demand", StartMode::OnDemand),
+    ("always", StartMode::Always),
+];
+const UNAVAILABLES: [(&str, Unavailable); 2] = [
+    ("503", Unavailable::Status503),
+    ("reset", Unavailable::Reset),
+];
+
+/// A string that must be one of `choices`; `what` names the kind in the error.
+fn read_choice<T: Copy>(
+    ck: &mut Checker<'_>,
+    v: &Value<'_>,
+    key: &str,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Option<T> {
+    let valid = || {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+        names.join(", ")
+    };
+    if !matches!(v.get_ref(), DeValue::String(_)) {
+        let message = format!("must be one of {} (as a string)", valid());
+        ck.report(&v.span(), key, message);
+        return None;
+    }
+    let text = ck.string(v, key)?;
+    match choices.iter().find(|(n, _)| *n == text) {
+        Some((_, choice)) => Some(*choice),
+        None => {
+            let message = format!("{text:?} is not {what} (expected one of {})", valid());
+            ck.report(&v.span(), key, message);
+            None
+        }
+    }
+}
+
+fn read_daemon(
+    ck: &mut Checker<'_>,
+    v: Option<&Value<'_>>,
+    base_dir: &Path,
+    host: &Host,
+) -> DaemonConfig {
+    let mut runtime_dir = None;
+    if let Some(v) = v
+        && let Some(t) = ck.table(v, "daemon")
+    {
+        ck.unknown_keys(t, "daemon", DAEMON_KEYS);
+        if let Some(v) = t.get("runtime_dir") {
+            runtime_dir = read_path(ck, v, "daemon.runtime_dir", base_dir);
+        }
+    }
+    DaemonConfig {
+        runtime_dir: runtime_dir
+            .unwrap_or_else(|| default_runtime_dir(host.euid, host.xdg_runtime_dir.as_deref())),
     }
 }
 
@@ -145,6 +267,7 @@ fn read_pools(
     ck: &mut Checker<'_>,
     v: &Value<'_>,
     base_dir: &Path,
+    host: &Host,
 ) -> BTreeMap<String, PoolConfig> {
     let mut pools = BTreeMap::new();
     let Some(t) = ck.table(v, "pool") else {
@@ -158,7 +281,10 @@ fn read_pools(
             ck.report(&v.span(), &key, message);
         }
         // Kept even when invalid, so that apps naming it are not also reported.
-        pools.insert(name.to_owned(), read_pool(ck, name, v, &key, base_dir));
+        pools.insert(
+            name.to_owned(),
+            read_pool(ck, name, v, &key, base_dir, host),
+        );
     }
     pools
 }
@@ -169,6 +295,7 @@ fn read_pool(
     v: &Value<'_>,
     key: &str,
     base_dir: &Path,
+    host: &Host,
 ) -> PoolConfig {
     let mut pool = PoolConfig {
         name: name.to_owned(),
@@ -180,6 +307,21 @@ fn read_pool(
         retry: RetryPolicy::default(),
         env: BTreeMap::new(),
         cwd: None,
+        start: StartMode::default(),
+        idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        ping_interval: Some(DEFAULT_PING_INTERVAL),
+        ping_timeout: DEFAULT_PING_TIMEOUT,
+        startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        shutdown_timeout: DEFAULT_WORKER_SHUTDOWN_TIMEOUT,
+        overlap: true,
+        recycle: RecycleConfig::default(),
+        rapid_fail: RapidFailConfig::default(),
+        identity: None,
+        limits: Limits::default(),
+        memory_max: None,
+        cpu_max: None,
+        unavailable: Unavailable::default(),
+        attach: false,
     };
     let Some(t) = ck.table(v, key) else {
         return pool;
@@ -231,7 +373,316 @@ fn read_pool(
     if let Some(v) = t.get("cwd") {
         pool.cwd = read_path(ck, v, &field("cwd"), base_dir);
     }
+    read_lifecycle(ck, t, key, &mut pool);
+    pool.identity = read_identity(ck, t, key, host);
+    if let Some(v) = t.get("limits") {
+        pool.limits = read_limits(ck, v, &field("limits"));
+    }
+    if let Some(v) = t.get("memory_max") {
+        pool.memory_max = ck.size(v, &field("memory_max"), false);
+    }
+    if let Some(v) = t.get("cpu_max") {
+        pool.cpu_max = ck.positive_number(v, &field("cpu_max"), MAX_CPUS);
+    }
+    if let Some(v) = t.get("unavailable")
+        && let Some(u) = read_choice(
+            ck,
+            v,
+            &field("unavailable"),
+            "an unavailable action",
+            &UNAVAILABLES,
+        )
+    {
+        pool.unavailable = u;
+    }
+    if let Some(v) = t.get("attach")
+        && let Some(b) = ck.boolean(v, &field("attach"))
+    {
+        pool.attach = b;
+    }
     pool
+}
+
+/// Start, idle, health and recycling keys (the pool manager's timers).
+fn read_lifecycle(ck: &mut Checker<'_>, t: &DeTable<'_>, key: &str, pool: &mut PoolConfig) {
+    let field = |k: &str| join(key, k);
+    if let Some(v) = t.get("start")
+        && let Some(mode) = read_choice(ck, v, &field("start"), "a start mode", &START_MODES)
+    {
+        pool.start = mode;
+    }
+    // "0s" turns these off.
+    if let Some(v) = t.get("idle_timeout")
+        && let Some(d) = ck.duration(v, &field("idle_timeout"), true)
+    {
+        pool.idle_timeout = nonzero(d);
+    }
+    if let Some(v) = t.get("ping_interval")
+        && let Some(d) = ck.duration(v, &field("ping_interval"), true)
+    {
+        pool.ping_interval = nonzero(d);
+    }
+    for (name, slot) in [
+        ("ping_timeout", &mut pool.ping_timeout),
+        ("startup_timeout", &mut pool.startup_timeout),
+        ("shutdown_timeout", &mut pool.shutdown_timeout),
+    ] {
+        if let Some(v) = t.get(name)
+            && let Some(d) = ck.duration(v, &field(name), false)
+        {
+            *slot = d;
+        }
+    }
+    if let Some(v) = t.get("overlap")
+        && let Some(b) = ck.boolean(v, &field("overlap"))
+    {
+        pool.overlap = b;
+    }
+    if let Some(v) = t.get("recycle") {
+        pool.recycle = read_recycle(ck, v, &field("recycle"));
+    }
+    if let Some(v) = t.get("rapid_fail") {
+        pool.rapid_fail = read_rapid_fail(ck, v, &field("rapid_fail"));
+    }
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn read_recycle(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> RecycleConfig {
+    let mut recycle = RecycleConfig::default();
+    let Some(t) = ck.table(v, key) else {
+        return recycle;
+    };
+    ck.unknown_keys(t, key, RECYCLE_KEYS);
+    let field = |k: &str| join(key, k);
+    if let Some(v) = t.get("uptime")
+        && let Some(d) = ck.duration(v, &field("uptime"), true)
+    {
+        recycle.uptime = nonzero(d);
+    }
+    if let Some(v) = t.get("requests") {
+        recycle.requests = ck.count(v, &field("requests")).filter(|&n| n > 0);
+    }
+    if let Some(v) = t.get("memory") {
+        recycle.memory = ck.size(v, &field("memory"), true).filter(|&n| n > 0);
+    }
+    if let Some(v) = t.get("schedule")
+        && let Some(items) = ck.array(v, &field("schedule"))
+    {
+        let key = field("schedule");
+        for (i, item) in items.iter().enumerate() {
+            let item_key = format!("{key}[{i}]");
+            let Some(time) = ck.time_of_day(item, &item_key) else {
+                continue;
+            };
+            if recycle.schedule.contains(&time) {
+                ck.report(&item.span(), &item_key, format!("{time} is listed twice"));
+                continue;
+            }
+            recycle.schedule.push(time);
+        }
+        recycle.schedule.sort();
+    }
+    recycle
+}
+
+fn read_rapid_fail(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> RapidFailConfig {
+    let mut rapid_fail = RapidFailConfig::default();
+    let Some(t) = ck.table(v, key) else {
+        return rapid_fail;
+    };
+    ck.unknown_keys(t, key, RAPID_FAIL_KEYS);
+    let field = |k: &str| join(key, k);
+    // IIS rapidFailProtectionMaxCrashes stops at 2^31 - 1; 0 here means protection off.
+    if let Some(v) = t.get("failures")
+        && let Some(n) = ck.integer(v, &field("failures"), 0..=i32::MAX as u32)
+    {
+        rapid_fail.failures = n;
+    }
+    if let Some(v) = t.get("interval")
+        && let Some(d) = ck.duration(v, &field("interval"), false)
+    {
+        rapid_fail.interval = d;
+    }
+    if let Some(v) = t.get("backoff")
+        && let Some(b) = ck.boolean(v, &field("backoff"))
+    {
+        rapid_fail.backoff = b;
+    }
+    rapid_fail
+}
+
+fn read_limits(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Limits {
+    let mut limits = Limits::default();
+    let Some(t) = ck.table(v, key) else {
+        return limits;
+    };
+    ck.unknown_keys(t, key, LIMITS_KEYS);
+    for (name, slot) in [
+        ("nofile", &mut limits.nofile),
+        ("nproc", &mut limits.nproc),
+        ("core", &mut limits.core),
+    ] {
+        if let Some(v) = t.get(name) {
+            *slot = read_rlimit(ck, v, &join(key, name));
+        }
+    }
+    limits
+}
+
+/// A non-negative integer, or "unlimited" (RLIM_INFINITY, `u64::MAX`).
+fn read_rlimit(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Option<u64> {
+    match v.get_ref() {
+        DeValue::String(s) if s.as_ref() == "unlimited" => Some(u64::MAX),
+        DeValue::String(s) => {
+            let message = format!(
+                "{s:?} is not a limit (expected an integer of 0 or more, or \"unlimited\")"
+            );
+            ck.report(&v.span(), key, message);
+            None
+        }
+        _ => ck.count(v, key),
+    }
+}
+
+/// `user` and `group`, looked up, and allowed for the user keel runs as.
+fn read_identity(
+    ck: &mut Checker<'_>,
+    t: &DeTable<'_>,
+    key: &str,
+    host: &Host,
+) -> Option<Identity> {
+    let user_key = join(key, "user");
+    let group_key = join(key, "group");
+    let group_v = t.get("group");
+    let Some(user_v) = t.get("user") else {
+        if let Some(v) = group_v {
+            ck.report(
+                &v.span(),
+                &group_key,
+                "needs user (group sets the group of the user the workers run as; add user)",
+            );
+        }
+        return None;
+    };
+    let (user, entry) = read_user(ck, user_v, &user_key)?;
+    let group = match group_v {
+        Some(v) => Some(read_group(ck, v, &group_key)?),
+        None => None,
+    };
+    let gid = match (&group, entry) {
+        (Some((_, gid)), _) => *gid,
+        (None, Some(entry)) => entry.gid,
+        (None, None) => {
+            let message = format!(
+                "uid {user} has no entry in the user database, so it has no primary group (add group)"
+            );
+            ck.report(&user_v.span(), &user_key, message);
+            return None;
+        }
+    };
+    let uid = match entry {
+        Some(entry) => entry.uid,
+        // A numeric uid with no passwd entry.
+        None => user.parse().ok()?,
+    };
+    let identity = Identity { user, uid, gid };
+    let group_name = group.as_ref().map(|(name, _)| name.as_str());
+    if let Err((which, message)) =
+        identity::check_allowed(&identity, group_name, host.euid, host.egid)
+    {
+        let (span, k) = match (which, group_v) {
+            ("group", Some(v)) => (v.span(), &group_key),
+            _ => (user_v.span(), &user_key),
+        };
+        ck.report(&span, k, message);
+        return None;
+    }
+    Some(identity)
+}
+
+/// The user as written, and its passwd entry (`None` only for a numeric uid without one).
+fn read_user(
+    ck: &mut Checker<'_>,
+    v: &Value<'_>,
+    key: &str,
+) -> Option<(String, Option<identity::PasswdEntry>)> {
+    let text = read_id_text(ck, v, key, "user name or numeric uid")?;
+    let lookup = match identity::numeric_id(&text) {
+        // A numeric uid needs no passwd entry; it only lacks a primary group without one.
+        Some(Ok(uid)) => match identity::user_by_uid(uid) {
+            Ok(entry) => return Some((text, entry)),
+            Err(e) => Err(e),
+        },
+        Some(Err(why)) => {
+            ck.report(&v.span(), key, why);
+            return None;
+        }
+        None => identity::user_by_name(&text),
+    };
+    match lookup {
+        Ok(Some(entry)) => Some((text, Some(entry))),
+        Ok(None) => {
+            let message = format!("there is no user named {text:?} (a user name or numeric uid)");
+            ck.report(&v.span(), key, message);
+            None
+        }
+        Err(e) => {
+            ck.report(&v.span(), key, format!("cannot look up user {text:?}: {e}"));
+            None
+        }
+    }
+}
+
+/// The group as written, and its gid.
+fn read_group(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Option<(String, u32)> {
+    let text = read_id_text(ck, v, key, "group name or numeric gid")?;
+    let lookup = match identity::numeric_id(&text) {
+        Some(Ok(gid)) => return Some((text, gid)),
+        Some(Err(why)) => {
+            ck.report(&v.span(), key, why);
+            return None;
+        }
+        None => identity::group_by_name(&text),
+    };
+    match lookup {
+        Ok(Some(gid)) => Some((text, gid)),
+        Ok(None) => {
+            let message = format!("there is no group named {text:?} (a group name or numeric gid)");
+            ck.report(&v.span(), key, message);
+            None
+        }
+        Err(e) => {
+            ck.report(
+                &v.span(),
+                key,
+                format!("cannot look up group {text:?}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// A name string or a non-negative integer id, as text.
+fn read_id_text(ck: &mut Checker<'_>, v: &Value<'_>, key: &str, what: &str) -> Option<String> {
+    match v.get_ref() {
+        DeValue::Integer(_) => ck.count(v, key).map(|n| n.to_string()),
+        DeValue::String(_) => {
+            let text = ck.string(v, key)?;
+            if text.is_empty() {
+                ck.report(&v.span(), key, format!("must not be empty (a {what})"));
+                return None;
+            }
+            Some(text.to_owned())
+        }
+        _ => {
+            let message = format!("must be a {what}");
+            ck.report(&v.span(), key, message);
+            None
+        }
+    }
 }
 
 fn read_command(ck: &mut Checker<'_>, v: &Value<'_>, key: &str, base_dir: &Path) -> Vec<String> {
@@ -301,7 +752,8 @@ struct SiteDraft {
 struct AppDraft {
     index: usize,
     path: Located<String>,
-    pool: Located<String>,
+    /// `None` only with shared isolation, where the key is optional.
+    pool: Option<Located<String>>,
 }
 
 struct Located<T> {
@@ -314,7 +766,8 @@ impl SiteDraft {
         format!("site[{}]", self.index)
     }
 
-    fn into_config(self) -> SiteConfig {
+    /// `shared_pool`: the one pool of shared isolation, for apps that name none.
+    fn into_config(self, shared_pool: Option<&str>) -> SiteConfig {
         SiteConfig {
             name: self.name.map(|n| n.value).unwrap_or_default(),
             bindings: self.bindings.into_iter().map(|b| b.value).collect(),
@@ -323,14 +776,18 @@ impl SiteDraft {
                 .into_iter()
                 .map(|a| AppConfig {
                     path: a.path.value,
-                    pool: a.pool.value,
+                    pool: a
+                        .pool
+                        .map(|p| p.value)
+                        .or_else(|| shared_pool.map(str::to_owned))
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
     }
 }
 
-fn read_sites(ck: &mut Checker<'_>, v: Option<&Value<'_>>) -> Vec<SiteDraft> {
+fn read_sites(ck: &mut Checker<'_>, v: Option<&Value<'_>>, isolation: Isolation) -> Vec<SiteDraft> {
     const NEED_ONE: &str = "at least one [[site]] is required, with a name, bindings and app";
     let Some(v) = v else {
         ck.report(&(0..0), "site", NEED_ONE);
@@ -361,11 +818,16 @@ fn read_sites(ck: &mut Checker<'_>, v: Option<&Value<'_>>) -> Vec<SiteDraft> {
     items
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| read_site(ck, i, v))
+        .filter_map(|(i, v)| read_site(ck, i, v, isolation))
         .collect()
 }
 
-fn read_site(ck: &mut Checker<'_>, index: usize, v: &Value<'_>) -> Option<SiteDraft> {
+fn read_site(
+    ck: &mut Checker<'_>,
+    index: usize,
+    v: &Value<'_>,
+    isolation: Isolation,
+) -> Option<SiteDraft> {
     let key = format!("site[{index}]");
     let t = ck.table(v, &key)?;
     ck.unknown_keys(t, &key, SITE_KEYS);
@@ -413,7 +875,7 @@ fn read_site(ck: &mut Checker<'_>, index: usize, v: &Value<'_>) -> Option<SiteDr
 
     let app_key = format!("{key}.app");
     match t.get("app") {
-        Some(v) => site.apps = read_apps(ck, v, &app_key),
+        Some(v) => site.apps = read_apps(ck, v, &app_key, isolation),
         None => ck.report(
             &site.span,
             &app_key,
@@ -456,7 +918,12 @@ fn read_bindings(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Vec<Located<
     bindings
 }
 
-fn read_apps(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Vec<AppDraft> {
+fn read_apps(
+    ck: &mut Checker<'_>,
+    v: &Value<'_>,
+    key: &str,
+    isolation: Isolation,
+) -> Vec<AppDraft> {
     let Some(items) = ck.array(v, key) else {
         return Vec::new();
     };
@@ -473,7 +940,7 @@ fn read_apps(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Vec<AppDraft> {
         };
         ck.unknown_keys(t, &item_key, APP_KEYS);
         let path = read_app_path(ck, item, t, &item_key);
-        let pool = read_app_pool(ck, item, t, &item_key);
+        let pool = read_app_pool(ck, item, t, &item_key, isolation);
         let (Some(path), Some(pool)) = (path, pool) else {
             continue;
         };
@@ -515,14 +982,19 @@ fn read_app_path(
     })
 }
 
+/// `Some(None)`: no pool key, which only shared isolation allows; `None`: a problem.
 fn read_app_pool(
     ck: &mut Checker<'_>,
     app: &Value<'_>,
     t: &DeTable<'_>,
     key: &str,
-) -> Option<Located<String>> {
+    isolation: Isolation,
+) -> Option<Option<Located<String>>> {
     let key = format!("{key}.pool");
     let Some(v) = t.get("pool") else {
+        if isolation == Isolation::Shared {
+            return Some(None);
+        }
         ck.report(
             &app.span(),
             &key,
@@ -531,10 +1003,10 @@ fn read_app_pool(
         return None;
     };
     let pool = ck.string(v, &key)?;
-    Some(Located {
+    Some(Some(Located {
         value: pool.to_owned(),
         span: v.span(),
-    })
+    }))
 }
 
 /// An app path is the path part of an HTTP.sys URL prefix: it must not be able to mean two
@@ -598,19 +1070,57 @@ fn check_site_names_unique(ck: &mut Checker<'_>, sites: &[SiteDraft]) {
     }
 }
 
+/// With `isolation = "shared"`, the one pool's name; otherwise reports why there is none.
+fn check_one_shared_pool(
+    ck: &mut Checker<'_>,
+    isolation: Option<&Value<'_>>,
+    pools: &BTreeMap<String, PoolConfig>,
+) -> Option<String> {
+    let span = isolation.map_or(0..0, |v| v.span());
+    let mut names = pools.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => return Some(only.clone()),
+        (None, _) => ck.report(
+            &span,
+            "isolation",
+            "\"shared\" serves every app of every site from one pool, and no [pool.NAME] is \
+             defined (add exactly one)",
+        ),
+        (Some(_), Some(_)) => {
+            let names: Vec<String> = pools.keys().map(|n| format!("{n:?}")).collect();
+            let message = format!(
+                "\"shared\" serves every app of every site from one pool and one queue (IIS 5.0 \
+                 isolation mode), so exactly one [pool.NAME] may be defined, not {} ({}); \
+                 keep one, or use isolation = \"pool\"",
+                names.len(),
+                names.join(", ")
+            );
+            ck.report(&span, "isolation", message);
+        }
+    }
+    None
+}
+
 fn check_apps_name_pools(
     ck: &mut Checker<'_>,
     sites: &[SiteDraft],
     pools: &BTreeMap<String, PoolConfig>,
+    isolation: Isolation,
 ) {
     let defined: BTreeSet<&str> = pools.keys().map(String::as_str).collect();
     for site in sites {
         for app in &site.apps {
-            let pool = &app.pool.value;
+            let Some(pool) = &app.pool else { continue };
+            let pool = &pool.value;
             if defined.contains(pool.as_str()) {
                 continue;
             }
-            let valid = if defined.is_empty() {
+            let valid = if isolation == Isolation::Shared && defined.len() == 1 {
+                let only = defined.first().copied().unwrap_or_default();
+                format!(
+                    "with isolation = \"shared\" every app is served by pool {only:?}; name it or leave pool out"
+                )
+            } else if defined.is_empty() {
                 format!("no pools are defined; add a [pool.{pool}] section")
             } else {
                 let names: Vec<_> = defined.iter().map(|n| format!("{n:?}")).collect();
@@ -620,8 +1130,9 @@ fn check_apps_name_pools(
                 )
             };
             let key = format!("{}.app[{}].pool", site.key(), app.index);
+            let span = app.pool.as_ref().map_or(0..0, |p| p.span.clone());
             ck.report(
-                &app.pool.span,
+                &span,
                 &key,
                 format!("there is no pool named {pool:?} ({valid})"),
             );

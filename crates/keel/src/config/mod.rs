@@ -3,18 +3,23 @@
 //! `load` walks the spanned TOML tree by hand rather than through serde so that one pass
 //! reports every problem, each with its line and dotted key. The types here are plain data:
 //! a loaded [`Config`] is valid (every app names a pool that exists, no two sites claim the
-//! same binding and path) and paths in it are already resolved against [`Config::base_dir`].
+//! same binding and path, pool identities exist and keel may use them) and paths in it are
+//! already resolved against [`Config::base_dir`].
 //!
-//! Architecture invariant: no I/O beyond reading the one file and looking for a bare command
-//! name beside the keel executable; nothing here knows about sockets, queues or processes.
+//! Architecture invariant: no I/O beyond reading the one file, looking for a bare command
+//! name beside the keel executable, and looking up pool users and groups in the user
+//! database (`identity.rs`, the config's only `unsafe`); nothing here knows about sockets,
+//! queues or processes.
 
 mod binding;
 mod error;
 mod fields;
+use crate::os::users as identity;
 mod load;
 mod program;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +36,22 @@ pub const DEFAULT_WORKERS: u32 = 1;
 pub const DEFAULT_QUEUE_LENGTH: u32 = 1000;
 /// HTTP.sys `RequestQueue` timer.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(120);
+/// IIS `processModel.idleTimeout` (20 min).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// IIS `processModel.pingInterval`.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// IIS `processModel.pingResponseTime`.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(90);
+/// IIS `processModel.startupTimeLimit`.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// IIS `processModel.shutdownTimeLimit`: how long a draining worker may take to exit.
+pub const DEFAULT_WORKER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(90);
+/// IIS `recycling.periodicRestart.time` (29 h).
+pub const DEFAULT_RECYCLE_UPTIME: Duration = Duration::from_secs(29 * 3600);
+/// IIS `failure.rapidFailProtectionMaxCrashes`.
+pub const DEFAULT_RAPID_FAIL_FAILURES: u32 = 5;
+/// IIS `failure.rapidFailProtectionInterval`.
+pub const DEFAULT_RAPID_FAIL_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// A loaded, valid configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,12 +60,65 @@ pub struct Config {
     /// Directory relative paths resolve against: the config file's directory, or the current
     /// directory for the embedded default. Always absolute.
     pub base_dir: PathBuf,
+    /// Top-level `isolation`.
+    pub isolation: Isolation,
+    pub daemon: DaemonConfig,
     pub listener: ListenerConfig,
     pub log: LogConfig,
     /// In file order; never empty.
     pub sites: Vec<SiteConfig>,
-    /// Every `[pool.NAME]`, including pools no app uses.
+    /// Every `[pool.NAME]`, including pools no app uses. With [`Isolation::Shared`], exactly
+    /// one, and every app names it.
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// How apps map to pools (top-level `isolation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each app names its pool (IIS worker process isolation mode).
+    #[default]
+    Pool,
+    /// One pool, one queue for every app of every site (IIS 5.0 isolation mode). The config
+    /// has exactly one pool and every [`AppConfig::pool`] is its name.
+    Shared,
+}
+
+impl Isolation {
+    pub const NAMES: [&str; 2] = ["pool", "shared"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Pool => "pool",
+            Isolation::Shared => "shared",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Isolation::Pool, Isolation::Shared]
+            .into_iter()
+            .find(|i| i.as_str() == name)
+    }
+}
+
+/// `[daemon]`: the daemon's own files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Holds the per-pool attach sockets (and later the admin socket). Absolute: resolved
+    /// against `base_dir`, or [`default_runtime_dir`] when not set.
+    pub runtime_dir: PathBuf,
+}
+
+/// `runtime_dir` when keel.toml does not set it: `/run/keel` for root, else
+/// `$XDG_RUNTIME_DIR/keel` when that is set to an absolute path, else `/tmp/keel-<uid>`.
+pub fn default_runtime_dir(euid: u32, xdg_runtime_dir: Option<&OsStr>) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from("/run/keel");
+    }
+    match xdg_runtime_dir.map(Path::new) {
+        // The XDG spec says to ignore a relative value.
+        Some(dir) if dir.is_absolute() => dir.join("keel"),
+        _ => PathBuf::from(format!("/tmp/keel-{euid}")),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,11 +154,12 @@ pub struct AppConfig {
     /// As written: starts with "/", may end with "/", no empty, "." or ".." segments.
     /// Routing compares it case-insensitively by whole segments.
     pub path: String,
-    /// Always a key of [`Config::pools`].
+    /// Always a key of [`Config::pools`] (with [`Isolation::Shared`], the one pool's name,
+    /// also when the app entry has no `pool` key).
     pub pool: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
     /// Never empty; `command[0]` resolved by [`resolve_program`].
@@ -99,6 +174,171 @@ pub struct PoolConfig {
     pub env: BTreeMap<String, String>,
     /// Resolved against `base_dir`; `None`: the worker inherits keel's working directory.
     pub cwd: Option<PathBuf>,
+    /// IIS `startMode`.
+    pub start: StartMode,
+    /// IIS `processModel.idleTimeout`; `None` ("0s"): never stop idle workers.
+    pub idle_timeout: Option<Duration>,
+    /// IIS `processModel.pingInterval`; `None` ("0s"): no pings (`pingingEnabled = false`).
+    pub ping_interval: Option<Duration>,
+    /// IIS `processModel.pingResponseTime`. Never zero.
+    pub ping_timeout: Duration,
+    /// IIS `processModel.startupTimeLimit`: from spawn to hello. Never zero.
+    pub startup_timeout: Duration,
+    /// IIS `processModel.shutdownTimeLimit`: from drain to exit. Never zero.
+    pub shutdown_timeout: Duration,
+    /// Overlapped recycling: the replacement says hello before the old worker drains
+    /// (IIS `disallowOverlappingRotation = !overlap`).
+    pub overlap: bool,
+    pub recycle: RecycleConfig,
+    pub rapid_fail: RapidFailConfig,
+    /// `user` / `group`, resolved. `None`: workers run as keel does. When keel is not root
+    /// this is `None` or keel's own uid and gid (anything else is a load error).
+    pub identity: Option<Identity>,
+    pub limits: Limits,
+    /// cgroup memory limit per worker, bytes; never `Some(0)`.
+    pub memory_max: Option<u64>,
+    /// cgroup CPU limit per worker, in CPUs: finite, > 0, <= 1024.
+    pub cpu_max: Option<f64>,
+    /// IIS `failure.loadBalancerCapabilities`.
+    pub unavailable: Unavailable,
+    /// Accept attached workers on the pool's unix socket in [`DaemonConfig::runtime_dir`]
+    /// (HTTP Server API named request queue).
+    pub attach: bool,
+}
+
+/// When a pool's first worker starts (IIS `startMode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// IIS `OnDemand`: the first request starts it.
+    #[default]
+    OnDemand,
+    /// IIS `AlwaysRunning`: with the daemon.
+    Always,
+}
+
+impl StartMode {
+    pub const NAMES: [&str; 2] = ["on-demand", "always"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMode::OnDemand => "on-demand",
+            StartMode::Always => "always",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [StartMode::OnDemand, StartMode::Always]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
+
+/// A local wall-clock time, `"HH:MM"` in keel.toml.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay {
+    /// 0–23.
+    pub hour: u8,
+    /// 0–59.
+    pub minute: u8,
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+/// Recycle triggers (IIS `recycling.periodicRestart`); `None` / empty = that trigger is off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecycleConfig {
+    /// `periodicRestart.time`; keel adds ±10% jitter. Never `Some(0)`.
+    pub uptime: Option<Duration>,
+    /// `periodicRestart.requests`. Never `Some(0)`.
+    pub requests: Option<u64>,
+    /// RSS in bytes (`periodicRestart.privateMemory`). Never `Some(0)`.
+    pub memory: Option<u64>,
+    /// `periodicRestart.schedule`: local times, sorted, no duplicates.
+    pub schedule: Vec<TimeOfDay>,
+}
+
+impl Default for RecycleConfig {
+    fn default() -> Self {
+        RecycleConfig {
+            uptime: Some(DEFAULT_RECYCLE_UPTIME),
+            requests: None,
+            memory: None,
+            schedule: Vec::new(),
+        }
+    }
+}
+
+/// Rapid-fail protection (IIS `failure.rapidFailProtection*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RapidFailConfig {
+    /// Unexpected exits or startup failures within `interval` that disable the pool;
+    /// 0 = protection off (`rapidFailProtection = false`).
+    pub failures: u32,
+    /// Never zero.
+    pub interval: Duration,
+    /// keel's own: re-enable a disabled pool after 30 s, 60 s, … up to 10 min.
+    pub backoff: bool,
+}
+
+impl Default for RapidFailConfig {
+    fn default() -> Self {
+        RapidFailConfig {
+            failures: DEFAULT_RAPID_FAIL_FAILURES,
+            interval: DEFAULT_RAPID_FAIL_INTERVAL,
+            backoff: true,
+        }
+    }
+}
+
+/// setrlimit values for the workers (soft = hard); `None` = inherit keel's. `u64::MAX` is
+/// `RLIM_INFINITY` (written `"unlimited"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+}
+
+/// What a client gets when the pool cannot serve it: full queue, disabled pool
+/// (IIS `failure.loadBalancerCapabilities`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unavailable {
+    /// `HttpLevel`: 503 with `Retry-After`.
+    #[default]
+    Status503,
+    /// `TcpLevel`: the connection is closed (reset).
+    Reset,
+}
+
+impl Unavailable {
+    pub const NAMES: [&str; 2] = ["503", "reset"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Status503 => "503",
+            Unavailable::Reset => "reset",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Unavailable::Status503, Unavailable::Reset]
+            .into_iter()
+            .find(|u| u.as_str() == name)
+    }
+}
+
+/// The user and group a pool's workers run as, resolved at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// As written in keel.toml: a user name or a numeric uid.
+    pub user: String,
+    pub uid: u32,
+    /// `group`, or the user's primary group.
+    pub gid: u32,
 }
 
 /// Which requests a worker's crash may replay on another worker (DESIGN §3).
@@ -179,7 +419,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 /// Validates `text`; `source` names it in errors, relative paths resolve against `base_dir`.
 pub fn load_str(text: &str, source: ConfigSource, base_dir: &Path) -> Result<Config, ConfigError> {
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
-    load::load(text, source, base_dir)
+    load::load(text, source, base_dir, &load::Host::current())
 }
 
 /// [`DEFAULT_TOML`], loaded relative to the current directory.

@@ -16,6 +16,30 @@ fn load(text: &str) -> Result<Config, ConfigError> {
     )
 }
 
+/// Loads `text` as if keel ran as `host`.
+fn load_as(text: &str, host: &load::Host) -> Result<Config, ConfigError> {
+    load::load(
+        text,
+        ConfigSource::File("keel.toml".into()),
+        BASE.into(),
+        host,
+    )
+}
+
+fn host(euid: u32, egid: u32, xdg_runtime_dir: Option<&str>) -> load::Host {
+    load::Host {
+        euid,
+        egid,
+        xdg_runtime_dir: xdg_runtime_dir.map(Into::into),
+    }
+}
+
+const ROOT: load::Host = load::Host {
+    euid: 0,
+    egid: 0,
+    xdg_runtime_dir: None,
+};
+
 /// The full error text for `text`, which must be invalid.
 fn errors(text: &str) -> String {
     match load(text) {
@@ -68,6 +92,193 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(pool.retry, RetryPolicy::Idempotent);
     assert!(pool.env.is_empty());
     assert_eq!(pool.cwd, None);
+    assert_eq!(config.isolation, Isolation::Pool);
+    assert_eq!(pool.start, StartMode::OnDemand);
+    assert_eq!(pool.idle_timeout, Some(Duration::from_secs(20 * 60)));
+    assert_eq!(pool.ping_interval, Some(Duration::from_secs(30)));
+    assert_eq!(pool.ping_timeout, Duration::from_secs(90));
+    assert_eq!(pool.startup_timeout, Duration::from_secs(90));
+    assert_eq!(pool.shutdown_timeout, Duration::from_secs(90));
+    assert!(pool.overlap);
+    assert_eq!(
+        pool.recycle,
+        RecycleConfig {
+            uptime: Some(Duration::from_secs(29 * 3600)),
+            requests: None,
+            memory: None,
+            schedule: vec![],
+        }
+    );
+    assert_eq!(
+        pool.rapid_fail,
+        RapidFailConfig {
+            failures: 5,
+            interval: Duration::from_secs(300),
+            backoff: true,
+        }
+    );
+    assert_eq!(pool.identity, None);
+    assert_eq!(pool.limits, Limits::default());
+    assert_eq!(pool.memory_max, None);
+    assert_eq!(pool.cpu_max, None);
+    assert_eq!(pool.unavailable, Unavailable::Status503);
+    assert!(!pool.attach);
+}
+
+#[test]
+fn runtime_dir_defaults_by_who_keel_runs_as() {
+    let dir = |h: &load::Host| load_as(MINIMAL, h).unwrap().daemon.runtime_dir;
+    assert_eq!(dir(&ROOT), Path::new("/run/keel"));
+    assert_eq!(
+        dir(&host(0, 0, Some("/run/user/0"))),
+        Path::new("/run/keel")
+    );
+    assert_eq!(
+        dir(&host(1000, 1000, Some("/run/user/1000"))),
+        Path::new("/run/user/1000/keel")
+    );
+    assert_eq!(
+        dir(&host(1000, 1000, Some("relative"))),
+        Path::new("/tmp/keel-1000")
+    );
+    assert_eq!(dir(&host(1000, 1000, None)), Path::new("/tmp/keel-1000"));
+    let config = load(MINIMAL).unwrap();
+    assert!(config.daemon.runtime_dir.is_absolute());
+}
+
+#[test]
+fn runtime_dir_resolves_against_the_config_directory() {
+    let config = load(&format!("[daemon]\nruntime_dir = \"run\"\n{MINIMAL}")).unwrap();
+    assert_eq!(config.daemon.runtime_dir, Path::new("/srv/keel/run"));
+    let config = load(&format!(
+        "[daemon]\nruntime_dir = \"/var/run/k\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(config.daemon.runtime_dir, Path::new("/var/run/k"));
+    assert_error(
+        &format!("[daemon]\nruntime_dir = \"\"\n{MINIMAL}"),
+        "keel.toml:2: daemon.runtime_dir: must not be empty",
+    );
+    assert_error(
+        &format!("[daemon]\nrun_dir = \"x\"\n{MINIMAL}"),
+        "keel.toml:2: daemon.run_dir: unknown key (valid keys: runtime_dir)",
+    );
+    assert_error(
+        &format!("daemon = 1\n{MINIMAL}"),
+        "keel.toml:1: daemon: must be a table (got an integer)",
+    );
+}
+
+#[test]
+fn every_pool_manager_key_is_read() {
+    let config = load_as(
+        r#"
+[[site]]
+name = "demo"
+bindings = ["http://127.0.0.1:8080"]
+app = [{ path = "/", pool = "demo" }]
+
+[pool.demo]
+command = ["/bin/worker"]
+start = "always"
+idle_timeout = "0s"
+ping_interval = "0s"
+ping_timeout = "5s"
+startup_timeout = "10s"
+shutdown_timeout = "1m"
+overlap = false
+recycle = { uptime = "0s", requests = 500, memory = "512 MiB", schedule = ["03:00", "1:30", "23:59"] }
+rapid_fail = { failures = 0, interval = "1m", backoff = false }
+user = "nobody"
+group = "root"
+limits = { nofile = 4096, nproc = 256, core = 0 }
+memory_max = "1G"
+cpu_max = 0.5
+unavailable = "reset"
+attach = true
+"#,
+        &ROOT,
+    )
+    .unwrap();
+    let pool = &config.pools["demo"];
+    assert_eq!(pool.start, StartMode::Always);
+    assert_eq!(pool.idle_timeout, None);
+    assert_eq!(pool.ping_interval, None);
+    assert_eq!(pool.ping_timeout, Duration::from_secs(5));
+    assert_eq!(pool.startup_timeout, Duration::from_secs(10));
+    assert_eq!(pool.shutdown_timeout, Duration::from_secs(60));
+    assert!(!pool.overlap);
+    let t = |hour, minute| TimeOfDay { hour, minute };
+    assert_eq!(
+        pool.recycle,
+        RecycleConfig {
+            uptime: None,
+            requests: Some(500),
+            memory: Some(512 << 20),
+            schedule: vec![t(1, 30), t(3, 0), t(23, 59)],
+        }
+    );
+    assert_eq!(
+        pool.rapid_fail,
+        RapidFailConfig {
+            failures: 0,
+            interval: Duration::from_secs(60),
+            backoff: false,
+        }
+    );
+    let nobody = identity_uid("nobody");
+    assert_eq!(
+        pool.identity,
+        Some(Identity {
+            user: "nobody".into(),
+            uid: nobody,
+            gid: 0,
+        })
+    );
+    assert_eq!(
+        pool.limits,
+        Limits {
+            nofile: Some(4096),
+            nproc: Some(256),
+            core: Some(0),
+        }
+    );
+    assert_eq!(pool.memory_max, Some(1 << 30));
+    assert_eq!(pool.cpu_max, Some(0.5));
+    assert_eq!(pool.unavailable, Unavailable::Reset);
+    assert!(pool.attach);
+}
+
+fn identity_uid(name: &str) -> u32 {
+    super::identity::user_by_name(name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no user {name} on this machine"))
+        .uid
+}
+
+#[test]
+fn sub_tables_may_be_partial_or_written_as_sections() {
+    let config = load(&format!(
+        "{MINIMAL}recycle = {{ requests = 10 }}\nrapid_fail = {{ failures = 2 }}\nlimits = {{ core = \"unlimited\" }}\n"
+    ))
+    .unwrap();
+    let pool = &config.pools["demo"];
+    assert_eq!(pool.recycle.uptime, Some(Duration::from_secs(29 * 3600)));
+    assert_eq!(pool.recycle.requests, Some(10));
+    assert_eq!(pool.rapid_fail.failures, 2);
+    assert_eq!(pool.rapid_fail.interval, Duration::from_secs(300));
+    assert!(pool.rapid_fail.backoff);
+    assert_eq!(pool.limits.core, Some(u64::MAX));
+    assert_eq!(pool.limits.nofile, None);
+
+    let config = load(&format!(
+        "{MINIMAL}\n[pool.demo.recycle]\nmemory = 1048576\nrequests = 0\n[pool.demo.rapid_fail]\ninterval = \"10m\"\n"
+    ))
+    .unwrap();
+    let pool = &config.pools["demo"];
+    assert_eq!(pool.recycle.memory, Some(1 << 20));
+    assert_eq!(pool.recycle.requests, None);
+    assert_eq!(pool.rapid_fail.interval, Duration::from_secs(600));
 }
 
 #[test]
@@ -104,6 +315,7 @@ command = ["/bin/true"]
 "#,
     )
     .unwrap();
+    assert_eq!(config.isolation, Isolation::Pool);
     assert_eq!(config.listener.shutdown_timeout, Duration::from_secs(5));
     assert_eq!(
         config.log.error_log.as_deref(),
@@ -173,11 +385,22 @@ fn the_default_file_comments_show_the_real_defaults() {
         .collect();
     assert_ne!(uncommented, DEFAULT_TOML);
     for key in [
+        "isolation",
         "shutdown_timeout",
         "queue_length",
         "queue_timeout",
         "retry",
         "env",
+        "start",
+        "idle_timeout",
+        "ping_interval",
+        "ping_timeout",
+        "startup_timeout",
+        "overlap",
+        "recycle",
+        "rapid_fail",
+        "unavailable",
+        "attach",
     ] {
         assert!(
             uncommented
@@ -208,8 +431,10 @@ fn every_pool_key_appears_in_the_default_file() {
     }
 }
 
-fn load_keys() -> [&'static str; 10] {
+fn load_keys() -> [&'static str; 27] {
     [
+        "isolation",
+        "runtime_dir",
         "shutdown_timeout",
         "error_log",
         "command",
@@ -220,6 +445,21 @@ fn load_keys() -> [&'static str; 10] {
         "retry",
         "env",
         "cwd",
+        "start",
+        "idle_timeout",
+        "ping_interval",
+        "ping_timeout",
+        "startup_timeout",
+        "overlap",
+        "recycle",
+        "rapid_fail",
+        "user",
+        "group",
+        "limits",
+        "memory_max",
+        "cpu_max",
+        "unavailable",
+        "attach",
     ]
 }
 
@@ -256,7 +496,7 @@ wokers = 2
 "#;
     let errors = errors(text);
     for expected in [
-        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: listener, log, site, pool)",
+        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, listener, log, site, pool)",
         "keel.toml:4: log.eror_log: unknown key (did you mean `error_log`?",
         "keel.toml:8: site[0].apps: unknown key (did you mean `app`?",
         "keel.toml:9: site[0].app[0].root: unknown key (valid keys: path, pool)",
@@ -614,6 +854,409 @@ fn an_absolute_cwd_is_kept() {
     );
 }
 
+// ---- pool manager ----
+
+#[test]
+fn pool_manager_values_are_checked_with_their_lines() {
+    let with = |line: &str| format!("{MINIMAL}{line}\n");
+    for (line, expected) in [
+        (
+            "start = \"lazy\"",
+            "keel.toml:9: pool.demo.start: \"lazy\" is not a start mode (expected one of \"on-demand\", \"always\")",
+        ),
+        (
+            "start = true",
+            "keel.toml:9: pool.demo.start: must be one of \"on-demand\", \"always\" (as a string)",
+        ),
+        (
+            "idle_timeout = 20",
+            "keel.toml:9: pool.demo.idle_timeout: must be a duration string (got the integer 20",
+        ),
+        (
+            "ping_interval = \"often\"",
+            "keel.toml:9: pool.demo.ping_interval: \"often\" is not a duration",
+        ),
+        (
+            "ping_timeout = \"0s\"",
+            "keel.toml:9: pool.demo.ping_timeout: must be longer than zero (got \"0s\")",
+        ),
+        (
+            "startup_timeout = \"0s\"",
+            "keel.toml:9: pool.demo.startup_timeout: must be longer than zero",
+        ),
+        (
+            "shutdown_timeout = \"0ms\"",
+            "keel.toml:9: pool.demo.shutdown_timeout: must be longer than zero",
+        ),
+        (
+            "overlap = \"yes\"",
+            "keel.toml:9: pool.demo.overlap: must be true or false (got a string)",
+        ),
+        (
+            "recycle = \"29h\"",
+            "keel.toml:9: pool.demo.recycle: must be a table (got a string)",
+        ),
+        (
+            "recycle = { uptim = \"1h\" }",
+            "keel.toml:9: pool.demo.recycle.uptim: unknown key (did you mean `uptime`? valid keys: uptime, requests, memory, schedule)",
+        ),
+        (
+            "recycle = { uptime = 3600 }",
+            "keel.toml:9: pool.demo.recycle.uptime: must be a duration string",
+        ),
+        (
+            "recycle = { requests = -1 }",
+            "keel.toml:9: pool.demo.recycle.requests: must be at least 0 (got -1)",
+        ),
+        (
+            "recycle = { requests = \"500\" }",
+            "keel.toml:9: pool.demo.recycle.requests: must be an integer of 0 or more (got a string)",
+        ),
+        (
+            "recycle = { memory = \"512 MeB\" }",
+            "keel.toml:9: pool.demo.recycle.memory: \"512 MeB\" is not a size: unknown unit \"MeB\"",
+        ),
+        (
+            "recycle = { memory = \"lots\" }",
+            "keel.toml:9: pool.demo.recycle.memory: \"lots\" is not a size (expected a number and a unit such as \"512 MiB\"",
+        ),
+        (
+            "recycle = { memory = -5 }",
+            "keel.toml:9: pool.demo.recycle.memory: must be at least 0 (got -5)",
+        ),
+        (
+            "recycle = { memory = 1.5 }",
+            "keel.toml:9: pool.demo.recycle.memory: must be a size (a number and a unit",
+        ),
+        (
+            "recycle = { schedule = \"03:00\" }",
+            "keel.toml:9: pool.demo.recycle.schedule: must be an array (got a string)",
+        ),
+        (
+            "recycle = { schedule = [\"03:00\", \"24:00\"] }",
+            "keel.toml:9: pool.demo.recycle.schedule[1]: \"24:00\" is not a time of day (expected \"HH:MM\" from \"00:00\" to \"23:59\")",
+        ),
+        (
+            "recycle = { schedule = [03:00:00] }",
+            "keel.toml:9: pool.demo.recycle.schedule[0]: must be a string \"HH:MM\" (got a TOML time",
+        ),
+        (
+            "recycle = { schedule = [\"03:00\", \"3:00\"] }",
+            "keel.toml:9: pool.demo.recycle.schedule[1]: 03:00 is listed twice",
+        ),
+        (
+            "rapid_fail = { failures = -1 }",
+            "keel.toml:9: pool.demo.rapid_fail.failures: must be at least 0 (got -1)",
+        ),
+        (
+            "rapid_fail = { failures = 2147483648 }",
+            "keel.toml:9: pool.demo.rapid_fail.failures: must be at most 2147483647",
+        ),
+        (
+            "rapid_fail = { interval = \"0s\" }",
+            "keel.toml:9: pool.demo.rapid_fail.interval: must be longer than zero",
+        ),
+        (
+            "rapid_fail = { backoff = 1 }",
+            "keel.toml:9: pool.demo.rapid_fail.backoff: must be true or false (got an integer)",
+        ),
+        (
+            "rapid_fail = { crashes = 5 }",
+            "keel.toml:9: pool.demo.rapid_fail.crashes: unknown key (valid keys: failures, interval, backoff)",
+        ),
+        (
+            "limits = { nofile = -1 }",
+            "keel.toml:9: pool.demo.limits.nofile: must be at least 0 (got -1)",
+        ),
+        (
+            "limits = { core = \"infinite\" }",
+            "keel.toml:9: pool.demo.limits.core: \"infinite\" is not a limit (expected an integer of 0 or more, or \"unlimited\")",
+        ),
+        (
+            "limits = { stack = 1 }",
+            "keel.toml:9: pool.demo.limits.stack: unknown key (valid keys: nofile, nproc, core)",
+        ),
+        (
+            "memory_max = 0",
+            "keel.toml:9: pool.demo.memory_max: must be more than 0 bytes",
+        ),
+        (
+            "memory_max = \"0 MiB\"",
+            "keel.toml:9: pool.demo.memory_max: must be more than 0 bytes",
+        ),
+        (
+            "memory_max = \"99999999 TiB\"",
+            "keel.toml:9: pool.demo.memory_max: \"99999999 TiB\" is too large a size",
+        ),
+        (
+            "cpu_max = 0",
+            "keel.toml:9: pool.demo.cpu_max: must be above 0 (got 0)",
+        ),
+        (
+            "cpu_max = -0.5",
+            "keel.toml:9: pool.demo.cpu_max: must be above 0 (got -0.5)",
+        ),
+        (
+            "cpu_max = 1025",
+            "keel.toml:9: pool.demo.cpu_max: must be at most 1024 (got 1025)",
+        ),
+        (
+            "cpu_max = nan",
+            "keel.toml:9: pool.demo.cpu_max: must be above 0 (got nan)",
+        ),
+        (
+            "cpu_max = inf",
+            "keel.toml:9: pool.demo.cpu_max: must be at most 1024 (got inf)",
+        ),
+        (
+            "cpu_max = \"50%\"",
+            "keel.toml:9: pool.demo.cpu_max: must be a number above 0 and at most 1024 (got a string)",
+        ),
+        (
+            "unavailable = 503",
+            "keel.toml:9: pool.demo.unavailable: must be one of \"503\", \"reset\" (as a string)",
+        ),
+        (
+            "unavailable = \"close\"",
+            "keel.toml:9: pool.demo.unavailable: \"close\" is not an unavailable action (expected one of \"503\", \"reset\")",
+        ),
+        (
+            "attach = \"true\"",
+            "keel.toml:9: pool.demo.attach: must be true or false (got a string)",
+        ),
+    ] {
+        assert_error(&with(line), expected);
+    }
+}
+
+#[test]
+fn zero_turns_triggers_off_and_limits_take_any_count() {
+    let config = load(&format!(
+        "{MINIMAL}recycle = {{ uptime = \"0s\", requests = 0, memory = \"0 MiB\" }}\nrapid_fail = {{ failures = 0 }}\ncpu_max = 2\nmemory_max = 4096\nlimits = {{ nofile = 0x100000 }}\n"
+    ))
+    .unwrap();
+    let pool = &config.pools["demo"];
+    assert_eq!(
+        pool.recycle,
+        RecycleConfig {
+            uptime: None,
+            requests: None,
+            memory: None,
+            schedule: vec![],
+        }
+    );
+    assert_eq!(pool.rapid_fail.failures, 0);
+    assert_eq!(pool.cpu_max, Some(2.0));
+    assert_eq!(pool.memory_max, Some(4096));
+    assert_eq!(pool.limits.nofile, Some(1 << 20));
+}
+
+// ---- identity ----
+
+#[test]
+fn root_resolves_users_and_groups_by_name_or_number() {
+    let nobody = super::identity::user_by_name("nobody").unwrap().unwrap();
+    let with = |lines: &str| format!("{MINIMAL}{lines}\n");
+    let identity = |text: &str| load_as(text, &ROOT).unwrap().pools["demo"].identity.clone();
+    assert_eq!(
+        identity(&with("user = \"nobody\"")),
+        Some(Identity {
+            user: "nobody".into(),
+            uid: nobody.uid,
+            gid: nobody.gid,
+        })
+    );
+    assert_eq!(
+        identity(&with("user = \"nobody\"\ngroup = 0")),
+        Some(Identity {
+            user: "nobody".into(),
+            uid: nobody.uid,
+            gid: 0,
+        })
+    );
+    assert_eq!(
+        identity(&with("user = 0\ngroup = \"root\"")),
+        Some(Identity {
+            user: "0".into(),
+            uid: 0,
+            gid: 0,
+        })
+    );
+    // A numeric uid needs no passwd entry, but then it has no primary group.
+    assert_eq!(
+        identity(&with("user = \"4000000\"\ngroup = \"4000000\"")),
+        Some(Identity {
+            user: "4000000".into(),
+            uid: 4_000_000,
+            gid: 4_000_000,
+        })
+    );
+    let errors = |text: &str| load_as(text, &ROOT).unwrap_err().to_string();
+    let err = errors(&with("user = \"4000000\""));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: uid 4000000 has no entry in the user database, so it has no primary group (add group)"),
+        "{err}"
+    );
+    let err = errors(&with("user = \"keel-no-such-user\""));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: there is no user named \"keel-no-such-user\""),
+        "{err}"
+    );
+    let err = errors(&with("user = \"nobody\"\ngroup = \"keel-no-such-group\""));
+    assert!(
+        err.contains(
+            "keel.toml:10: pool.demo.group: there is no group named \"keel-no-such-group\""
+        ),
+        "{err}"
+    );
+    let err = errors(&with("group = \"root\""));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.group: needs user"),
+        "{err}"
+    );
+    let err = errors(&with("user = \"\""));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: must not be empty"),
+        "{err}"
+    );
+    let err = errors(&with("user = -1"));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: must be at least 0 (got -1)"),
+        "{err}"
+    );
+    let err = errors(&with("user = 4294967295"));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: 4294967295 is not a valid id"),
+        "{err}"
+    );
+    let err = errors(&with("user = true"));
+    assert!(
+        err.contains("keel.toml:9: pool.demo.user: must be a user name or numeric uid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_non_root_keel_cannot_start_workers_as_another_user() {
+    let nobody = super::identity::user_by_name("nobody").unwrap().unwrap();
+    let me = host(1000, 1000, None);
+    let err = load_as(&format!("{MINIMAL}user = \"nobody\"\n"), &me)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "keel.toml:9: pool.demo.user: keel runs as uid 1000, not root, so it cannot start workers as \"nobody\" (uid {}); run keel as root or remove user",
+            nobody.uid
+        )
+    );
+    // Its own uid and gid are fine, by number or by name.
+    let config = load_as(&format!("{MINIMAL}user = 1000\ngroup = 1000\n"), &me).unwrap();
+    assert_eq!(
+        config.pools["demo"].identity,
+        Some(Identity {
+            user: "1000".into(),
+            uid: 1000,
+            gid: 1000,
+        })
+    );
+    let err = load_as(&format!("{MINIMAL}user = 1000\ngroup = \"root\"\n"), &me)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("keel.toml:10: pool.demo.group: keel runs as gid 1000, not root, so it cannot start workers in group \"root\" (gid 0); run keel as root or remove group"),
+        "{err}"
+    );
+    // The same file loads for root.
+    assert!(load_as(&format!("{MINIMAL}user = \"nobody\"\n"), &ROOT).is_ok());
+}
+
+// ---- isolation ----
+
+#[test]
+fn isolation_is_pool_or_shared() {
+    assert_eq!(
+        load(&format!("isolation = \"pool\"\n{MINIMAL}"))
+            .unwrap()
+            .isolation,
+        Isolation::Pool
+    );
+    assert_eq!(
+        load(&format!("isolation = \"shared\"\n{MINIMAL}"))
+            .unwrap()
+            .isolation,
+        Isolation::Shared
+    );
+    assert_error(
+        &format!("isolation = \"process\"\n{MINIMAL}"),
+        "keel.toml:1: isolation: \"process\" is not an isolation mode (expected one of \"pool\", \"shared\")",
+    );
+    assert_error(
+        &format!("isolation = 5\n{MINIMAL}"),
+        "keel.toml:1: isolation: must be one of \"pool\", \"shared\" (as a string)",
+    );
+}
+
+#[test]
+fn shared_isolation_serves_every_app_from_the_one_pool() {
+    let text = r#"isolation = "shared"
+
+[[site]]
+name = "a"
+bindings = ["http://127.0.0.1:8080"]
+app = [{ path = "/" }, { path = "/api", pool = "only" }]
+
+[[site]]
+name = "b"
+bindings = ["http://127.0.0.1:8081"]
+app = [{ path = "/" }]
+
+[pool.only]
+command = ["/bin/worker"]
+"#;
+    let config = load(text).unwrap();
+    assert_eq!(config.isolation, Isolation::Shared);
+    let pools: Vec<&str> = config
+        .sites
+        .iter()
+        .flat_map(|s| s.apps.iter().map(|a| a.pool.as_str()))
+        .collect();
+    assert_eq!(pools, ["only", "only", "only"]);
+
+    let err = errors(&text.replace(r#"pool = "only" }"#, r#"pool = "other" }"#));
+    assert!(
+        err.contains("keel.toml:6: site[0].app[1].pool: there is no pool named \"other\" (with isolation = \"shared\" every app is served by pool \"only\"; name it or leave pool out)"),
+        "{err}"
+    );
+    // Without isolation = "shared", pool is required.
+    let err = errors(&text.replace("isolation = \"shared\"", ""));
+    assert!(
+        err.contains("keel.toml:6: site[0].app[0].pool: is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shared_isolation_needs_exactly_one_pool() {
+    let two =
+        format!("isolation = \"shared\"\n{MINIMAL}\n[pool.other]\ncommand = [\"/bin/other\"]\n");
+    let err = errors(&two);
+    assert!(
+        err.contains("keel.toml:1: isolation: \"shared\" serves every app of every site from one pool and one queue (IIS 5.0 isolation mode), so exactly one [pool.NAME] may be defined, not 2 (\"demo\", \"other\"); keep one, or use isolation = \"pool\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let none = format!(
+        "isolation = \"shared\"\n{}",
+        MINIMAL.split("[pool.demo]").next().unwrap()
+    );
+    let err = errors(&none);
+    assert!(
+        err.contains("keel.toml:1: isolation: \"shared\" serves every app of every site from one pool, and no [pool.NAME] is defined (add exactly one)"),
+        "{err}"
+    );
+}
+
 // ---- files ----
 
 #[test]
@@ -662,16 +1305,22 @@ fn bad_fixtures_fail_with_their_expected_errors() {
             continue;
         }
         let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
-        let expected = expected.trim_end_matches('\n');
         let err = load_file(&path)
             .expect_err(&path.display().to_string())
             .to_string();
-        assert!(
-            err.contains(expected),
-            "{}: expected {expected:?} in:\n{err}",
-            path.display()
-        );
+        // One expected substring per line, as `keel check`'s CLI test reads them.
+        for want in expected.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                err.contains(want),
+                "{}: expected {want:?} in:\n{err}",
+                path.display()
+            );
+        }
         checked += 1;
     }
-    assert!(checked >= 6, "only {checked} fixtures in {}", dir.display());
+    assert!(
+        checked >= 13,
+        "only {checked} fixtures in {}",
+        dir.display()
+    );
 }

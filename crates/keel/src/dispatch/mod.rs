@@ -33,6 +33,8 @@ pub enum Event {
     WorkerLost {
         killed_from_outside: bool,
     },
+    /// The pool went offline while the request waited (rapid-fail).
+    Refused(crate::pool::Refusal),
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;

@@ -15,8 +15,9 @@ use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -54,6 +55,15 @@ pub struct WorkerConn {
     streams: Mutex<Streams>,
     /// Set once the connection is finished: no new stream may be opened.
     closed: AtomicBool,
+    /// Health: the PING waiting for its PONG (nonce, when sent) and the last round trip.
+    ping: Mutex<Option<(u64, Instant)>>,
+    last_rtt_us: AtomicU64,
+    /// Requests this worker has been given (recycle.requests, figures).
+    requests: AtomicU64,
+    /// `recycle.requests`: when `requests` reaches it, the pool manager is told at once.
+    recycle_after: Option<u64>,
+    /// When a stream last opened or closed (idle shutdown).
+    last_activity: Mutex<Instant>,
 }
 
 /// What ended a worker connection's reading side.
@@ -67,7 +77,13 @@ pub enum ReadEnd {
 }
 
 impl WorkerConn {
-    pub fn new(pid: u32, pool: Weak<Pool>, capacity: usize, initial_window: u32) -> Self {
+    pub fn new(
+        pid: u32,
+        pool: Weak<Pool>,
+        capacity: usize,
+        initial_window: u32,
+        recycle_after: Option<u64>,
+    ) -> Self {
         WorkerConn {
             pid,
             pool,
@@ -77,6 +93,51 @@ impl WorkerConn {
             out_ready: Notify::new(),
             streams: Mutex::new(Streams::default()),
             closed: AtomicBool::new(false),
+            ping: Mutex::new(None),
+            last_rtt_us: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            recycle_after,
+            last_activity: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Requests given to this worker so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// How long the worker has had nothing to do (zero while a request is open).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_activity.lock().elapsed()
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock() = Instant::now();
+    }
+
+    /// Sends a PING unless one is already waiting for its PONG.
+    pub fn send_ping(&self, nonce: u64) {
+        let mut ping = self.ping.lock();
+        if ping.is_none() {
+            *ping = Some((nonce, Instant::now()));
+            drop(ping);
+            self.send_control(&Frame::Ping { nonce });
+        }
+    }
+
+    /// When the unanswered PING was sent, if one is outstanding.
+    pub fn ping_outstanding_since(&self) -> Option<Instant> {
+        self.ping.lock().map(|(_, at)| at)
+    }
+
+    /// Round trip of the last answered PING.
+    pub fn last_ping_rtt(&self) -> Option<Duration> {
+        match self.last_rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
         }
     }
 
@@ -111,6 +172,13 @@ impl WorkerConn {
             },
         );
         drop(streams);
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.recycle_after == Some(served)
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.checkup.notify_one();
+        }
+        self.touch();
         self.push_out(|out| {
             let start = out.len();
             out.extend_from_slice(&job.head);
@@ -205,6 +273,7 @@ impl WorkerConn {
 
     /// A slot is free again: the pool may dispatch the next queued request here.
     fn stream_closed(self: &Arc<Self>) {
+        self.touch();
         if let Some(pool) = self.pool.upgrade() {
             pool.slot_freed(self);
         }
@@ -222,7 +291,18 @@ impl WorkerConn {
         let id = frame.stream_id();
         if id == 0 {
             return match frame {
-                Frame::Pong { .. } => Ok(()),
+                Frame::Pong { nonce } => {
+                    let mut ping = self.ping.lock();
+                    if let Some((sent_nonce, at)) = *ping
+                        && sent_nonce == nonce
+                    {
+                        let rtt = at.elapsed().as_micros().max(1);
+                        self.last_rtt_us
+                            .store(u64::try_from(rtt).unwrap_or(u64::MAX), Ordering::Relaxed);
+                        *ping = None;
+                    }
+                    Ok(())
+                }
                 // Cache invalidation arrives with the cache; accepted and ignored until then.
                 Frame::Invalidate { .. } => Ok(()),
                 other => Err(format!("unexpected connection frame {other:?}")),

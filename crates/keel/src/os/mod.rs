@@ -1,3 +1,8 @@
-//! Everything that touches the OS directly (fork/exec, signals): the only `unsafe` in keel.
+//! Everything that touches the OS directly (fork/exec, identities, rlimits, cgroups,
+//! /proc): the only `unsafe` in keel.
 
+pub mod cgroup;
+pub mod clock;
+pub mod proc;
 pub mod spawn;
+pub mod users;

@@ -1,22 +1,74 @@
 //! Starting a worker process: a `socketpair` whose child end is inherited (its number in
-//! `KEEL_FD`), its own process group, and `PR_SET_PDEATHSIG` so it dies with the daemon.
+//! `KEEL_FD`), its own process group, its cgroup, resource limits and identity, and
+//! `PR_SET_PDEATHSIG` so it dies with the daemon.
 //!
 //! This is the one place that touches fork/exec. Invariant: the code run between fork and
 //! exec (`pre_exec`) only makes raw, async-signal-safe syscalls through rustix — no
-//! allocation, no locks, no logging.
+//! allocation, no locks, no logging. Everything it needs (the cgroup's opened
+//! `cgroup.procs` files, the limit values, the ids) is prepared before the fork.
+//!
+//! Errors in the child: whatever fails between fork and exec makes the child exit before
+//! running the worker, and std hands the failing call's errno back to `spawn()`, so the
+//! daemon logs "cannot start worker: <errno text>". Only the errno survives the trip (std
+//! turns an error without one into `EINVAL`), so every error returned from `pre_exec` is
+//! an OS error, which also keeps the child from allocating.
+//!
+//! Running as another user (`identity`): the worker inherits its stdout/stderr pipes, its
+//! socket (`KEEL_FD`) and its cgroup membership as file descriptors or kernel state, so
+//! those keep working after the switch. Two things are checked as the *new* user, though:
+//! the program must be executable by it (exec happens after the switch), and std changes
+//! into `cwd` before `pre_exec` (still as root), so a `cwd` the user cannot read or search
+//! yields a worker that starts but fails on its first relative path. Make `cwd` and the
+//! program accessible to that user.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use rustix::process::{Resource, Rlimit};
+
+use super::cgroup::WorkerCgroup;
+
 /// What to run for one worker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SpawnSpec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Must be readable and searchable by `identity` when that is set (see the module doc).
     pub cwd: Option<PathBuf>,
+    /// (uid, gid) to run the worker as, without supplementary groups; `None` keeps keel's
+    /// own. Switching needs keel to run as root (or with CAP_SETUID/CAP_SETGID).
+    pub identity: Option<(u32, u32)>,
+    pub limits: RLimits,
+    /// The cgroup the worker joins before exec (memory and CPU limits).
+    pub cgroup: Option<WorkerCgroup>,
+}
+
+/// Resource limits set on the worker, soft = hard = the value; `None` inherits keel's own.
+/// They are set while still root, so they may be higher than keel's own limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RLimits {
+    /// RLIMIT_NOFILE: open file descriptors.
+    pub nofile: Option<u64>,
+    /// RLIMIT_NPROC: processes/threads *of the worker's uid*, across every pool running as
+    /// that uid (the kernel counts per user), and not enforced for root.
+    pub nproc: Option<u64>,
+    /// RLIMIT_CORE: core dump size in bytes (0 = no core dumps).
+    pub core: Option<u64>,
+}
+
+impl RLimits {
+    /// The limits as (resource, value) pairs in a fixed array, so `pre_exec` can walk them
+    /// without allocating.
+    fn entries(&self) -> [(Resource, Option<u64>); 3] {
+        [
+            (Resource::Nofile, self.nofile),
+            (Resource::Nproc, self.nproc),
+            (Resource::Core, self.core),
+        ]
+    }
 }
 
 /// A started worker process and the daemon's end of its socket.
@@ -33,6 +85,20 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
         .argv
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let identity = match spec.identity {
+        // -1 means "unchanged" to setuid/setgid: refuse it rather than silently stay root.
+        Some((uid, gid)) if uid == u32::MAX || gid == u32::MAX => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "uid/gid 4294967295 (-1) is not a user",
+            ));
+        }
+        Some((uid, gid)) => Some((
+            rustix::process::Uid::from_raw(uid),
+            rustix::process::Gid::from_raw(gid),
+        )),
+        None => None,
+    };
     let (ours, theirs) = rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,
@@ -53,19 +119,72 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+
+    // Prepared before the fork: the closure only reads these.
     let daemon_pid = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes raw syscalls.
+    let limits = spec.limits.entries();
+    // The cgroup's `cgroup.procs` files, opened (CLOEXEC) by `PoolCgroup::worker`. The
+    // closure keeps the `WorkerCgroup` clone alive so the raw numbers stay valid until the
+    // fork; the worker does not inherit them.
+    let cgroup = spec.cgroup.clone();
+
+    // SAFETY: the closure runs in the forked child before exec; it makes raw syscalls only
+    // (rustix, no libc wrappers that take locks), reads values prepared above, and never
+    // allocates: the errors it returns are raw OS errors.
     unsafe {
         cmd.pre_exec(move || {
-            // The worker must not outlive the daemon, even if the daemon is SIGKILLed.
+            // 1. Join the worker's cgroup(s) first, while still root (the cgroup files are
+            //    root's) and before anything the worker allocates can be charged elsewhere.
+            //    Writing "0" to `cgroup.procs` moves the writing process. Failure (EACCES,
+            //    ENOENT if the cgroup was removed, EBUSY on v2 if it is not a leaf) stops
+            //    the spawn: a worker must not run outside its memory/CPU limit.
+            if let Some(cgroup) = &cgroup {
+                for fd in cgroup.procs_fds() {
+                    rustix::io::write(fd, b"0")?;
+                }
+            }
+            // 2. Resource limits, soft = hard, while still privileged: root may raise the
+            //    hard limit above keel's own (after setuid it could only lower it).
+            //    EPERM: above a system ceiling (e.g. RLIMIT_NOFILE > fs.nr_open) or keel is
+            //    not root; EINVAL: a value the kernel rejects.
+            for (resource, value) in limits {
+                if let Some(value) = value {
+                    let limit = Rlimit {
+                        current: Some(value),
+                        maximum: Some(value),
+                    };
+                    rustix::process::setrlimit(resource, limit)?;
+                }
+            }
+            if let Some((uid, gid)) = identity {
+                // 3. Drop root's supplementary groups: otherwise the worker keeps group 0
+                //    (and any other group of the daemon) after setuid. EPERM: keel lacks
+                //    CAP_SETGID (not root). The rustix `set_thread_*` calls act on the
+                //    calling thread only, which is the whole process here: the forked
+                //    child has exactly one thread.
+                rustix::thread::set_thread_groups(&[])?;
+                // 4. The gid before the uid: after setuid we would no longer be allowed to
+                //    change it. EPERM: not root. EINVAL: gid not valid in this namespace.
+                rustix::thread::set_thread_gid(gid)?;
+                // 5. Real, effective and saved uid (root sets all three), so the worker
+                //    cannot switch back. EAGAIN: RLIMIT_NPROC for that uid already
+                //    reached; EPERM: not root; EINVAL: uid not valid in this namespace.
+                rustix::thread::set_thread_uid(uid)?;
+            }
+            // 6. The worker must not outlive the daemon, even if the daemon is SIGKILLed.
+            //    After the credential change: the kernel clears the death signal whenever
+            //    the euid/egid changes (commit_creds), so setting it earlier would be lost.
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             // The daemon may have died between fork and prctl: then nothing would signal us.
+            // ESRCH is what the spawn reports then (the daemon is gone and will not log it).
             if rustix::process::getppid() != Some(daemon_pid) {
-                return Err(io::Error::other("daemon exited during spawn"));
+                return Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::SRCH.raw_os_error(),
+                ));
             }
-            // Let the worker's end of the socketpair survive exec (it was created CLOEXEC so
-            // that no other child inherits it).
-            let fd = std::os::fd::BorrowedFd::borrow_raw(child_fd);
+            // 7. Let the worker's end of the socketpair survive exec (it was created CLOEXEC
+            //    so that no other child inherits it). EBADF would mean a bug in keel.
+            let fd = BorrowedFd::borrow_raw(child_fd);
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             Ok(())
         });

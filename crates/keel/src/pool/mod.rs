@@ -3,32 +3,46 @@
 //! Invariants:
 //! - a request is either in the queue or open on exactly one worker, never both;
 //! - dispatch is FIFO: a worker with a free slot always takes the queue's head;
-//! - a worker never has more streams open than the capacity agreed in its welcome.
+//! - a worker never has more streams open than the capacity agreed in its welcome;
+//! - a disabled pool queues nothing: new and queued requests are refused with `AppOffline`.
 //!
-//! Starting, watching and replacing worker processes lives in [`supervisor`].
+//! Which workers run, and when they start, stop and are replaced, is the [`manager`]'s
+//! business; one worker's life is in [`worker`].
 
-pub mod supervisor;
+pub mod attach;
+pub mod manager;
+pub mod rapid_fail;
+pub mod recycle;
+pub mod state;
+pub mod worker;
 
 use crate::config::{PoolConfig, RetryPolicy};
-use crate::dispatch::{Job, WorkerConn};
+use crate::dispatch::{Event, Job, WorkerConn};
+use crate::log::Reason;
 use crate::os::spawn::SpawnSpec;
-use crate::queue::{QueueFull, QueueKey, RequestQueue};
+use crate::queue::{QueueKey, RequestQueue};
 use parking_lot::Mutex;
+use state::{PoolState, WorkerState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, mpsc};
+
+pub use manager::Command;
 
 /// The settings a pool runs with, decided from its config.
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
     pub name: Arc<str>,
-    pub workers: usize,
     pub queue_length: usize,
     pub queue_timeout: Duration,
     /// The pool's cap on concurrent requests per worker (the worker's own hello may be lower).
     pub capacity_cap: Option<u32>,
     pub retry: RetryPolicy,
+    /// Command, environment and directory of every worker (identity, limits and cgroup are
+    /// added per worker by the manager).
     pub spawn: SpawnSpec,
+    pub config: PoolConfig,
 }
 
 impl PoolSettings {
@@ -40,7 +54,6 @@ impl PoolSettings {
         env.insert("KEEL_POOL".into(), cfg.name.clone());
         PoolSettings {
             name: cfg.name.as_str().into(),
-            workers: cfg.workers as usize,
             queue_length: cfg.queue_length as usize,
             queue_timeout: cfg.queue_timeout,
             capacity_cap: cfg.capacity,
@@ -49,7 +62,11 @@ impl PoolSettings {
                 argv: cfg.command.clone(),
                 env,
                 cwd: cfg.cwd.clone(),
+                identity: None,
+                limits: Default::default(),
+                cgroup: None,
             },
+            config: cfg.clone(),
         }
     }
 }
@@ -63,6 +80,51 @@ pub enum Placement {
     Queued,
 }
 
+/// Why a pool refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue holds `queue_length` requests already.
+    QueueFull,
+    /// Rapid-fail protection took the pool offline.
+    AppOffline,
+}
+
+impl Refusal {
+    pub fn reason(self) -> Reason {
+        match self {
+            Refusal::QueueFull => Reason::QueueFull,
+            Refusal::AppOffline => Reason::AppOffline,
+        }
+    }
+}
+
+/// What the ops view shows of one worker.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerFigures {
+    pub pid: u32,
+    pub state: WorkerState,
+    pub attached: bool,
+    pub started: SystemTime,
+    pub requests: u64,
+    pub in_flight: usize,
+    pub last_ping_rtt: Option<Duration>,
+    pub rss: Option<u64>,
+    /// Recycles its slot has been through.
+    pub recycles: u64,
+}
+
+/// What the ops view shows of a pool (kept by the manager, read by anyone).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PoolFigures {
+    pub state: PoolState,
+    pub workers_wanted: usize,
+    pub workers_running: usize,
+    pub failures_in_interval: u32,
+    pub recycles: u64,
+    pub last_exit: Option<String>,
+    pub workers: Vec<WorkerFigures>,
+}
+
 struct PoolInner {
     queue: RequestQueue<Job>,
     /// Workers that said hello and can take requests.
@@ -74,11 +136,21 @@ pub struct Pool {
     inner: Mutex<PoolInner>,
     next_key: AtomicU64,
     stopping: AtomicBool,
+    disabled: AtomicBool,
+    /// Rung when a request had to queue: the manager may start a worker.
+    pub demand: Notify,
+    /// Rung when a worker reached `recycle.requests`: the manager checks at once rather
+    /// than at its next tick.
+    pub checkup: Notify,
+    commands: mpsc::UnboundedSender<Command>,
+    pub figures: Mutex<PoolFigures>,
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings) -> Arc<Self> {
-        Arc::new(Pool {
+    /// The pool and the receiving end of its command channel (for its manager).
+    pub fn new(settings: PoolSettings) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let pool = Arc::new(Pool {
             inner: Mutex::new(PoolInner {
                 queue: RequestQueue::new(settings.queue_length),
                 ready: Vec::new(),
@@ -86,7 +158,21 @@ impl Pool {
             settings,
             next_key: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
-        })
+            disabled: AtomicBool::new(false),
+            demand: Notify::new(),
+            checkup: Notify::new(),
+            commands,
+            figures: Mutex::new(PoolFigures {
+                state: PoolState::Idle,
+                workers_wanted: 0,
+                workers_running: 0,
+                failures_in_interval: 0,
+                recycles: 0,
+                last_exit: None,
+                workers: Vec::new(),
+            }),
+        });
+        (pool, rx)
     }
 
     pub fn name(&self) -> &str {
@@ -98,7 +184,10 @@ impl Pool {
     }
 
     /// A new request: to a free worker slot, else to the back of the queue, else refused.
-    pub fn submit(&self, job: Job) -> Result<Placement, QueueFull<Job>> {
+    pub fn submit(&self, job: Job) -> Result<Placement, Refusal> {
+        if self.disabled.load(Ordering::Acquire) {
+            return Err(Refusal::AppOffline);
+        }
         let mut inner = self.inner.lock();
         if inner.queue.is_empty()
             && let Some(worker) = pick_worker(&inner.ready)
@@ -106,15 +195,29 @@ impl Pool {
             worker.open_stream(&job);
             return Ok(Placement::Dispatched);
         }
-        inner.queue.push_back(job.key, job)?;
+        if inner.queue.push_back(job.key, job).is_err() {
+            return Err(Refusal::QueueFull);
+        }
+        drop(inner);
+        self.demand.notify_one();
         Ok(Placement::Queued)
     }
 
-    /// An accepted request whose worker was lost goes back to the head of the queue.
+    /// An accepted request whose worker was lost goes back to the head of the queue
+    /// (or is refused, if the pool went offline meanwhile).
     pub fn requeue_front(&self, job: Job) {
+        if self.disabled.load(Ordering::Acquire) {
+            let _ = job.events.send(Event::Refused(Refusal::AppOffline));
+            return;
+        }
         let mut inner = self.inner.lock();
         inner.queue.push_front(job.key, job);
         dispatch_queued(&mut inner);
+        let waiting = !inner.queue.is_empty();
+        drop(inner);
+        if waiting {
+            self.demand.notify_one();
+        }
     }
 
     /// Takes a request out of the queue (client gone, queue timer expired). False when it
@@ -134,7 +237,9 @@ impl Pool {
     /// A worker said hello: it joins the dispatch set and takes queued requests at once.
     pub fn worker_ready(&self, worker: Arc<WorkerConn>) {
         let mut inner = self.inner.lock();
-        inner.ready.push(worker);
+        if !inner.ready.iter().any(|w| Arc::ptr_eq(w, &worker)) {
+            inner.ready.push(worker);
+        }
         dispatch_queued(&mut inner);
     }
 
@@ -146,11 +251,30 @@ impl Pool {
     /// A stream closed on `worker`: its slot takes the queue's head.
     pub fn slot_freed(&self, worker: &Arc<WorkerConn>) {
         let mut inner = self.inner.lock();
+        if !inner.ready.iter().any(|w| Arc::ptr_eq(w, worker)) {
+            return; // draining or gone: it takes nothing new
+        }
         while !inner.queue.is_empty() && worker.has_room() {
             if let Some((_, job)) = inner.queue.pop_front() {
                 worker.open_stream(&job);
             }
         }
+    }
+
+    /// Rapid-fail took the pool offline (or an operator brought it back). Going offline
+    /// answers every queued request with `AppOffline`.
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Release);
+        if disabled {
+            let waiting = self.inner.lock().queue.drain_all();
+            for job in waiting {
+                let _ = job.events.send(Event::Refused(Refusal::AppOffline));
+            }
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -162,9 +286,18 @@ impl Pool {
         self.stopping.store(true, Ordering::Release);
     }
 
-    /// The workers currently ready (for drain at shutdown).
-    pub fn ready_snapshot(&self) -> Vec<Arc<WorkerConn>> {
-        self.inner.lock().ready.clone()
+    /// Asks the manager to recycle every worker (admin command, config change).
+    pub fn recycle(&self, trigger: state::RecycleTrigger) {
+        let _ = self.commands.send(Command::Recycle(trigger));
+    }
+
+    /// Asks the manager to take a disabled pool back into service now.
+    pub fn enable(&self) {
+        let _ = self.commands.send(Command::Enable);
+    }
+
+    pub fn figures(&self) -> PoolFigures {
+        self.figures.lock().clone()
     }
 }
 
