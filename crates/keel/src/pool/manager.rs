@@ -169,8 +169,8 @@ impl Manager {
             self.publish();
         }
         self.publish();
-        if let Some(cg) = &self.cgroup {
-            cg.remove();
+        if let Some(cg) = self.cgroup.take() {
+            let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
         }
     }
 

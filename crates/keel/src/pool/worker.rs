@@ -326,7 +326,8 @@ fn finish(
     ending: Ending,
 ) {
     if let Some(cg) = cgroup {
-        cg.remove();
+        // rmdir may have to wait for the kernel to tear the cgroup down: not on a runtime thread.
+        tokio::task::spawn_blocking(move || cg.remove());
     }
     let _ = events.send(WorkerEvent::Exited { id, ending });
 }
