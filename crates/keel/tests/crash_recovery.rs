@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,7 +14,6 @@ async fn worker_killed_every_200ms_loses_no_request() {
     d.wait_for_workers(2, Duration::from_secs(10));
     let url = d.url("/pid");
     let total = 5000;
-    let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
 
     let daemon_pid = d.pid();
@@ -33,29 +32,7 @@ async fn worker_killed_every_200ms_loses_no_request() {
         })
     };
 
-    let mut clients = Vec::new();
-    for _ in 0..32 {
-        let next = next.clone();
-        let url = url.clone();
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut failures = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status())),
-                    Err(e) => failures.push(format!("error {e}")),
-                }
-            }
-            failures
-        }));
-    }
-    let mut failures = Vec::new();
-    for c in clients {
-        failures.extend(c.await.unwrap());
-    }
+    let failures = hammer(&url, total, 32).await;
     done.store(true, Ordering::Relaxed);
     let kills = killer.join().unwrap();
     assert!(kills >= 2, "the storm killed {kills} workers");

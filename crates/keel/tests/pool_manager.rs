@@ -6,8 +6,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
@@ -195,32 +193,7 @@ fn disabled_pool_with_unavailable_reset_closes_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycling_every_500_requests_under_load_loses_nothing() {
     let d = Daemon::start(&demo_config("recycle = { requests = 500 }"));
-    let url = d.url("/pid");
-    let next = Arc::new(AtomicUsize::new(0));
-    let total = 10_000;
-    let mut clients = Vec::new();
-    for _ in 0..32 {
-        let next = next.clone();
-        let url = url.clone();
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut failures = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        let _ = r.bytes().await;
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status())),
-                    Err(e) => failures.push(format!("error {e}")),
-                }
-            }
-            failures
-        }));
-    }
-    let mut failures = Vec::new();
-    for c in clients {
-        failures.extend(c.await.unwrap());
-    }
+    let failures = hammer(&d.url("/pid"), 10_000, 32).await;
     assert!(
         failures.is_empty(),
         "{} failures: {:?}",

@@ -378,3 +378,36 @@ command = ["{{demo}}"]
 "#
     )
 }
+
+/// `clients` concurrent keep-alive clients send `total` GETs to `url` between them; returns
+/// a description of every request that did not end in a 200 with its whole body read.
+pub async fn hammer(url: &str, total: usize, clients: usize) -> Vec<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let next = next.clone();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failures = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        if let Err(e) = r.bytes().await {
+                            failures.push(format!("body {e}"));
+                        }
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("error {e}")),
+                }
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.unwrap());
+    }
+    failures
+}
