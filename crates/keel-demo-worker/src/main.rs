@@ -200,6 +200,12 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
         (&Method::GET, "/hang") => hang(),
         (&Method::GET, "/alloc") => alloc(query),
         (&Method::GET, "/whoami") => whoami(),
+        (&Method::GET, "/count") => {
+            let n = counter(param(query, "id").unwrap_or(""), false);
+            text(StatusCode::OK, n.to_string().into())
+        }
+        (&Method::GET, "/invalidate") => invalidate(&req, query),
+        (&Method::GET, p) if CACHE_ROUTES.contains(&p) => cache_route(&req, p, query).await,
         (&Method::GET, "/env") => match param(query, "name").and_then(|n| std::env::var(n).ok()) {
             Some(value) => text(StatusCode::OK, value.into()),
             None => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not set")),
@@ -239,6 +245,140 @@ fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
 
 /// One static chunk that every `/big` response is cut from, so serving it copies nothing.
 static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// Routes for the response-cache tests; each counts its calls per `id` (read with
+/// `/count?id=X`).
+const CACHE_ROUTES: &[&str] = &[
+    "/cached",
+    "/cookie",
+    "/private",
+    "/vary",
+    "/varystar",
+    "/slow-cached",
+    "/etag",
+    "/status",
+];
+
+/// Calls per `id` of the cache routes.
+static COUNTS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+
+/// Adds one call for `id` (when `add`) and returns its count.
+fn counter(id: &str, add: bool) -> u64 {
+    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match counts.iter().position(|(k, _)| k == id) {
+        Some(i) => i,
+        None => {
+            counts.push((id.to_owned(), 0));
+            counts.len() - 1
+        }
+    };
+    counts[i].1 += u64::from(add);
+    counts[i].1
+}
+
+/// `/cached?ttl=N&id=X[&size=B]`: `Cache-Control: public, max-age=N` (B bytes of body);
+/// `/cookie` adds Set-Cookie; `/private` is private; `/vary` varies on Accept-Encoding (the
+/// body says which it got); `/varystar` has `Vary: *`; `/slow-cached?ms=N` waits first;
+/// `/etag` has an ETag and a Last-Modified; `/status?code=C&cache=ttl:N|until` answers C
+/// with the worker cache policy and no cache headers.
+async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<DemoBody> {
+    use http::header::{CACHE_CONTROL, ETAG, LAST_MODIFIED, SET_COOKIE, VARY};
+    let id = param(query, "id").unwrap_or("");
+    let n = counter(id, true);
+    let ttl: u64 = param(query, "ttl")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let public = HeaderValue::from_str(&format!("public, max-age={ttl}")).unwrap();
+    let mut res = text(StatusCode::OK, format!("{path} id={id} call={n}").into());
+    let h = res.headers_mut();
+    h.insert(CACHE_CONTROL, public);
+    match path {
+        "/cached" => {
+            if let Some(size) = param(query, "size").and_then(|v| v.parse::<usize>().ok()) {
+                *res.body_mut() = DemoBody::Full(Some(Bytes::from(vec![b'c'; size])));
+            }
+        }
+        "/cookie" => {
+            h.insert(SET_COOKIE, HeaderValue::from_static("session=1"));
+        }
+        "/private" => {
+            h.insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=60"),
+            );
+        }
+        "/vary" => {
+            h.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+            let enc = req
+                .headers()
+                .get(http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none");
+            *res.body_mut() = DemoBody::Full(Some(format!("enc={enc} call={n}").into()));
+        }
+        "/varystar" => {
+            h.insert(VARY, HeaderValue::from_static("*"));
+        }
+        "/slow-cached" => {
+            let ms: u64 = param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        "/etag" => {
+            h.insert(ETAG, HeaderValue::from_static("\"v1\""));
+            h.insert(
+                LAST_MODIFIED,
+                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+            );
+            *res.body_mut() = DemoBody::Full(Some(Bytes::from_static(
+                b"0123456789abcdefghijklmnopqrstuvwxyz",
+            )));
+        }
+        "/status" => {
+            h.remove(CACHE_CONTROL);
+            let code: u16 = param(query, "code")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            *res.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            let policy = match param(query, "cache") {
+                Some("until") => keel_worker::CachePolicy::UntilInvalidated,
+                Some(c) => match c.strip_prefix("ttl:").and_then(|t| t.parse().ok()) {
+                    Some(t) => keel_worker::CachePolicy::Ttl(t),
+                    None => keel_worker::CachePolicy::None,
+                },
+                None => keel_worker::CachePolicy::None,
+            };
+            res.extensions_mut().insert(policy);
+        }
+        _ => {}
+    }
+    res
+}
+
+/// `/invalidate?prefix=P` or `/invalidate?exact=P`: asks keel to drop its cached responses
+/// of this pool under P (an INVALIDATE frame).
+fn invalidate(req: &Request<Body>, query: &str) -> Response<DemoBody> {
+    let Some(inv) = req.extensions().get::<keel_worker::Invalidator>() else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "no invalidator".into());
+    };
+    let sent = match (param(query, "prefix"), param(query, "exact")) {
+        (Some(p), _) => inv.prefix(p),
+        (None, Some(e)) => inv.exact(e),
+        (None, None) => false,
+    };
+    let mut res = text(
+        if sent {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_REQUEST
+        },
+        format!("invalidate sent={sent}").into(),
+    );
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    res
+}
 
 /// The demo's response bodies, without boxing: a fixed text, an echo, or generated bytes.
 enum DemoBody {

@@ -35,7 +35,7 @@ mod writer;
 pub use body::{Body, BodyError};
 pub use error::Error;
 pub use keel_proto::CachePolicy;
-pub use request::RequestInfo;
+pub use request::{Invalidator, RequestInfo};
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -25,6 +25,48 @@ pub struct RequestInfo {
     pub server_name: Option<String>,
 }
 
+/// Drops responses the daemon cached for this worker's pool; found in
+/// `request.extensions()`. Cheap to clone and usable after the request ended (for as long as
+/// the connection lives): it sends an INVALIDATE frame, which has no answer.
+#[derive(Clone)]
+pub struct Invalidator {
+    conn: std::sync::Weak<Conn>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invalidator")
+    }
+}
+
+impl Invalidator {
+    /// Drops the cached responses for exactly `target` (path and query, starting with `/`).
+    pub fn exact(&self, target: &str) -> bool {
+        self.send(keel_proto::InvalidateScope::Exact, target)
+    }
+
+    /// Drops every cached response whose path and query start with `prefix`.
+    pub fn prefix(&self, prefix: &str) -> bool {
+        self.send(keel_proto::InvalidateScope::Prefix, prefix)
+    }
+
+    /// `false` when `target` is not a valid INVALIDATE url (must start with `/`, no spaces
+    /// or control bytes) or the connection is gone.
+    fn send(&self, scope: keel_proto::InvalidateScope, target: &str) -> bool {
+        let valid = target.starts_with('/') && target.bytes().all(|b| b > 0x20 && b != 0x7f);
+        let Some(conn) = self.conn.upgrade() else {
+            return false;
+        };
+        if valid {
+            conn.push_control(&keel_proto::Frame::Invalidate {
+                scope,
+                url: Bytes::copy_from_slice(target.as_bytes()),
+            });
+        }
+        valid
+    }
+}
+
 /// A REQUEST frame the http crate refuses (the daemon validates less strictly than `http`).
 pub(crate) type Rejected = &'static str;
 
@@ -90,6 +132,9 @@ pub(crate) fn build(
     *request.uri_mut() = uri;
     *request.version_mut() = http_version(version);
     *request.headers_mut() = headers;
+    request.extensions_mut().insert(Invalidator {
+        conn: Arc::downgrade(conn),
+    });
     request.extensions_mut().insert(RequestInfo {
         id,
         client,

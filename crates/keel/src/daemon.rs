@@ -22,12 +22,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    listener::install_crypto_provider();
     let error_log = match &config.log.error_log {
         Some(path) => ErrorLog::to_file(path)
             .with_context(|| format!("cannot open the error log {}", path.display()))?,
         None => ErrorLog::to_stderr(),
     };
     let shutdown_timeout = config.listener.shutdown_timeout;
+    // The response cache, shared by every connection (reached through `cache::installed`).
+    crate::cache::install(
+        config
+            .cache
+            .enabled
+            .then(|| crate::cache::Cache::new((&config.cache).into())),
+    );
 
     // Pools first (their queues exist before the first connection is accepted)…
     let stop_workers = CancellationToken::new();
@@ -70,18 +78,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pools.insert(name.clone(), pool);
     }
 
-    // …then the listening sockets.
+    // …then the listening sockets. `certs.reload_certificates()` re-reads every site's
+    // certificate and key (for `keel reload`).
+    let certs = listener::CertStore::load(&config)?;
+    let protocols = Arc::new(listener::Protocols::new(&config.listener));
     let stop_accepting = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
     let mut acceptors = JoinSet::new();
-    for plan in listener::plan(&config, &pools) {
+    for plan in listener::plan(&config, &pools, &certs)? {
         let socket = listener::bind(plan.addr)?;
         let bound = socket.local_addr()?;
         tracing::info!("listening on {bound} for {}", plan.bindings.join(", "));
+        let endpoint = listener::Endpoint {
+            routes: Arc::new(RouteTable::new(plan.entries)),
+            tls: plan.tls,
+            protocols: protocols.clone(),
+            error_log: error_log.clone(),
+        };
         acceptors.spawn(listener::accept_loop(
             socket,
-            Arc::new(RouteTable::new(plan.entries)),
-            error_log.clone(),
+            Arc::new(endpoint),
             stop_accepting.clone(),
             graceful.clone(),
         ));

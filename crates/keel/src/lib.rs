@@ -1,5 +1,7 @@
 //! keel: the daemon. See ARCHITECTURE.md for the request's path through these modules.
 
+pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
@@ -11,3 +13,4 @@ pub mod pool;
 pub mod queue;
 pub mod request_path;
 pub mod routing;
+pub mod static_files;

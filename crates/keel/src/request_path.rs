@@ -5,6 +5,7 @@
 //! Invariant: every request that does not get a worker's answer gets a status from here
 //! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
 
+use crate::cache::{Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lookup, policy};
 use crate::config::Unavailable;
 use crate::dispatch::Job;
 use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
 
 /// Request bodies up to this size (by Content-Length) are read whole before queueing and
 /// travel inline in the REQUEST frame: one frame, and always replayable.
@@ -43,6 +45,10 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub routes: Arc<RouteTable<AppTarget>>,
     pub error_log: ErrorLog,
+    /// The connection is TLS (an https binding).
+    pub tls: bool,
+    /// The SNI name the TLS client asked for.
+    pub server_name: Option<Arc<str>>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
@@ -112,6 +118,18 @@ pub async fn serve_request(
     let meta = meta(target.site.clone());
     let pool = target.pool.clone();
 
+    // cache: a fresh entry answers at once; concurrent misses wait for one fetch
+    let mut cached = None;
+    if let Some(cache) = crate::cache::installed()
+        && policy::request_may_use_cache(req.method())
+        && req.body().is_end_stream()
+    {
+        match CacheCtx::begin(cache, &req, &target).await {
+            Ok(ctx) => cached = Some(ctx),
+            Err(hit) => return Ok(hit),
+        }
+    }
+
     // read small body
     let (parts, body) = req.into_parts();
     let (inline, stream) = if body.is_end_stream() {
@@ -141,13 +159,21 @@ pub async fn serve_request(
     };
     let mut exchange = Exchange::new(pool.clone(), job, rx, stream, meta.clone());
     if let Err(f) = exchange.submit() {
+        if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
+            return Ok(stale);
+        }
         return failure_response(f, &meta, &pool);
     }
 
     // wait for the response head
     let head = match exchange.response_head().await {
         Ok(h) => h,
-        Err(f) => return failure_response(f, &meta, &pool),
+        Err(f) => {
+            if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
+                return Ok(stale);
+            }
+            return failure_response(f, &meta, &pool);
+        }
     };
 
     // respond
@@ -158,6 +184,12 @@ pub async fn serve_request(
         );
         return failure_response(f, &meta, &pool);
     };
+    if status.is_server_error()
+        && let Some(stale) = cached.as_ref().and_then(CacheCtx::stale)
+    {
+        return Ok(stale);
+    }
+    let end = head.end;
     let mut resp = Response::new(if head.end {
         ResponseBody::Full(Some(head.body))
     } else {
@@ -165,6 +197,7 @@ pub async fn serve_request(
         ResponseBody::Streaming {
             first,
             exchange: Box::new(exchange),
+            capture: None,
         }
     });
     *resp.status_mut() = status;
@@ -181,7 +214,192 @@ pub async fn serve_request(
             headers.append(name, value);
         }
     }
+    if let Some(ctx) = cached {
+        ctx.store(&mut resp, head.cache, end, pool.name());
+    }
     Ok(resp)
+}
+
+/// What the request path keeps about a request the cache may answer or store.
+struct CacheCtx {
+    cache: Arc<Cache>,
+    url: Arc<str>,
+    method: http::Method,
+    /// The request's headers (`Vary`, `Authorization`, conditionals for a stale answer).
+    headers: http::HeaderMap,
+    site: Arc<str>,
+    /// An expired entry still inside its stale-if-error window.
+    stale: Option<Arc<Entry>>,
+    /// This request fetches the URL for others waiting on it.
+    flight: Option<FlightGuard>,
+}
+
+impl CacheCtx {
+    /// Looks the request up. `Err` is the answer from the cache (fresh hit, or the response
+    /// a concurrent request fetched); `Ok` means the request goes to its pool.
+    async fn begin(
+        cache: Arc<Cache>,
+        req: &Request<Incoming>,
+        target: &AppTarget,
+    ) -> Result<CacheCtx, Response<ResponseBody>> {
+        let host = req
+            .uri()
+            .host()
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+            .unwrap_or("");
+        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let url = Cache::url("http", host, pq);
+        let method = req.method();
+        let stale = match cache.lookup(&url, req.headers(), &target.site) {
+            Lookup::Fresh(entry) => {
+                return Err(crate::cache::respond(
+                    &entry,
+                    method,
+                    req.headers(),
+                    CacheStatus::Hit,
+                ));
+            }
+            Lookup::Stale(entry) => Some(entry),
+            Lookup::Miss => None,
+        };
+        let mut flight = None;
+        if *method == http::Method::GET {
+            match cache.join_flight(&url, stale.is_some()) {
+                Some(Flight::Leader(guard)) => flight = Some(guard),
+                None => {}
+                Some(Flight::Follower(rx)) => {
+                    let wait = target.pool.settings.queue_timeout;
+                    if let Some(entry) = cache.follow(rx, req.headers(), wait).await {
+                        cache.count(&target.site, CacheStatus::Collapsed);
+                        return Err(crate::cache::respond(
+                            &entry,
+                            method,
+                            req.headers(),
+                            CacheStatus::Collapsed,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(CacheCtx {
+            cache,
+            url,
+            method: method.clone(),
+            headers: req.headers().clone(),
+            site: target.site.clone(),
+            stale,
+            flight,
+        })
+    }
+
+    /// The pool failed: the stale entry, if it is still inside its grace window.
+    fn stale(&self) -> Option<Response<ResponseBody>> {
+        let entry = self.stale.as_ref()?;
+        if !entry.usable_stale(Instant::now()) {
+            return None;
+        }
+        self.cache.count(&self.site, CacheStatus::Stale);
+        Some(crate::cache::respond(
+            entry,
+            &self.method,
+            &self.headers,
+            CacheStatus::Stale,
+        ))
+    }
+
+    /// Marks the worker's response as a miss and, when policy allows, stores it: at once
+    /// for a complete body, as it streams to the client otherwise.
+    fn store(
+        self,
+        resp: &mut Response<ResponseBody>,
+        worker_policy: keel_proto::CachePolicy,
+        end: bool,
+        pool: &str,
+    ) {
+        resp.headers_mut().insert(
+            "x-cache",
+            HeaderValue::from_static(CacheStatus::Miss.as_str()),
+        );
+        resp.extensions_mut().insert(CacheStatus::Miss);
+        let Ok(lifetime) = policy::decide(
+            &self.method,
+            &self.headers,
+            resp.status(),
+            resp.headers(),
+            worker_policy,
+            SystemTime::now(),
+        ) else {
+            self.cache.mark_uncacheable(self.url);
+            return;
+        };
+        let candidate = self.cache.candidate(
+            self.url,
+            &self.headers,
+            resp.status(),
+            resp.headers(),
+            lifetime,
+            pool,
+            &self.site,
+            self.stale.is_some(),
+        );
+        let limit = self.cache.settings().max_entry_bytes;
+        match resp.body_mut() {
+            ResponseBody::Full(body) if end => {
+                let body = body.as_deref().unwrap_or_default();
+                if body.len() <= limit {
+                    let entry = self.cache.finish(candidate, body);
+                    if let Some(flight) = self.flight {
+                        flight.publish(entry);
+                    }
+                }
+            }
+            ResponseBody::Streaming { capture, .. } => {
+                *capture = Some(Box::new(Capture {
+                    cache: self.cache,
+                    candidate,
+                    flight: self.flight,
+                    chunks: Vec::new(),
+                    len: 0,
+                    limit,
+                }));
+            }
+            ResponseBody::Full(_) => {}
+        }
+    }
+}
+
+/// A streamed response being copied aside for the cache as it flows to the client; given up
+/// past `max_entry_bytes` or when the body breaks off.
+pub struct Capture {
+    cache: Arc<Cache>,
+    candidate: Candidate,
+    flight: Option<FlightGuard>,
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+}
+
+impl Capture {
+    /// Keeps `data`; `false` once the body is too large to store.
+    fn push(&mut self, data: &Bytes) -> bool {
+        self.len += data.len();
+        if self.len > self.limit {
+            return false;
+        }
+        self.chunks.push(data.clone());
+        true
+    }
+
+    fn finish(self) {
+        let mut body = BytesMut::with_capacity(self.len);
+        for c in &self.chunks {
+            body.extend_from_slice(c);
+        }
+        let entry = self.cache.finish(self.candidate, &body);
+        if let Some(flight) = self.flight {
+            flight.publish(entry);
+        }
+    }
 }
 
 fn route<'t>(req: &Request<Incoming>, conn: &'t ConnContext) -> Result<&'t AppTarget, RouteError> {
@@ -223,8 +441,8 @@ fn encode_head(
             method: parts.method.as_str().as_bytes(),
             target: target.as_bytes(),
             version,
-            tls: false,
-            server_name: b"",
+            tls: conn.tls,
+            server_name: conn.server_name.as_deref().map_or(&b""[..], str::as_bytes),
             client: Some(conn.peer),
             local: Some(conn.local),
             deadline_ms,
@@ -286,6 +504,8 @@ pub enum ResponseBody {
         /// Body bytes that came inline in the response head.
         first: Option<Bytes>,
         exchange: Box<Exchange>,
+        /// Set when the response may be stored in the cache.
+        capture: Option<Box<Capture>>,
     },
 }
 
@@ -299,14 +519,36 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBroken>>> {
         match self.get_mut() {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Streaming { first, exchange } => {
-                if let Some(data) = first.take() {
-                    exchange.grant_response(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+            ResponseBody::Streaming {
+                first,
+                exchange,
+                capture,
+            } => {
+                let polled = match first.take() {
+                    Some(data) => {
+                        exchange.grant_response(data.len());
+                        Poll::Ready(Some(Ok(data)))
+                    }
+                    None => exchange.poll_response_data(cx),
+                };
+                if capture.is_some() {
+                    let keep = match &polled {
+                        Poll::Pending => true,
+                        Poll::Ready(Some(Ok(data))) => {
+                            capture.as_mut().is_some_and(|c| c.push(data))
+                        }
+                        Poll::Ready(Some(Err(_))) => false,
+                        Poll::Ready(None) => true,
+                    };
+                    let done = matches!(polled, Poll::Ready(None))
+                        || (keep && polled.is_ready() && exchange.is_response_done());
+                    if !keep {
+                        *capture = None;
+                    } else if done && let Some(c) = capture.take() {
+                        c.finish();
+                    }
                 }
-                exchange
-                    .poll_response_data(cx)
-                    .map(|o| o.map(|r| r.map(Frame::data)))
+                polled.map(|o| o.map(|r| r.map(Frame::data)))
             }
         }
     }
@@ -314,9 +556,9 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(data) => data.as_ref().is_none_or(|d| d.is_empty()),
-            ResponseBody::Streaming { first, exchange } => {
-                first.is_none() && exchange.is_response_done()
-            }
+            ResponseBody::Streaming {
+                first, exchange, ..
+            } => first.is_none() && exchange.is_response_done(),
         }
     }
 

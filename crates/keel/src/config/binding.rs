@@ -19,6 +19,8 @@ pub struct Binding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
+    /// TLS; the site needs `tls = { cert, key }`.
+    Https,
 }
 
 /// The host part of a binding, one variant per HTTP.sys host category.
@@ -40,11 +42,9 @@ pub enum BindingHost {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
     #[error(
-        "{0:?} is not a binding; expected SCHEME://HOST:PORT with SCHEME http, HOST +, *, an IP or a host name"
+        "{0:?} is not a binding; expected SCHEME://HOST:PORT with SCHEME http or https, HOST +, *, an IP or a host name"
     )]
     Malformed(String),
-    #[error("https bindings need a tls setting; TLS is not supported yet")]
-    Https,
     #[error(
         "{0:?} has a path; a binding is SCHEME://HOST:PORT with at most a trailing \"/\" (put URL paths in the site's app list)"
     )]
@@ -67,7 +67,7 @@ impl FromStr for Binding {
         let (scheme, rest) = text.split_once("://").ok_or_else(malformed)?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
-            "https" => return Err(BindingError::Https),
+            "https" => Scheme::Https,
             _ => return Err(malformed()),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -149,6 +149,7 @@ impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scheme::Http => f.write_str("http"),
+            Scheme::Https => f.write_str("https"),
         }
     }
 }
@@ -165,7 +166,7 @@ impl fmt::Display for BindingHost {
     }
 }
 
-/// `http://host:port`, which parses back to the same binding.
+/// `http://host:port` or `https://host:port`, which parses back to the same binding.
 impl fmt::Display for Binding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
@@ -228,8 +229,15 @@ mod tests {
     }
 
     #[test]
-    fn https_says_tls_is_not_supported_yet() {
-        assert_eq!(parse("https://+:443"), Err(BindingError::Https));
+    fn https_parses() {
+        assert_eq!(
+            parse("HTTPS://a.test:443"),
+            Ok(Binding {
+                scheme: Scheme::Https,
+                host: BindingHost::Name("a.test".into()),
+                port: 443,
+            })
+        );
     }
 
     #[test]
@@ -293,8 +301,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn display_parses_back_to_the_same_binding(host in any_host(), port in any::<u16>()) {
-            let binding = http(host, port);
+        fn display_parses_back_to_the_same_binding(host in any_host(), port in any::<u16>(), tls in any::<bool>()) {
+            let mut binding = http(host, port);
+            if tls {
+                binding.scheme = Scheme::Https;
+            }
             prop_assert_eq!(binding.to_string().parse::<Binding>(), Ok(binding));
         }
     }

@@ -15,19 +15,39 @@ use toml::de::{DeTable, DeValue};
 use super::fields::{Checker, Value, join, line_of};
 use super::identity;
 use super::{
-    AppConfig, Binding, Config, ConfigError, ConfigSource, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT,
-    DEFAULT_STARTUP_TIMEOUT, DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig,
-    Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
-    RecycleConfig, RetryPolicy, SiteConfig, StartMode, Unavailable, default_runtime_dir,
-    resolve_program,
+    AppConfig, Binding, CacheAdmission, CacheCollapse, CacheConfig, Config, ConfigError,
+    ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
+    DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, Identity, Isolation, Limits,
+    ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig, RecycleConfig, RetryPolicy,
+    Scheme, SiteConfig, StartMode, TlsFiles, Unavailable, default_runtime_dir, resolve_program,
 };
 
-const ROOT_KEYS: &[&str] = &["isolation", "daemon", "listener", "log", "site", "pool"];
+const ROOT_KEYS: &[&str] = &[
+    "isolation",
+    "daemon",
+    "listener",
+    "log",
+    "cache",
+    "site",
+    "pool",
+];
+const CACHE_KEYS: &[&str] = &[
+    "enabled",
+    "max_bytes",
+    "max_entry_bytes",
+    "admission",
+    "scavenge_after",
+    "stale_if_error",
+    "collapse",
+];
+/// moka weighs entries in u32: one entry stays far below 4 GiB.
+const MAX_CACHE_ENTRY_BYTES: u64 = 1 << 30;
 const DAEMON_KEYS: &[&str] = &["runtime_dir"];
-const LISTENER_KEYS: &[&str] = &["shutdown_timeout"];
+const LISTENER_KEYS: &[&str] = &["shutdown_timeout", "http2", "h2c", "max_concurrent_streams"];
 const LOG_KEYS: &[&str] = &["error_log"];
-const SITE_KEYS: &[&str] = &["name", "bindings", "app"];
+const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls"];
+const TLS_KEYS: &[&str] = &["cert", "key"];
 const APP_KEYS: &[&str] = &["path", "pool"];
 const POOL_KEYS: &[&str] = &[
     "command",
@@ -114,6 +134,10 @@ pub(super) fn load(
         .get("log")
         .map(|v| read_log(&mut ck, v, &base_dir))
         .unwrap_or_default();
+    let cache = root
+        .get("cache")
+        .map(|v| read_cache(&mut ck, v))
+        .unwrap_or_default();
     let pools = root
         .get("pool")
         .map(|v| read_pools(&mut ck, v, &base_dir, host))
@@ -122,8 +146,9 @@ pub(super) fn load(
         Isolation::Pool => None,
         Isolation::Shared => check_one_shared_pool(&mut ck, root.get("isolation"), &pools),
     };
-    let sites = read_sites(&mut ck, root.get("site"), isolation);
+    let sites = read_sites(&mut ck, root.get("site"), isolation, &base_dir);
     check_site_names_unique(&mut ck, &sites);
+    check_one_scheme_per_port(&mut ck, &sites);
     check_apps_name_pools(&mut ck, &sites, &pools, isolation);
     check_no_shared_binding_and_path(&mut ck, &sites);
 
@@ -138,6 +163,7 @@ pub(super) fn load(
         daemon,
         listener,
         log,
+        cache,
         sites: sites
             .into_iter()
             .map(|site| site.into_config(shared_pool.as_deref()))
@@ -234,7 +260,104 @@ fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {
     {
         listener.shutdown_timeout = d;
     }
+    if let Some(v) = t.get("http2")
+        && let Some(b) = ck.boolean(v, "listener.http2")
+    {
+        listener.http2 = b;
+    }
+    if let Some(v) = t.get("h2c")
+        && let Some(b) = ck.boolean(v, "listener.h2c")
+    {
+        listener.h2c = b;
+    }
+    if let Some(v) = t.get("max_concurrent_streams")
+        && let Some(n) = ck.integer(v, "listener.max_concurrent_streams", 1..=10_000)
+    {
+        listener.max_concurrent_streams = n;
+    }
     listener
+}
+
+const CACHE_ADMISSIONS: [(&str, CacheAdmission); 3] = [
+    ("frequent", CacheAdmission::Frequent),
+    ("tinylfu", CacheAdmission::TinyLfu),
+    ("always", CacheAdmission::Always),
+];
+
+fn read_cache(ck: &mut Checker<'_>, v: &Value<'_>) -> CacheConfig {
+    let mut cache = CacheConfig::default();
+    let Some(t) = ck.table(v, "cache") else {
+        return cache;
+    };
+    ck.unknown_keys(t, "cache", CACHE_KEYS);
+    if let Some(v) = t.get("enabled")
+        && let Some(b) = ck.boolean(v, "cache.enabled")
+    {
+        cache.enabled = b;
+    }
+    if let Some(v) = t.get("max_bytes")
+        && let Some(n) = ck.size(v, "cache.max_bytes", false)
+    {
+        cache.max_bytes = n;
+    }
+    if let Some(v) = t.get("max_entry_bytes")
+        && let Some(n) = ck.size(v, "cache.max_entry_bytes", false)
+    {
+        if n > MAX_CACHE_ENTRY_BYTES {
+            ck.report(
+                &v.span(),
+                "cache.max_entry_bytes",
+                format!("must be at most 1 GiB (got {n} bytes)"),
+            );
+        } else if n > cache.max_bytes {
+            ck.report(
+                &v.span(),
+                "cache.max_entry_bytes",
+                format!(
+                    "must not exceed cache.max_bytes ({} bytes)",
+                    cache.max_bytes
+                ),
+            );
+        } else {
+            cache.max_entry_bytes = n;
+        }
+    }
+    if let Some(v) = t.get("admission")
+        && let Some(a) = read_choice(
+            ck,
+            v,
+            "cache.admission",
+            "an admission policy",
+            &CACHE_ADMISSIONS,
+        )
+    {
+        cache.admission = a;
+    }
+    if let Some(v) = t.get("collapse")
+        && let Some(c) = read_choice(
+            ck,
+            v,
+            "cache.collapse",
+            "a collapsing mode",
+            &[
+                ("cacheable", CacheCollapse::Cacheable),
+                ("all", CacheCollapse::All),
+            ],
+        )
+    {
+        cache.collapse = c;
+    }
+    if let Some(v) = t.get("scavenge_after")
+        && let Some(d) = ck.duration(v, "cache.scavenge_after", false)
+    {
+        cache.scavenge_after = d;
+    }
+    if let Some(v) = t.get("stale_if_error")
+        && let Some(d) = ck.duration(v, "cache.stale_if_error", true)
+    {
+        cache.stale_if_error = d;
+    }
+    cache
 }
 
 fn read_log(ck: &mut Checker<'_>, v: &Value<'_>, base_dir: &Path) -> LogConfig {
@@ -747,6 +870,7 @@ struct SiteDraft {
     name: Option<Located<String>>,
     bindings: Vec<Located<Binding>>,
     apps: Vec<AppDraft>,
+    tls: Option<Located<TlsFiles>>,
 }
 
 struct AppDraft {
@@ -783,11 +907,17 @@ impl SiteDraft {
                         .unwrap_or_default(),
                 })
                 .collect(),
+            tls: self.tls.map(|t| t.value),
         }
     }
 }
 
-fn read_sites(ck: &mut Checker<'_>, v: Option<&Value<'_>>, isolation: Isolation) -> Vec<SiteDraft> {
+fn read_sites(
+    ck: &mut Checker<'_>,
+    v: Option<&Value<'_>>,
+    isolation: Isolation,
+    base_dir: &Path,
+) -> Vec<SiteDraft> {
     const NEED_ONE: &str = "at least one [[site]] is required, with a name, bindings and app";
     let Some(v) = v else {
         ck.report(&(0..0), "site", NEED_ONE);
@@ -818,7 +948,7 @@ fn read_sites(ck: &mut Checker<'_>, v: Option<&Value<'_>>, isolation: Isolation)
     items
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| read_site(ck, i, v, isolation))
+        .filter_map(|(i, v)| read_site(ck, i, v, isolation, base_dir))
         .collect()
 }
 
@@ -827,6 +957,7 @@ fn read_site(
     index: usize,
     v: &Value<'_>,
     isolation: Isolation,
+    base_dir: &Path,
 ) -> Option<SiteDraft> {
     let key = format!("site[{index}]");
     let t = ck.table(v, &key)?;
@@ -837,6 +968,7 @@ fn read_site(
         name: None,
         bindings: Vec::new(),
         apps: Vec::new(),
+        tls: None,
     };
 
     let name_key = format!("{key}.name");
@@ -882,7 +1014,100 @@ fn read_site(
             "is missing (a list such as app = [{ path = \"/\", pool = \"demo\" }])",
         ),
     }
+
+    let tls_key = format!("{key}.tls");
+    if let Some(v) = t.get("tls") {
+        site.tls = read_tls(ck, v, &tls_key, base_dir);
+    }
+    let https = site
+        .bindings
+        .iter()
+        .enumerate()
+        .find(|(_, b)| b.value.scheme == Scheme::Https);
+    match (https, t.get("tls")) {
+        (Some((i, b)), None) => ck.report(
+            &b.span,
+            &format!("{bindings_key}[{i}]"),
+            format!(
+                "{} is https, and the site has no certificate (add tls = {{ cert = \"site.pem\", key = \"site.key\" }} to the site)",
+                b.value
+            ),
+        ),
+        (None, Some(v)) => ck.report(
+            &v.span(),
+            &tls_key,
+            "is set, and no binding of this site is https (add an https:// binding or remove tls)",
+        ),
+        _ => {}
+    }
     Some(site)
+}
+
+/// `tls = { cert = "…", key = "…" }`: both files are read and checked here, so a missing,
+/// unreadable or invalid file is reported at this line.
+fn read_tls(
+    ck: &mut Checker<'_>,
+    v: &Value<'_>,
+    key: &str,
+    base_dir: &Path,
+) -> Option<Located<TlsFiles>> {
+    let t = ck.table(v, key)?;
+    ck.unknown_keys(t, key, TLS_KEYS);
+    let mut path = |name: &str, what: &str| {
+        let field = join(key, name);
+        match t.get(name) {
+            Some(v) => read_path(ck, v, &field, base_dir),
+            None => {
+                ck.report(
+                    &v.span(),
+                    &field,
+                    format!("is missing (the PEM file of {what})"),
+                );
+                None
+            }
+        }
+    };
+    let cert = path("cert", "the certificate chain");
+    let key_file = path("key", "the private key");
+    let files = TlsFiles {
+        cert: cert?,
+        key: key_file?,
+    };
+    if let Err(message) = files.load() {
+        ck.report(&v.span(), key, message);
+        return None;
+    }
+    Some(Located {
+        value: files,
+        span: v.span(),
+    })
+}
+
+/// One socket speaks TLS or does not: http and https bindings may not share a port. Port 0
+/// is exempt: each scheme gets its own ephemeral port.
+fn check_one_scheme_per_port(ck: &mut Checker<'_>, sites: &[SiteDraft]) {
+    let mut first: BTreeMap<u16, (&Binding, String)> = BTreeMap::new();
+    for site in sites {
+        for (i, b) in site.bindings.iter().enumerate() {
+            let key = format!("{}.bindings[{i}]", site.key());
+            if b.value.port == 0 {
+                continue;
+            }
+            match first.get(&b.value.port) {
+                Some((earlier, earlier_key)) if earlier.scheme != b.value.scheme => {
+                    let message = format!(
+                        "{} and {earlier} ({earlier_key}) share port {}; a port is either http or https",
+                        b.value, b.value.port
+                    );
+                    ck.report(&b.span, &key, message);
+                }
+                Some(_) => {}
+                None => {
+                    first.insert(b.value.port, (&b.value, key));
+                }
+            }
+        }
+    }
 }
 
 fn read_bindings(ck: &mut Checker<'_>, v: &Value<'_>, key: &str) -> Vec<Located<Binding>> {

@@ -6,7 +6,8 @@
 //! same binding and path, pool identities exist and keel may use them) and paths in it are
 //! already resolved against [`Config::base_dir`].
 //!
-//! Architecture invariant: no I/O beyond reading the one file, looking for a bare command
+//! Architecture invariant: no I/O beyond reading the one file, reading the sites' TLS
+//! certificate and key files (to check them), looking for a bare command
 //! name beside the keel executable, and looking up pool users and groups in the user
 //! database (`identity.rs`, the config's only `unsafe`); nothing here knows about sockets,
 //! queues or processes.
@@ -17,6 +18,7 @@ mod fields;
 use crate::os::users as identity;
 mod load;
 mod program;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -27,6 +29,7 @@ use std::time::Duration;
 pub use binding::{Binding, BindingError, BindingHost, Scheme};
 pub use error::{ConfigError, Problem};
 pub use program::resolve_program;
+pub use tls::{TlsFiles, crypto_provider};
 
 /// Listener drain time on SIGTERM/SIGINT (keel's own; IIS `shutdownTimeLimit` is 90 s per worker).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +68,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub listener: ListenerConfig,
     pub log: LogConfig,
+    /// `[cache]`: the response cache.
+    pub cache: CacheConfig,
     /// In file order; never empty.
     pub sites: Vec<SiteConfig>,
     /// Every `[pool.NAME]`, including pools no app uses. With [`Isolation::Shared`], exactly
@@ -132,6 +137,77 @@ pub enum ConfigSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub shutdown_timeout: Duration,
+    /// Offer HTTP/2 by ALPN on https bindings (IIS: on unless a binding disables it).
+    pub http2: bool,
+    /// HTTP/2 over cleartext by prior knowledge on http bindings (keel's own; IIS has none).
+    pub h2c: bool,
+    /// HTTP/2 streams one connection may have open at once (never zero).
+    pub max_concurrent_streams: u32,
+}
+
+/// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` when keel.toml does not set it.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// `[cache]`: the response cache (DESIGN §7, HTTP.sys kernel response cache).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// `false`: no response is stored or served from the cache (HTTP.sys `UriEnableCache`).
+    pub enabled: bool,
+    /// Bytes the cache may hold: keys, headers and bodies (HTTP.sys
+    /// `UriMaxCacheMegabyteCount`; keel's default 256 MiB).
+    pub max_bytes: u64,
+    /// Larger responses are not stored (HTTP.sys `UriMaxUriBytes`, 256 KiB).
+    pub max_entry_bytes: u64,
+    pub admission: CacheAdmission,
+    /// An entry not used for this long may be dropped (HTTP.sys `UriScavengerPeriod`, 120 s).
+    pub scavenge_after: Duration,
+    /// How long past its freshness an entry may still answer when the pool fails
+    /// (RFC 5861 stale-if-error; a response's own directive wins). Zero: never.
+    pub stale_if_error: Duration,
+    pub collapse: CacheCollapse,
+}
+
+/// Which concurrent misses for one URL wait for a single fetch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheCollapse {
+    /// URLs whose last response could be stored (or that have an expired entry): an
+    /// uncacheable URL never waits on another request.
+    #[default]
+    Cacheable,
+    /// Every GET, including the first requests of a URL never seen (Varnish-style); a URL
+    /// whose response turns out uncacheable is then not collapsed for 10 s.
+    All,
+}
+
+/// When a cacheable response is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheAdmission {
+    /// On its second request within 10 s (IIS `frequentHitThreshold`/`frequentHitTimePeriod`).
+    #[default]
+    Frequent,
+    /// On its first request; moka's TinyLFU decides what stays when the cache is full.
+    TinyLfu,
+    /// On its first request; least recently used entries leave first.
+    Always,
+}
+
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 256 * 1024;
+pub const DEFAULT_CACHE_SCAVENGE_AFTER: Duration = Duration::from_secs(120);
+pub const DEFAULT_CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(60);
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
+            admission: CacheAdmission::default(),
+            scavenge_after: DEFAULT_CACHE_SCAVENGE_AFTER,
+            stale_if_error: DEFAULT_CACHE_STALE_IF_ERROR,
+            collapse: CacheCollapse::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,6 +223,9 @@ pub struct SiteConfig {
     pub bindings: Vec<Binding>,
     /// The TOML key is `app`. Never empty; no two paths equal ignoring case and a trailing "/".
     pub apps: Vec<AppConfig>,
+    /// `tls = { cert, key }`: `Some` exactly when a binding is https; the files were readable
+    /// and valid at load.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -381,6 +460,9 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            http2: true,
+            h2c: false,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }

@@ -496,7 +496,7 @@ wokers = 2
 "#;
     let errors = errors(text);
     for expected in [
-        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, listener, log, site, pool)",
+        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, listener, log, cache, site, pool)",
         "keel.toml:4: log.eror_log: unknown key (did you mean `error_log`?",
         "keel.toml:8: site[0].apps: unknown key (did you mean `app`?",
         "keel.toml:9: site[0].app[0].root: unknown key (valid keys: path, pool)",
@@ -611,16 +611,30 @@ fn a_bad_binding_says_what_a_binding_is() {
     );
     assert_error(
         &text,
-        "keel.toml:6: site[0].bindings[1]: \"htp://x:80\" is not a binding; expected SCHEME://HOST:PORT with SCHEME http, HOST +, *, an IP or a host name",
+        "keel.toml:6: site[0].bindings[1]: \"htp://x:80\" is not a binding; expected SCHEME://HOST:PORT with SCHEME http or https, HOST +, *, an IP or a host name",
     );
 }
 
 #[test]
-fn https_bindings_are_refused_until_tls_exists() {
+fn https_bindings_need_the_sites_tls() {
     let text = MINIMAL.replace("http://127.0.0.1:8080", "https://127.0.0.1:8443");
     assert_error(
         &text,
-        "keel.toml:4: site[0].bindings[0]: https bindings need a tls setting; TLS is not supported yet",
+        "keel.toml:4: site[0].bindings[0]: https://127.0.0.1:8443 is https, and the site has no certificate (add tls = { cert = \"site.pem\", key = \"site.key\" } to the site)",
+    );
+}
+
+#[test]
+fn tls_files_are_checked_at_load() {
+    let text = MINIMAL
+        .replace("http://127.0.0.1:8080", "https://127.0.0.1:8443")
+        .replace(
+            "app = [",
+            "tls = { cert = \"/nonexistent/keel/site.pem\", key = \"/nonexistent/keel/site.key\" }\napp = [",
+        );
+    assert_error(
+        &text,
+        "keel.toml:5: site[0].tls: cannot read /nonexistent/keel/site.pem",
     );
 }
 

@@ -303,8 +303,15 @@ impl WorkerConn {
                     }
                     Ok(())
                 }
-                // Cache invalidation arrives with the cache; accepted and ignored until then.
-                Frame::Invalidate { .. } => Ok(()),
+                // Reaches only this worker's own pool's entries.
+                Frame::Invalidate { scope, url } => {
+                    if let Some(cache) = crate::cache::installed()
+                        && let Some(pool) = self.pool.upgrade()
+                    {
+                        cache.invalidate_from_worker(pool.name(), scope, &url);
+                    }
+                    Ok(())
+                }
                 other => Err(format!("unexpected connection frame {other:?}")),
             };
         }

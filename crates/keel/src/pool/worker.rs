@@ -161,23 +161,32 @@ pub async fn run(
     let hello = match hello {
         Ok(h) => h,
         Err(why) => {
+            let mut killed_by_us = false;
             let status = if attached {
                 None
             } else {
                 match tokio::time::timeout(Duration::from_millis(500), exit.wait()).await {
                     Ok(status) => status,
                     Err(_) => {
+                        killed_by_us = true;
                         kill_group(pid);
                         exit.wait().await
                     }
                 }
             };
-            let why = if attached {
-                why
+            let sigkill = rustix::process::Signal::KILL.as_raw();
+            let ending = if !killed_by_us
+                && status.and_then(|s| s.signal()) == Some(sigkill)
+                && !cgroup.as_ref().is_some_and(|c| c.oom_killed())
+            {
+                // Killed from outside while starting: not the application's failure.
+                Ending::KilledFromOutside
+            } else if attached {
+                Ending::StartupFailure(why)
             } else {
-                format!("{why}; {}", describe(status))
+                Ending::StartupFailure(format!("{why}; {}", describe(status)))
             };
-            finish(cgroup, &events, id, Ending::StartupFailure(why));
+            finish(cgroup, &events, id, ending);
             return;
         }
     };

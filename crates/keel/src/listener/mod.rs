@@ -1,23 +1,31 @@
 //! Listening sockets and client connections: which sockets the bindings need, accepting,
-//! and serving HTTP/1.1 on each connection with hyper.
+//! TLS (`tls.rs`: SNI certificates, reload) and HTTP/1.1 or HTTP/2 on each connection with
+//! hyper (`http.rs`).
 //!
 //! Invariant: a connection task only parses HTTP and hands requests to
 //! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
 
-use crate::config::{BindingHost, Config, Isolation};
+pub mod http;
+pub mod tls;
+
+use crate::config::{BindingHost, Config, Isolation, Scheme};
 use crate::log::ErrorLog;
 use crate::pool::Pool;
-use crate::request_path::{AppTarget, ConnContext, serve_request};
+use crate::request_path::{AppTarget, ConnContext};
 use crate::routing::{HostPattern, RouteEntry, RouteTable};
 use anyhow::Context as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+pub use http::Protocols;
+pub use tls::{CertStore, install_crypto_provider};
 
 /// One listening socket and the routes of every binding it serves.
 pub struct ListenerPlan {
@@ -26,21 +34,32 @@ pub struct ListenerPlan {
     /// The bindings served here, as written in the config (for the log).
     pub bindings: Vec<String>,
     pub entries: Vec<RouteEntry<AppTarget>>,
+    /// `Some` for https bindings: the handshake, with this socket's SNI certificates.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Groups bindings into sockets. All bindings on one port share one socket; when any of
 /// them names a host (`+`, `*` or a name) that socket is the wildcard address, otherwise
-/// there is one socket per IP literal. Port 0 is one group of its own, so every binding
-/// written with port 0 lands on the same ephemeral port (used by tests).
-pub fn plan(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Vec<ListenerPlan> {
-    let mut by_port: BTreeMap<u16, Vec<(usize, &crate::config::Binding)>> = BTreeMap::new();
+/// there is one socket per IP literal. Port 0 is one group of its own per scheme, so every
+/// http binding written with port 0 lands on the same ephemeral port, and every https one
+/// on another (used by tests). Config load made every other port either http or https.
+pub fn plan(
+    config: &Config,
+    pools: &HashMap<String, Arc<Pool>>,
+    certs: &Arc<CertStore>,
+) -> anyhow::Result<Vec<ListenerPlan>> {
+    let mut by_port: BTreeMap<(u16, bool), Vec<(usize, &crate::config::Binding)>> = BTreeMap::new();
     for (site_idx, site) in config.sites.iter().enumerate() {
         for b in &site.bindings {
-            by_port.entry(b.port).or_default().push((site_idx, b));
+            let tls = b.scheme == Scheme::Https;
+            by_port
+                .entry((b.port, tls))
+                .or_default()
+                .push((site_idx, b));
         }
     }
     let mut plans: Vec<ListenerPlan> = Vec::new();
-    for (port, bindings) in by_port {
+    for ((port, tls), bindings) in by_port {
         let wildcard = bindings
             .iter()
             .any(|(_, b)| !matches!(b.host, BindingHost::Ip(_)));
@@ -54,6 +73,14 @@ pub fn plan(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Vec<Listener
             groups.entry(addr).or_default().push((site_idx, b));
         }
         for (addr, bindings) in groups {
+            let tls = if tls {
+                let hosts: Vec<(usize, &BindingHost)> =
+                    bindings.iter().map(|(s, b)| (*s, &b.host)).collect();
+                let resolver = tls::SniResolver::new(certs.clone(), &hosts);
+                Some(tls::acceptor(resolver, config.listener.http2)?)
+            } else {
+                None
+            };
             let mut entries = Vec::new();
             let mut names = Vec::new();
             for (site_idx, b) in bindings {
@@ -89,10 +116,11 @@ pub fn plan(config: &Config, pools: &HashMap<String, Arc<Pool>>) -> Vec<Listener
                 addr,
                 bindings: names,
                 entries,
+                tls,
             });
         }
     }
-    plans
+    Ok(plans)
 }
 
 /// Binds a listening socket: SO_REUSEADDR, a deep backlog, and dual-stack for the IPv6
@@ -120,23 +148,23 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
+/// What every connection accepted on one socket shares.
+pub struct Endpoint {
+    pub routes: Arc<RouteTable<AppTarget>>,
+    pub tls: Option<TlsAcceptor>,
+    pub protocols: Arc<Protocols>,
+    pub error_log: ErrorLog,
+}
+
 /// Accepts connections until `stop` fires; each connection is served on its own task and
-/// watched by `graceful`.
+/// watched by `graceful` (from accept on, so a connection still in its TLS handshake when
+/// shutdown starts is waited for too, within [`tls::HANDSHAKE_TIMEOUT`]).
 pub async fn accept_loop(
     listener: TcpListener,
-    routes: Arc<RouteTable<AppTarget>>,
-    error_log: ErrorLog,
+    endpoint: Arc<Endpoint>,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
-    let http = Arc::new({
-        let mut b = hyper::server::conn::http1::Builder::new();
-        b.keep_alive(true)
-            .pipeline_flush(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        b
-    });
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -152,19 +180,42 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let ctx = Arc::new(ConnContext {
-            local: canonical(local),
-            peer: canonical(peer),
-            routes: routes.clone(),
-            error_log: error_log.clone(),
-        });
-        let service = hyper::service::service_fn(move |req| serve_request(req, ctx.clone()));
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watcher().watch(conn);
+        let watcher = graceful.watcher();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
+            let ctx = |tls: bool, server_name: Option<Arc<str>>| {
+                Arc::new(ConnContext {
+                    local: canonical(local),
+                    peer: canonical(peer),
+                    routes: endpoint.routes.clone(),
+                    error_log: endpoint.error_log.clone(),
+                    tls,
+                    server_name,
+                })
+            };
+            let Some(acceptor) = &endpoint.tls else {
+                let builder = endpoint.protocols.plain();
+                let ctx = ctx(false, None);
+                http::serve(builder, TokioIo::new(stream), ctx, watcher, peer).await;
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let session = stream.get_ref().1;
+            let server_name = session.server_name().map(Arc::from);
+            let builder = endpoint.protocols.for_alpn(session.alpn_protocol());
+            let ctx = ctx(true, server_name);
+            http::serve(builder, TokioIo::new(stream), ctx, watcher, peer).await;
         });
     }
 }

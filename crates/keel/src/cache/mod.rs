@@ -1,0 +1,774 @@
+//! The response cache (DESIGN §7): byte-bounded, shared by every connection, consulted by
+//! `request_path` before a request reaches its pool's queue.
+//!
+//! - `policy.rs` decides what may be stored and for how long (plain functions, table tests);
+//! - this file holds the store (moka, weighed in bytes, per-entry expiry), admission, keys
+//!   and variants (`Vary`), request collapsing, invalidation and the figures;
+//! - `serve.rs` builds the response for a hit (Age, HEAD, 304, 206).
+//!
+//! Invariants:
+//! - an entry holds a response ready to serve: a hit is one lookup, one `HeaderMap` clone and
+//!   a `Bytes` clone of the body, never a body copy, and never touches a queue or a worker;
+//! - stored bytes are owned by the entry (copied once when stored), so the weight of an entry
+//!   is what it really keeps alive, and the sum of weights never exceeds `max_bytes` once the
+//!   store's pending work has run (it runs after every insert);
+//! - an entry remembers its pool: `invalidate_pool` and a worker's INVALIDATE frame reach only
+//!   that pool's entries.
+
+pub mod policy;
+mod serve;
+
+pub use serve::respond;
+
+use crate::config::{CacheAdmission, CacheCollapse, CacheConfig};
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use keel_proto::InvalidateScope;
+use moka::notification::RemovalCause;
+use parking_lot::{Mutex, RwLock};
+use policy::Lifetime;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// What the cache did for a response; found in the response's extensions (for the access
+/// log) and sent to the client as `x-cache`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from a fresh entry.
+    Hit,
+    /// Answered by the worker (and maybe stored).
+    Miss,
+    /// Answered from an expired entry because the pool failed (stale-if-error).
+    Stale,
+    /// Answered with the response another request for the same URL fetched meanwhile.
+    Collapsed,
+}
+
+impl CacheStatus {
+    /// The `x-cache` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit | CacheStatus::Collapsed => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// Which URLs [`Cache::invalidate`] drops: full URLs as the cache keys them,
+/// `scheme://host/path?query` with the host lower-cased (e.g. `http://example.com/a?b=1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Fixed cost counted per entry on top of its key, headers and body (moka's node, the
+/// `Entry` struct, the header map's tables).
+const ENTRY_OVERHEAD: usize = 256;
+
+/// `admission = "frequent"`: stored on its second request within this window (IIS
+/// `frequentHitThreshold` 2 and `frequentHitTimePeriod` 10 s).
+pub const FREQUENT_HITS: u32 = 2;
+pub const FREQUENT_WINDOW: Duration = Duration::from_secs(10);
+
+/// How long a URL whose response could not be stored is fetched without collapsing.
+const PASS_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    url: Arc<str>,
+    /// The values of the request headers the URL's `Vary` names; `None` for the primary
+    /// entry (a response without `Vary`, or the URL's `Vary` record).
+    variant: Option<Box<[u8]>>,
+}
+
+/// The request headers a URL's responses vary on.
+pub struct VarySpec {
+    names: Vec<HeaderName>,
+    pool: Arc<str>,
+    site: Arc<str>,
+}
+
+impl VarySpec {
+    fn variant(&self, req: &HeaderMap) -> Box<[u8]> {
+        let mut out = Vec::new();
+        for name in &self.names {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.push(b':');
+            let mut first = true;
+            for v in req.get_all(name) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend(v.as_bytes().iter().filter(|b| **b != b' '));
+            }
+            out.push(b'\n');
+        }
+        out.into_boxed_slice()
+    }
+}
+
+/// One stored response, ready to serve.
+pub struct Entry {
+    pub status: StatusCode,
+    /// Without hop-by-hop fields, `Content-Length` (the body says it), `Age` and `x-cache`.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub etag: Option<HeaderValue>,
+    pub last_modified: Option<SystemTime>,
+    pub stored_at: Instant,
+    /// The response's `Age` when it arrived.
+    pub initial_age: Duration,
+    /// `None`: fresh until invalidated.
+    pub fresh_for: Option<Duration>,
+    /// After `fresh_for`, how long the entry may still answer when the pool fails.
+    pub stale_if_error: Duration,
+    pub pool: Arc<str>,
+    pub site: Arc<str>,
+    vary: Option<(Arc<VarySpec>, Box<[u8]>)>,
+    weight: u32,
+}
+
+impl Entry {
+    /// RFC 9111 §4.2.3 current age (the daemon is the only clock, so no correction).
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.fresh_for.is_none_or(|f| self.age(now) < f)
+    }
+
+    /// Past its freshness but inside the stale-if-error window.
+    pub fn usable_stale(&self, now: Instant) -> bool {
+        match self.fresh_for {
+            None => true,
+            Some(f) => self.age(now) < f + self.stale_if_error,
+        }
+    }
+
+    /// The entry answers a request with these headers (same variant).
+    fn matches(&self, req: &HeaderMap) -> bool {
+        match &self.vary {
+            None => true,
+            Some((spec, variant)) => spec.variant(req) == *variant,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Slot {
+    Vary(Arc<VarySpec>),
+    Response(Arc<Entry>),
+}
+
+impl Slot {
+    fn pool(&self) -> &str {
+        match self {
+            Slot::Vary(v) => &v.pool,
+            Slot::Response(e) => &e.pool,
+        }
+    }
+    fn site(&self) -> &Arc<str> {
+        match self {
+            Slot::Vary(v) => &v.site,
+            Slot::Response(e) => &e.site,
+        }
+    }
+}
+
+fn weigh(key: &Key, slot: &Slot) -> u32 {
+    let key_bytes = key.url.len() + key.variant.as_ref().map_or(0, |v| v.len());
+    let value = match slot {
+        Slot::Vary(v) => v.names.iter().map(|n| n.as_str().len()).sum::<usize>(),
+        Slot::Response(e) => return e.weight.saturating_add(key_bytes as u32),
+    };
+    u32::try_from(ENTRY_OVERHEAD + key_bytes + value).unwrap_or(u32::MAX)
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<Key, Slot> for EntryExpiry {
+    fn expire_after_create(&self, _: &Key, slot: &Slot, _: Instant) -> Option<Duration> {
+        match slot {
+            Slot::Vary(_) => None,
+            Slot::Response(e) => e
+                .fresh_for
+                .map(|f| (f + e.stale_if_error).saturating_sub(e.initial_age)),
+        }
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Key,
+        slot: &Slot,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, slot, at)
+    }
+}
+
+/// `[cache]` as the cache uses it.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub max_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub admission: CacheAdmission,
+    pub scavenge_after: Duration,
+    pub stale_if_error: Duration,
+    pub collapse: CacheCollapse,
+}
+
+impl From<&CacheConfig> for CacheSettings {
+    fn from(c: &CacheConfig) -> Self {
+        CacheSettings {
+            max_bytes: c.max_bytes,
+            max_entry_bytes: usize::try_from(c.max_entry_bytes).unwrap_or(usize::MAX),
+            admission: c.admission,
+            scavenge_after: c.scavenge_after,
+            stale_if_error: c.stale_if_error,
+            collapse: c.collapse,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SiteCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+    collapsed: AtomicU64,
+    stored_bytes: AtomicU64,
+    entries: AtomicU64,
+    evictions: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sites: RwLock<HashMap<Arc<str>, Arc<SiteCounters>>>,
+}
+
+impl Counters {
+    fn site(&self, site: &Arc<str>) -> Arc<SiteCounters> {
+        if let Some(c) = self.sites.read().get(site) {
+            return c.clone();
+        }
+        self.sites.write().entry(site.clone()).or_default().clone()
+    }
+}
+
+/// Cache figures for one site.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SiteFigures {
+    pub hits: u64,
+    pub misses: u64,
+    pub stale_hits: u64,
+    pub collapsed: u64,
+    pub stored_bytes: u64,
+    pub entries: u64,
+    pub evictions: u64,
+}
+
+/// A snapshot of the cache's figures (for `keel status` and the status page).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheFigures {
+    pub max_bytes: u64,
+    /// What the store holds by its own weighing (≤ `max_bytes`).
+    pub stored_bytes: u64,
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale_hits: u64,
+    pub collapsed: u64,
+    /// Entries dropped to make room (not expiries or invalidations).
+    pub evictions: u64,
+    pub sites: BTreeMap<String, SiteFigures>,
+}
+
+/// The result of a lookup.
+pub enum Lookup {
+    Fresh(Arc<Entry>),
+    /// Expired but inside its stale-if-error window: answer with it only if the pool fails.
+    Stale(Arc<Entry>),
+    Miss,
+}
+
+type FlightTx = watch::Sender<Option<Arc<Entry>>>;
+/// URLs being fetched, each with its flight id and the channel its followers wait on.
+type Flights = Arc<Mutex<HashMap<Arc<str>, (u64, FlightTx)>>>;
+
+/// Joining the fetch of a URL: lead it, or wait for its leader.
+pub enum Flight {
+    Leader(FlightGuard),
+    Follower(watch::Receiver<Option<Arc<Entry>>>),
+}
+
+/// Held by the one request that fetches a URL for everyone waiting on it. Publishing hands
+/// them the response; dropping it unpublished sends them to the worker themselves.
+pub struct FlightGuard {
+    flights: Flights,
+    url: Arc<str>,
+    id: u64,
+}
+
+impl FlightGuard {
+    pub fn publish(self, entry: Arc<Entry>) {
+        if let Some((_, tx)) = self.take() {
+            tx.send_replace(Some(entry));
+        }
+    }
+
+    fn take(&self) -> Option<(u64, FlightTx)> {
+        let mut flights = self.flights.lock();
+        match flights.get(&self.url) {
+            Some((id, _)) if *id == self.id => flights.remove(&self.url),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the followers with "closed".
+        drop(self.take());
+    }
+}
+
+/// What a response needs to become an entry once its body is complete.
+pub struct Candidate {
+    url: Arc<str>,
+    status: StatusCode,
+    headers: HeaderMap,
+    lifetime: Lifetime,
+    vary: Option<(Arc<VarySpec>, Box<[u8]>)>,
+    pool: Arc<str>,
+    site: Arc<str>,
+    /// A stale entry was there: the URL is known, admit without counting.
+    refresh: bool,
+}
+
+pub struct Cache {
+    store: moka::sync::Cache<Key, Slot>,
+    /// `admission = "frequent"`: requests per URL within the window.
+    seen: Option<moka::sync::Cache<Arc<str>, Arc<AtomicU32>>>,
+    flights: Flights,
+    /// URLs whose last response could not be stored ("hit-for-pass"): their concurrent
+    /// requests are not collapsed, so an uncacheable URL never waits on another request.
+    pass: moka::sync::Cache<Arc<str>, ()>,
+    /// URLs whose last response could be stored (admitted or not): with the default
+    /// `collapse = "cacheable"`, only these (and URLs with a stale entry) are collapsed.
+    known: moka::sync::Cache<Arc<str>, ()>,
+    next_flight: AtomicU64,
+    settings: CacheSettings,
+    counters: Arc<Counters>,
+}
+
+impl Cache {
+    pub fn new(settings: CacheSettings) -> Arc<Cache> {
+        let counters = Arc::new(Counters::default());
+        let listener_counters = counters.clone();
+        let policy = match settings.admission {
+            CacheAdmission::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+            _ => moka::policy::EvictionPolicy::lru(),
+        };
+        let store = moka::sync::Cache::builder()
+            .max_capacity(settings.max_bytes)
+            .weigher(weigh)
+            .eviction_policy(policy)
+            .expire_after(EntryExpiry)
+            .time_to_idle(settings.scavenge_after)
+            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<Key>, slot: Slot, cause| {
+                let c = listener_counters.site(slot.site());
+                c.stored_bytes
+                    .fetch_sub(u64::from(weigh(&key, &slot)), Ordering::Relaxed);
+                c.entries.fetch_sub(1, Ordering::Relaxed);
+                if cause == RemovalCause::Size {
+                    c.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        let seen = (settings.admission == CacheAdmission::Frequent).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FREQUENT_WINDOW)
+                .build()
+        });
+        Arc::new(Cache {
+            store,
+            seen,
+            flights: Arc::default(),
+            pass: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(PASS_FOR)
+                .build(),
+            known: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(settings.scavenge_after)
+                .build(),
+            next_flight: AtomicU64::new(1),
+            settings,
+            counters,
+        })
+    }
+
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The URL part of a key: `scheme://host/path?query`, host lower-cased.
+    pub fn url(scheme: &str, host: &str, path_and_query: &str) -> Arc<str> {
+        let mut s = String::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
+        s.push_str(scheme);
+        s.push_str("://");
+        s.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        s.push_str(path_and_query);
+        s.into()
+    }
+
+    fn get(&self, url: &Arc<str>, variant: Option<Box<[u8]>>) -> Option<Slot> {
+        self.store.get(&Key {
+            url: url.clone(),
+            variant,
+        })
+    }
+
+    /// Looks `url` up for a request with headers `req` (counting a hit or a miss for
+    /// `site`).
+    pub fn lookup(&self, url: &Arc<str>, req: &HeaderMap, site: &Arc<str>) -> Lookup {
+        let now = Instant::now();
+        let entry = match self.get(url, None) {
+            Some(Slot::Response(e)) => Some(e),
+            Some(Slot::Vary(spec)) => match self.get(url, Some(spec.variant(req))) {
+                Some(Slot::Response(e)) => Some(e),
+                _ => None,
+            },
+            None => None,
+        };
+        let counters = self.counters.site(site);
+        match entry {
+            Some(e) if e.is_fresh(now) => {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Fresh(e)
+            }
+            Some(e) if e.usable_stale(now) => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Stale(e)
+            }
+            _ => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                if let Some(seen) = &self.seen {
+                    seen.get_with(url.clone(), Arc::default)
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Counts an answer given from an entry other than a fresh lookup hit.
+    pub fn count(&self, site: &Arc<str>, status: CacheStatus) {
+        let c = self.counters.site(site);
+        match status {
+            CacheStatus::Stale => &c.stale_hits,
+            CacheStatus::Collapsed => &c.collapsed,
+            CacheStatus::Hit => &c.hits,
+            CacheStatus::Miss => &c.misses,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The response for `url` could not be stored: its next requests are not collapsed
+    /// for a while.
+    pub fn mark_uncacheable(&self, url: Arc<str>) {
+        self.known.invalidate(&url);
+        self.pass.insert(url, ());
+    }
+
+    /// Leads the fetch of `url`, or follows the request already fetching it. `None`: fetch
+    /// it without collapsing (uncacheable lately, or not known to be cacheable under
+    /// `collapse = "cacheable"`). `stale`: an expired entry of the URL is there.
+    pub fn join_flight(&self, url: &Arc<str>, stale: bool) -> Option<Flight> {
+        if self.pass.contains_key(url) {
+            return None;
+        }
+        if !(self.settings.collapse == CacheCollapse::All || stale || self.known.contains_key(url))
+        {
+            return None;
+        }
+        Some(self.join_flight_now(url))
+    }
+
+    fn join_flight_now(&self, url: &Arc<str>) -> Flight {
+        let mut flights = self.flights.lock();
+        if let Some((_, tx)) = flights.get(url) {
+            return Flight::Follower(tx.subscribe());
+        }
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (tx, _) = watch::channel(None);
+        flights.insert(url.clone(), (id, tx));
+        Flight::Leader(FlightGuard {
+            flights: self.flights.clone(),
+            url: url.clone(),
+            id,
+        })
+    }
+
+    /// Waits (at most `timeout`) for the leader's response. `None`: the response could not
+    /// be shared (uncacheable, failed, another variant, too slow): fetch it yourself.
+    pub async fn follow(
+        &self,
+        mut rx: watch::Receiver<Option<Arc<Entry>>>,
+        req: &HeaderMap,
+        timeout: Duration,
+    ) -> Option<Arc<Entry>> {
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|v| v.is_some())).await;
+        let entry = waited.ok()?.ok()?.clone()?;
+        entry.matches(req).then_some(entry)
+    }
+
+    /// Prepares storing a response whose policy allows it. `req` are the request's headers,
+    /// `resp` the response's as the client gets them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn candidate(
+        &self,
+        url: Arc<str>,
+        req: &HeaderMap,
+        status: StatusCode,
+        resp: &HeaderMap,
+        lifetime: Lifetime,
+        pool: &str,
+        site: &Arc<str>,
+        refresh: bool,
+    ) -> Candidate {
+        self.known.insert(url.clone(), ());
+        let pool: Arc<str> = pool.into();
+        let mut names: Vec<HeaderName> = Vec::new();
+        for v in resp.get_all(header::VARY) {
+            let Ok(text) = v.to_str() else { continue };
+            for t in text.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(t.trim().as_bytes())
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+        let vary = (!names.is_empty()).then(|| {
+            names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            let spec = Arc::new(VarySpec {
+                names,
+                pool: pool.clone(),
+                site: site.clone(),
+            });
+            let variant = spec.variant(req);
+            (spec, variant)
+        });
+        // Owned copies: a header value borrowed from a worker's read buffer would keep the
+        // whole buffer alive for the life of the entry.
+        let mut headers = HeaderMap::with_capacity(resp.len());
+        for (name, value) in resp {
+            if matches!(
+                name.as_str(),
+                "content-length" | "age" | "x-cache" | "warning"
+            ) {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(name.clone(), v);
+            }
+        }
+        Candidate {
+            url,
+            status,
+            headers,
+            lifetime,
+            vary,
+            pool,
+            site: site.clone(),
+            refresh,
+        }
+    }
+
+    /// The body is complete: builds the entry and stores it if admitted. The entry is
+    /// returned either way (collapsed followers get it even when it is not stored).
+    pub fn finish(&self, c: Candidate, body: &[u8]) -> Arc<Entry> {
+        let header_bytes: usize = c
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let variant_bytes = c.vary.as_ref().map_or(0, |(_, v)| v.len());
+        let weight = u32::try_from(ENTRY_OVERHEAD + header_bytes + body.len() + variant_bytes)
+            .unwrap_or(u32::MAX);
+        let entry = Arc::new(Entry {
+            status: c.status,
+            etag: c.headers.get(header::ETAG).cloned(),
+            last_modified: c
+                .headers
+                .get(header::LAST_MODIFIED)
+                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
+            headers: c.headers,
+            body: BytesMut::from(body).freeze(),
+            stored_at: Instant::now(),
+            initial_age: c.lifetime.initial_age,
+            fresh_for: c.lifetime.fresh_for,
+            stale_if_error: match c.lifetime.stale_if_error {
+                Some(d) => d,
+                None if c.lifetime.must_revalidate => Duration::ZERO,
+                None => self.settings.stale_if_error,
+            },
+            pool: c.pool,
+            site: c.site,
+            vary: c.vary,
+            weight,
+        });
+        if body.len() <= self.settings.max_entry_bytes && self.admit(&c.url, c.refresh) {
+            self.insert(c.url, entry.clone());
+        }
+        entry
+    }
+
+    fn admit(&self, url: &Arc<str>, refresh: bool) -> bool {
+        match &self.seen {
+            None => true,
+            Some(_) if refresh => true,
+            Some(seen) => seen
+                .get(url)
+                .is_some_and(|n| n.load(Ordering::Relaxed) >= FREQUENT_HITS),
+        }
+    }
+
+    fn insert(&self, url: Arc<str>, entry: Arc<Entry>) {
+        let put = |key: Key, slot: Slot| {
+            let c = self.counters.site(slot.site());
+            c.stored_bytes
+                .fetch_add(u64::from(weigh(&key, &slot)), Ordering::Relaxed);
+            c.entries.fetch_add(1, Ordering::Relaxed);
+            self.store.insert(key, slot);
+        };
+        match &entry.vary {
+            None => put(Key { url, variant: None }, Slot::Response(entry)),
+            Some((spec, variant)) => {
+                let primary = Key {
+                    url: url.clone(),
+                    variant: None,
+                };
+                let same = matches!(self.store.get(&primary), Some(Slot::Vary(old)) if old.names == spec.names);
+                if !same {
+                    put(primary, Slot::Vary(spec.clone()));
+                }
+                let key = Key {
+                    url,
+                    variant: Some(variant.clone()),
+                };
+                put(key, Slot::Response(entry));
+            }
+        }
+        // Evict now, so memory never runs ahead of `max_bytes` while moka batches its work.
+        self.store.run_pending_tasks();
+    }
+
+    /// Drops the entries of `scope` (every variant), whatever their pool.
+    pub fn invalidate(&self, scope: Scope) {
+        let _ = match scope {
+            Scope::Exact(url) => self.store.invalidate_entries_if(move |k, _| *k.url == *url),
+            Scope::Prefix(prefix) => self
+                .store
+                .invalidate_entries_if(move |k, _| k.url.starts_with(&prefix)),
+        };
+    }
+
+    /// A worker's INVALIDATE frame: `target` (path and query) matched against the entries of
+    /// the worker's own pool only.
+    pub fn invalidate_from_worker(&self, pool: &str, scope: InvalidateScope, target: &[u8]) {
+        let Ok(target) = std::str::from_utf8(target) else {
+            return;
+        };
+        let (pool, target): (Arc<str>, String) = (pool.into(), target.to_owned());
+        let _ = self.store.invalidate_entries_if(move |k, slot| {
+            if slot.pool() != &*pool {
+                return false;
+            }
+            let pq = path_and_query(&k.url);
+            match scope {
+                InvalidateScope::Exact => pq == target,
+                InvalidateScope::Prefix => pq.starts_with(&target),
+            }
+        });
+    }
+
+    /// Drops every entry of `pool`'s apps (its config changed and it is recycled).
+    pub fn invalidate_pool(&self, pool: &str) {
+        let pool: Arc<str> = pool.into();
+        let _ = self
+            .store
+            .invalidate_entries_if(move |_, slot| slot.pool() == &*pool);
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        self.store.invalidate_all();
+    }
+
+    pub fn figures(&self) -> CacheFigures {
+        self.store.run_pending_tasks();
+        let mut f = CacheFigures {
+            max_bytes: self.settings.max_bytes,
+            stored_bytes: self.store.weighted_size(),
+            entries: self.store.entry_count(),
+            ..CacheFigures::default()
+        };
+        for (site, c) in self.counters.sites.read().iter() {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let s = SiteFigures {
+                hits: load(&c.hits),
+                misses: load(&c.misses),
+                stale_hits: load(&c.stale_hits),
+                collapsed: load(&c.collapsed),
+                stored_bytes: load(&c.stored_bytes),
+                entries: load(&c.entries),
+                evictions: load(&c.evictions),
+            };
+            f.hits += s.hits;
+            f.misses += s.misses;
+            f.stale_hits += s.stale_hits;
+            f.collapsed += s.collapsed;
+            f.evictions += s.evictions;
+            f.sites.insert(site.to_string(), s);
+        }
+        f
+    }
+}
+
+/// `/path?query` of a key's URL.
+fn path_and_query(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => &url[after_scheme + i..],
+        None => "/",
+    }
+}
+
+/// The daemon's cache, set once by `daemon::run` (reachable from the request path and from
+/// worker connections, which the pool builds).
+static INSTALLED: RwLock<Option<Arc<Cache>>> = RwLock::new(None);
+
+pub fn install(cache: Option<Arc<Cache>>) {
+    *INSTALLED.write() = cache;
+}
+
+pub fn installed() -> Option<Arc<Cache>> {
+    INSTALLED.read().clone()
+}
+
+#[cfg(test)]
+mod tests;

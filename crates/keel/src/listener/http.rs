@@ -1,0 +1,104 @@
+//! HTTP on one accepted connection: HTTP/1.1, HTTP/2 chosen by ALPN on TLS, and HTTP/2 by
+//! prior knowledge (h2c) on cleartext when enabled; hyper-util's auto builder for all three.
+
+use crate::config::ListenerConfig;
+use crate::request_path::{ConnContext, serve_request};
+use http::{Request, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// HTTP.sys `MaxRequestBytes` (16 KiB) for HTTP/2's header list. h2 also counts CONTINUATION
+/// frames against it, so a CONTINUATION flood ends at this size.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// HTTP.sys `HeaderWait` (keel's value): from a request's first byte to its last header.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-stream flow-control window a client may fill before keel reads.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Connection-wide flow-control window.
+pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Streams a client may open and reset before keel has accepted them (rapid reset,
+/// CVE-2023-44487) before the connection ends with GOAWAY.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams keel itself may reset for protocol errors before the connection ends.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// The protocol builders every connection of the daemon uses.
+pub struct Protocols {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+    /// `[listener] h2c`: cleartext connections are sniffed for the HTTP/2 preface.
+    h2c: Option<auto::Builder<TokioExecutor>>,
+}
+
+impl Protocols {
+    pub fn new(cfg: &ListenerConfig) -> Protocols {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .keep_alive(true)
+            .pipeline_flush(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.max_concurrent_streams)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+        Protocols {
+            http1: b.clone().http1_only(),
+            http2: b.clone().http2_only(),
+            h2c: cfg.h2c.then_some(b),
+        }
+    }
+
+    /// For a cleartext connection.
+    pub fn plain(&self) -> &auto::Builder<TokioExecutor> {
+        self.h2c.as_ref().unwrap_or(&self.http1)
+    }
+
+    /// For a TLS connection, by the protocol ALPN chose (none: HTTP/1.1).
+    pub fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        match alpn {
+            Some(b"h2") => &self.http2,
+            _ => &self.http1,
+        }
+    }
+}
+
+/// Serves one connection until it ends; `watcher` makes it part of graceful shutdown.
+pub async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    ctx: Arc<ConnContext>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| serve_request(with_host(req), ctx.clone()));
+    let conn = builder.serve_connection(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// HTTP/2 carries the host in `:authority`, not in a Host header. Workers get the same
+/// request shape whatever the client's version, so the authority becomes a Host header
+/// (routing reads `uri().host()` first either way).
+fn with_host(mut req: Request<Incoming>) -> Request<Incoming> {
+    if req.version() == http::Version::HTTP_2
+        && !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    req
+}

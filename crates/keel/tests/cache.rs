@@ -1,0 +1,277 @@
+//! The response cache end to end: a real daemon, real demo workers, real sockets. The demo
+//! worker counts its calls per `id` (`/count?id=X`), so "from cache" means "the worker was
+//! not called".
+
+mod common;
+
+use common::{Daemon, demo_config, get, raw_request};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn start(cache: &str, pool_extra: &str) -> Daemon {
+    Daemon::start(&format!("[cache]\n{cache}\n{}", demo_config(pool_extra)))
+}
+
+fn count(addr: SocketAddr, id: &str) -> u64 {
+    let r = get(addr, &format!("/count?id={id}"));
+    assert_eq!(r.status, 200);
+    r.text().parse().unwrap()
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[&str]) -> common::RawResponse {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    raw_request(addr, raw.as_bytes())
+}
+
+#[test]
+fn a_cacheable_url_reaches_the_worker_once_per_ttl_and_never_with_cookie_or_private() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    for i in 0..1000 {
+        let r = get(a, "/cached?ttl=2&id=a");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "/cached id=a call=1");
+        let want = if i == 0 { "MISS" } else { "HIT" };
+        assert_eq!(r.header("x-cache"), Some(want), "request {i}");
+        if i > 0 {
+            assert!(r.header("age").is_some());
+        }
+    }
+    assert_eq!(count(a, "a"), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(get(a, "/cached?ttl=2&id=a").text(), "/cached id=a call=2");
+    assert_eq!(get(a, "/cached?ttl=2&id=a").header("x-cache"), Some("HIT"));
+    assert_eq!(count(a, "a"), 2);
+
+    for _ in 0..20 {
+        assert_eq!(get(a, "/cookie?id=c").status, 200);
+        assert_eq!(get(a, "/private?id=p").status, 200);
+    }
+    assert_eq!(count(a, "c"), 20);
+    assert_eq!(count(a, "p"), 20);
+}
+
+#[test]
+fn default_admission_stores_on_the_second_request() {
+    let d = start("", "");
+    let a = d.addr();
+    for _ in 0..50 {
+        assert_eq!(get(a, "/cached?id=f").status, 200);
+    }
+    assert_eq!(count(a, "f"), 2);
+}
+
+#[test]
+fn vary_accept_encoding_keeps_two_variants_and_vary_star_is_never_stored() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    for _ in 0..3 {
+        let gz = request(a, "GET", "/vary?id=v", &["Accept-Encoding: gzip"]);
+        assert_eq!(gz.text(), "enc=gzip call=1");
+        let br = request(a, "GET", "/vary?id=v", &["Accept-Encoding: br"]);
+        assert_eq!(br.text(), "enc=br call=2");
+    }
+    assert_eq!(count(a, "v"), 2);
+    for _ in 0..3 {
+        assert_eq!(get(a, "/varystar?id=s").status, 200);
+    }
+    assert_eq!(count(a, "s"), 3);
+}
+
+/// Everything the daemon sends for a HEAD request until it closes the connection.
+fn head_exchange(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn head_conditionals_and_ranges_come_from_the_cache() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let full = get(a, "/etag?id=e");
+    assert_eq!(full.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
+
+    // HEAD: the whole exchange up to the server's close has no body after the head.
+    let head = head_exchange(a, "/etag?id=e");
+    let (fields, body) = head.split_once("\r\n\r\n").unwrap();
+    assert!(fields.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        fields.to_ascii_lowercase().contains("x-cache: hit"),
+        "{head}"
+    );
+    assert!(
+        fields.to_ascii_lowercase().contains("content-length: 36"),
+        "{head}"
+    );
+    assert!(body.is_empty(), "{head}");
+
+    let inm = request(a, "GET", "/etag?id=e", &["If-None-Match: \"v0\", \"v1\""]);
+    assert_eq!(inm.status, 304);
+    assert_eq!(inm.header("etag"), Some("\"v1\""));
+    assert!(inm.body.is_empty());
+    let other = request(a, "GET", "/etag?id=e", &["If-None-Match: \"v2\""]);
+    assert_eq!(other.status, 200);
+
+    let ims = request(
+        a,
+        "GET",
+        "/etag?id=e",
+        &["If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"],
+    );
+    assert_eq!(ims.status, 304);
+    let older = request(
+        a,
+        "GET",
+        "/etag?id=e",
+        &["If-Modified-Since: Sat, 05 Nov 1994 08:49:37 GMT"],
+    );
+    assert_eq!(older.status, 200);
+
+    let range = request(a, "GET", "/etag?id=e", &["Range: bytes=10-15"]);
+    assert_eq!(range.status, 206);
+    assert_eq!(range.text(), "abcdef");
+    assert_eq!(range.header("content-range"), Some("bytes 10-15/36"));
+    let suffix = request(a, "GET", "/etag?id=e", &["Range: bytes=-3"]);
+    assert_eq!(suffix.text(), "xyz");
+    let multi = request(a, "GET", "/etag?id=e", &["Range: bytes=0-1,3-4"]);
+    assert_eq!(multi.status, 200);
+    let past = request(a, "GET", "/etag?id=e", &["Range: bytes=100-"]);
+    assert_eq!(past.status, 416);
+
+    assert_eq!(count(a, "e"), 1);
+}
+
+#[test]
+fn a_worker_invalidates_by_prefix() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    for _ in 0..3 {
+        get(a, "/cached?id=inv1");
+        get(a, "/cached?id=inv2");
+        get(a, "/cached?id=keep");
+    }
+    let r = get(a, "/invalidate?prefix=/cached?id=inv");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..3 {
+        get(a, "/cached?id=inv1");
+        get(a, "/cached?id=inv2");
+        get(a, "/cached?id=keep");
+    }
+    assert_eq!(count(a, "inv1"), 2);
+    assert_eq!(count(a, "inv2"), 2);
+    assert_eq!(count(a, "keep"), 1);
+
+    let r = get(a, "/invalidate?exact=/cached?id=keep");
+    assert_eq!(r.status, 200);
+    get(a, "/cached?id=keep");
+    assert_eq!(count(a, "keep"), 2);
+}
+
+#[test]
+fn concurrent_misses_reach_the_worker_once() {
+    let d = start("collapse = \"all\"", "");
+    let a = d.addr();
+    let threads: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || get(a, "/slow-cached?ms=700&id=col")))
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "/slow-cached id=col call=1");
+    }
+    assert_eq!(count(a, "col"), 1);
+}
+
+#[test]
+fn stale_if_error_answers_while_the_pool_is_offline_then_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail");
+    std::fs::write(&fail, "ok").unwrap();
+    let d = start(
+        "admission = \"always\"\nstale_if_error = \"3s\"",
+        &format!(
+            "queue_timeout = \"1s\"\nrapid_fail = {{ failures = 2, interval = \"1m\", backoff = false }}\nenv = {{ KEEL_DEMO_FAIL_FILE = \"{}\" }}",
+            fail.display()
+        ),
+    );
+    let a = d.addr();
+    let warm = get(a, "/cached?ttl=1&id=stale");
+    assert_eq!(warm.status, 200);
+    let stored = Instant::now();
+    std::fs::write(&fail, "fail").unwrap();
+    for pid in d.worker_pids() {
+        common::kill(pid);
+    }
+    std::thread::sleep(Duration::from_millis(1300).saturating_sub(stored.elapsed()));
+    let r = get(a, "/cached?ttl=1&id=stale");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "/cached id=stale call=1");
+    assert_eq!(r.header("x-cache"), Some("STALE"));
+    assert!(r.header("warning").is_some_and(|w| w.starts_with("110")));
+    assert!(r.header("age").is_some());
+    assert!(stored.elapsed() < Duration::from_secs(4));
+
+    std::thread::sleep(Duration::from_millis(4500).saturating_sub(stored.elapsed()));
+    let r = get(a, "/cached?ttl=1&id=stale");
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Margin over `max_bytes` the daemon's resident set may grow by while the cache fills and
+/// churns (allocator slack, moka's structures, connection buffers).
+const RSS_MARGIN_KIB: u64 = 16 * 1024;
+
+#[test]
+fn memory_stays_bounded() {
+    let max_kib = 2 * 1024;
+    let d = start("admission = \"always\"\nmax_bytes = \"2 MiB\"", "");
+    let a = d.addr();
+    // Warm up the daemon's own buffers first.
+    for i in 0..20 {
+        get(a, &format!("/cached?id=warm{i}&size=1000"));
+    }
+    let before = rss_kib(d.pid());
+    let mut peak = before;
+    // 3 × max_bytes of distinct cacheable 64 KiB responses.
+    for i in 0..96 {
+        let r = get(a, &format!("/cached?id=m{i}&size=65536"));
+        assert_eq!(r.body.len(), 65536);
+        peak = peak.max(rss_kib(d.pid()));
+    }
+    // The newest ones are cached, the oldest were evicted.
+    assert_eq!(
+        get(a, "/cached?id=m95&size=65536").header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(
+        get(a, "/cached?id=m0&size=65536").header("x-cache"),
+        Some("MISS")
+    );
+    eprintln!("daemon RSS: {before} KiB before, peak {peak} KiB");
+    assert!(
+        peak <= before + max_kib + RSS_MARGIN_KIB,
+        "RSS grew from {before} KiB to {peak} KiB"
+    );
+}
