@@ -178,6 +178,7 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
         (&Method::GET, "/") => text(StatusCode::OK, Bytes::from_static(b"Hello from keel")),
         (&Method::GET, "/pid") => text(StatusCode::OK, std::process::id().to_string().into()),
         (&Method::GET, "/stats") => text(StatusCode::OK, format!("requests {handled}").into()),
+        (&Method::GET, "/json") => json(query),
         (_, "/sleep") => {
             let ms: u64 = param(query, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -222,6 +223,35 @@ fn echo(req: Request<Body>) -> Response<DemoBody> {
         if let Some(value) = parts.headers.get(&name) {
             res.headers_mut().insert(name, value.clone());
         }
+    }
+    res
+}
+
+/// `/json?kb=N[&ttl=S]`: about N KiB of JSON (compressible), cacheable for S seconds when
+/// `ttl` is given.
+fn json(query: &str) -> Response<DemoBody> {
+    let kb: usize = param(query, "kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .min(100 * 1024);
+    let mut body = String::with_capacity(kb * 1024 + 64);
+    body.push('[');
+    let mut i = 0;
+    while body.len() < kb * 1024 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("{{\"id\":{i},\"name\":\"item {i}\",\"ok\":true}}"));
+        i += 1;
+    }
+    body.push(']');
+    let mut res = text(StatusCode::OK, body.into());
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(ttl) = param(query, "ttl").and_then(|v| v.parse::<u32>().ok())
+        && let Ok(v) = HeaderValue::from_str(&format!("public, max-age={ttl}"))
+    {
+        res.headers_mut().insert(http::header::CACHE_CONTROL, v);
     }
     res
 }

@@ -6,12 +6,14 @@
 //! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
 
 use crate::cache::{Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lookup, policy};
+use crate::compress::{self, CompressBody};
 use crate::config::Unavailable;
 use crate::dispatch::Job;
 use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{ErrorLog, Reason};
 use crate::pool::Pool;
 use crate::routing::{RouteError, RouteTable};
+use crate::static_files::{FileStream, StaticBody, StaticRoot};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -23,7 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Request bodies up to this size (by Content-Length) are read whole before queueing and
 /// travel inline in the REQUEST frame: one frame, and always replayable.
@@ -36,7 +38,17 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 #[derive(Clone)]
 pub struct AppTarget {
     pub site: Arc<str>,
-    pub pool: Arc<Pool>,
+    pub backend: Backend,
+    /// The site compresses compressible responses (`compression = true`).
+    pub compression: bool,
+}
+
+/// Who answers an app's requests.
+#[derive(Clone)]
+pub enum Backend {
+    Pool(Arc<Pool>),
+    /// Files served by the daemon itself.
+    Static(StaticRoot),
 }
 
 /// What every request on one client connection shares.
@@ -116,7 +128,10 @@ pub async fn serve_request(
         }
     };
     let meta = meta(target.site.clone());
-    let pool = target.pool.clone();
+    let pool = match &target.backend {
+        Backend::Pool(pool) => pool.clone(),
+        Backend::Static(root) => return Ok(serve_static(req, root, &target).await),
+    };
 
     // cache: a fresh entry answers at once; concurrent misses wait for one fetch
     let mut cached = None;
@@ -124,7 +139,7 @@ pub async fn serve_request(
         && policy::request_may_use_cache(req.method())
         && req.body().is_end_stream()
     {
-        match CacheCtx::begin(cache, &req, &target).await {
+        match CacheCtx::begin(cache, &req, &target.site, pool.settings.queue_timeout).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return Ok(hit),
         }
@@ -214,10 +229,155 @@ pub async fn serve_request(
             headers.append(name, value);
         }
     }
+    let mut end = end;
+    if target.compression {
+        let accept = parts.headers.get(header::ACCEPT_ENCODING);
+        end = compress_response(&mut resp, accept, &parts.method).await || end;
+    }
     if let Some(ctx) = cached {
         ctx.store(&mut resp, head.cache, end, pool.name());
     }
     Ok(resp)
+}
+
+/// How long a static file stays in the response cache before it is read again (a change on
+/// disk shows within this time).
+pub const STATIC_CACHE_TTL: u32 = 5;
+
+/// Bodies up to this size are compressed in one go (and may be cached compressed); larger
+/// or unknown-length bodies are compressed as they stream and are not cached.
+const COMPRESS_WHOLE_MAX: u64 = 1 << 20;
+
+/// An app served from a static root: through the response cache like any response.
+async fn serve_static(
+    req: Request<Incoming>,
+    root: &StaticRoot,
+    target: &AppTarget,
+) -> Response<ResponseBody> {
+    let mut cached = None;
+    if let Some(cache) = crate::cache::installed()
+        && policy::request_may_use_cache(req.method())
+        && !req.headers().contains_key(header::RANGE)
+    {
+        match CacheCtx::begin(cache, &req, &target.site, Duration::from_secs(10)).await {
+            Ok(ctx) => cached = Some(ctx),
+            Err(hit) => return hit,
+        }
+    }
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let served = root.serve(req.method(), path, req.headers()).await;
+    let mut resp = Response::new(match served.body {
+        StaticBody::Empty => ResponseBody::Full(None),
+        StaticBody::Full(b) => ResponseBody::Full(Some(b)),
+        StaticBody::File(f) => ResponseBody::File(Box::new(f)),
+    });
+    *resp.status_mut() = served.status;
+    *resp.headers_mut() = served.headers;
+    if target.compression
+        && !resp.headers().contains_key(header::CONTENT_ENCODING)
+        && resp.status() == StatusCode::OK
+    {
+        let accept = req.headers().get(header::ACCEPT_ENCODING);
+        compress_response(&mut resp, accept, req.method()).await;
+    }
+    if let Some(ctx) = cached
+        && matches!(resp.body(), ResponseBody::Full(_))
+    {
+        let pool = format!("static:{}", target.site);
+        ctx.store(
+            &mut resp,
+            keel_proto::CachePolicy::Ttl(STATIC_CACHE_TTL),
+            true,
+            &pool,
+        );
+    }
+    resp
+}
+
+/// Compresses a compressible 200 response when the client accepts br or gzip (brotli
+/// preferred). Small bodies are compressed whole (so the cache can keep the compressed
+/// variant); large or unknown-length ones as they stream. Returns whether the body is now
+/// complete in memory.
+async fn compress_response(
+    resp: &mut Response<ResponseBody>,
+    accept: Option<&HeaderValue>,
+    method: &http::Method,
+) -> bool {
+    let len = resp.body().size_hint().exact().or_else(|| {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    });
+    let encoded = resp.headers().contains_key(header::CONTENT_ENCODING);
+    if resp.status() != StatusCode::OK
+        || !compress::compressible(resp.headers().get(header::CONTENT_TYPE), len, encoded)
+    {
+        return false;
+    }
+    // Whatever this client gets, caches must keep the encodings apart.
+    compress::add_vary_accept_encoding(resp.headers_mut());
+    let Some(enc) = compress::choose(accept) else {
+        return false;
+    };
+    if method == http::Method::HEAD {
+        compress::apply_headers(resp.headers_mut(), enc);
+        *resp.body_mut() = ResponseBody::Full(None);
+        return true;
+    }
+    let whole = match resp.body_mut() {
+        ResponseBody::Full(b) => Some(b.take().unwrap_or_default()),
+        body if len.is_none_or(|n| n <= COMPRESS_WHOLE_MAX) => {
+            // Read up to the limit: a body that ends within it is compressed whole.
+            let mut taken = std::mem::replace(body, ResponseBody::Full(None));
+            let mut chunks = Vec::new();
+            let mut total = 0u64;
+            let ended = loop {
+                match taken.frame().await {
+                    None => break true,
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            total += data.len() as u64;
+                            chunks.push(data);
+                        }
+                        if total > COMPRESS_WHOLE_MAX {
+                            break false;
+                        }
+                    }
+                    Some(Err(_)) => {
+                        // The worker broke off before the client saw a byte: the
+                        // connection closes (as for any broken response).
+                        *resp.body_mut() = ResponseBody::Broken;
+                        return false;
+                    }
+                }
+            };
+            if ended {
+                Some(chunks.concat().into())
+            } else {
+                *resp.body_mut() = ResponseBody::Prefixed {
+                    chunks: chunks.into(),
+                    rest: Box::new(taken),
+                };
+                None
+            }
+        }
+        _ => None,
+    };
+    compress::apply_headers(resp.headers_mut(), enc);
+    match whole {
+        Some(bytes) => {
+            *resp.body_mut() = ResponseBody::Full(Some(compress::compress(&bytes, enc)));
+            true
+        }
+        None => {
+            let body = std::mem::replace(resp.body_mut(), ResponseBody::Full(None));
+            *resp.body_mut() = ResponseBody::Compressed(Box::new(CompressBody::new(body, enc)));
+            false
+        }
+    }
 }
 
 /// What the request path keeps about a request the cache may answer or store.
@@ -240,7 +400,8 @@ impl CacheCtx {
     async fn begin(
         cache: Arc<Cache>,
         req: &Request<Incoming>,
-        target: &AppTarget,
+        site: &Arc<str>,
+        collapse_wait: Duration,
     ) -> Result<CacheCtx, Response<ResponseBody>> {
         let host = req
             .uri()
@@ -250,7 +411,7 @@ impl CacheCtx {
         let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let url = Cache::url("http", host, pq);
         let method = req.method();
-        let stale = match cache.lookup(&url, req.headers(), &target.site) {
+        let stale = match cache.lookup(&url, req.headers(), site) {
             Lookup::Fresh(entry) => {
                 return Err(crate::cache::respond(
                     &entry,
@@ -268,9 +429,9 @@ impl CacheCtx {
                 Some(Flight::Leader(guard)) => flight = Some(guard),
                 None => {}
                 Some(Flight::Follower(rx)) => {
-                    let wait = target.pool.settings.queue_timeout;
+                    let wait = collapse_wait;
                     if let Some(entry) = cache.follow(rx, req.headers(), wait).await {
-                        cache.count(&target.site, CacheStatus::Collapsed);
+                        cache.count(site, CacheStatus::Collapsed);
                         return Err(crate::cache::respond(
                             &entry,
                             method,
@@ -286,7 +447,7 @@ impl CacheCtx {
             url,
             method: method.clone(),
             headers: req.headers().clone(),
-            site: target.site.clone(),
+            site: site.clone(),
             stale,
             flight,
         })
@@ -363,7 +524,8 @@ impl CacheCtx {
                     limit,
                 }));
             }
-            ResponseBody::Full(_) => {}
+            // Incomplete, streamed from disk, or compressed on the fly: not stored.
+            _ => {}
         }
     }
 }
@@ -500,6 +662,17 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 /// The body the client receives: complete already, or still streaming from a worker.
 pub enum ResponseBody {
     Full(Option<Bytes>),
+    /// A static file read in chunks.
+    File(Box<FileStream>),
+    /// Another body, compressed as it streams.
+    Compressed(Box<CompressBody<ResponseBody>>),
+    /// A body that failed before its first byte: the connection is closed.
+    Broken,
+    /// Chunks already read from `rest`, sent first.
+    Prefixed {
+        chunks: std::collections::VecDeque<Bytes>,
+        rest: Box<ResponseBody>,
+    },
     Streaming {
         /// Body bytes that came inline in the response head.
         first: Option<Bytes>,
@@ -519,6 +692,15 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBroken>>> {
         match self.get_mut() {
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::File(f) => Pin::new(&mut **f)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(|_| ResponseBroken))),
+            ResponseBody::Compressed(c) => Pin::new(&mut **c).poll_frame(cx),
+            ResponseBody::Broken => Poll::Ready(Some(Err(ResponseBroken))),
+            ResponseBody::Prefixed { chunks, rest } => match chunks.pop_front() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
             ResponseBody::Streaming {
                 first,
                 exchange,
@@ -559,6 +741,10 @@ impl Body for ResponseBody {
             ResponseBody::Streaming {
                 first, exchange, ..
             } => first.is_none() && exchange.is_response_done(),
+            ResponseBody::File(f) => f.is_end_stream(),
+            ResponseBody::Compressed(c) => c.is_end_stream(),
+            ResponseBody::Broken => false,
+            ResponseBody::Prefixed { chunks, rest } => chunks.is_empty() && rest.is_end_stream(),
         }
     }
 
@@ -567,7 +753,11 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Streaming { .. } => SizeHint::default(),
+            ResponseBody::File(f) => f.size_hint(),
+            ResponseBody::Streaming { .. }
+            | ResponseBody::Compressed(_)
+            | ResponseBody::Broken
+            | ResponseBody::Prefixed { .. } => SizeHint::default(),
         }
     }
 }

@@ -314,7 +314,10 @@ fn attached_worker_with_the_token_joins_and_others_are_refused() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    d.wait_for_line("attached", Duration::from_secs(5));
+    d.wait_for_line(
+        &format!("worker {} of pool demo: Spawned -> Ready", good.id()),
+        Duration::from_secs(5),
+    );
     let r = get(d.addr(), "/pid");
     assert_eq!(r.status, 200);
     assert_eq!(r.text().parse::<u32>().unwrap(), good.id());

@@ -15,12 +15,13 @@ use toml::de::{DeTable, DeValue};
 use super::fields::{Checker, Value, join, line_of};
 use super::identity;
 use super::{
-    AppConfig, Binding, CacheAdmission, CacheCollapse, CacheConfig, Config, ConfigError,
+    AppConfig, AppServe, Binding, CacheAdmission, CacheCollapse, CacheConfig, Config, ConfigError,
     ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
     DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, Identity, Isolation, Limits,
     ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig, RecycleConfig, RetryPolicy,
-    Scheme, SiteConfig, StartMode, TlsFiles, Unavailable, default_runtime_dir, resolve_program,
+    Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable, default_runtime_dir,
+    resolve_program,
 };
 
 const ROOT_KEYS: &[&str] = &[
@@ -46,9 +47,9 @@ const MAX_CACHE_ENTRY_BYTES: u64 = 1 << 30;
 const DAEMON_KEYS: &[&str] = &["runtime_dir"];
 const LISTENER_KEYS: &[&str] = &["shutdown_timeout", "http2", "h2c", "max_concurrent_streams"];
 const LOG_KEYS: &[&str] = &["error_log"];
-const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls"];
+const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
-const APP_KEYS: &[&str] = &["path", "pool"];
+const APP_KEYS: &[&str] = &["path", "pool", "root", "list", "follow_symlinks"];
 const POOL_KEYS: &[&str] = &[
     "command",
     "workers",
@@ -871,13 +872,16 @@ struct SiteDraft {
     bindings: Vec<Located<Binding>>,
     apps: Vec<AppDraft>,
     tls: Option<Located<TlsFiles>>,
+    compression: bool,
 }
 
 struct AppDraft {
     index: usize,
     path: Located<String>,
-    /// `None` only with shared isolation, where the key is optional.
+    /// `None` for a static root, and with shared isolation, where the key is optional.
     pool: Option<Located<String>>,
+    /// `{ root = "dir" }`: served by the daemon itself.
+    files: Option<StaticConfig>,
 }
 
 struct Located<T> {
@@ -900,14 +904,19 @@ impl SiteDraft {
                 .into_iter()
                 .map(|a| AppConfig {
                     path: a.path.value,
-                    pool: a
-                        .pool
-                        .map(|p| p.value)
-                        .or_else(|| shared_pool.map(str::to_owned))
-                        .unwrap_or_default(),
+                    serve: match a.files {
+                        Some(files) => AppServe::Static(files),
+                        None => AppServe::Pool(
+                            a.pool
+                                .map(|p| p.value)
+                                .or_else(|| shared_pool.map(str::to_owned))
+                                .unwrap_or_default(),
+                        ),
+                    },
                 })
                 .collect(),
             tls: self.tls.map(|t| t.value),
+            compression: self.compression,
         }
     }
 }
@@ -969,7 +978,13 @@ fn read_site(
         bindings: Vec::new(),
         apps: Vec::new(),
         tls: None,
+        compression: false,
     };
+    if let Some(v) = t.get("compression") {
+        site.compression = ck
+            .boolean(v, &format!("{key}.compression"))
+            .unwrap_or(false);
+    }
 
     let name_key = format!("{key}.name");
     match t.get("name") {
@@ -1007,7 +1022,7 @@ fn read_site(
 
     let app_key = format!("{key}.app");
     match t.get("app") {
-        Some(v) => site.apps = read_apps(ck, v, &app_key, isolation),
+        Some(v) => site.apps = read_apps(ck, v, &app_key, isolation, base_dir),
         None => ck.report(
             &site.span,
             &app_key,
@@ -1148,6 +1163,7 @@ fn read_apps(
     v: &Value<'_>,
     key: &str,
     isolation: Isolation,
+    base_dir: &Path,
 ) -> Vec<AppDraft> {
     let Some(items) = ck.array(v, key) else {
         return Vec::new();
@@ -1165,10 +1181,27 @@ fn read_apps(
         };
         ck.unknown_keys(t, &item_key, APP_KEYS);
         let path = read_app_path(ck, item, t, &item_key);
-        let pool = read_app_pool(ck, item, t, &item_key, isolation);
+        let (pool, files) = if t.contains_key("root") {
+            if let Some(v) = t.get("pool") {
+                let message = "an app is served either by a pool or from a static root, not both";
+                ck.report(&v.span(), &format!("{item_key}.pool"), message);
+            }
+            (Some(None), read_static(ck, t, &item_key, base_dir))
+        } else {
+            for k in ["list", "follow_symlinks"] {
+                if let Some(v) = t.get(k) {
+                    let message = "only applies to a static root (add root = \"dir\")";
+                    ck.report(&v.span(), &format!("{item_key}.{k}"), message);
+                }
+            }
+            (read_app_pool(ck, item, t, &item_key, isolation), None)
+        };
         let (Some(path), Some(pool)) = (path, pool) else {
             continue;
         };
+        if t.contains_key("root") && files.is_none() {
+            continue;
+        }
         if let Some(first) = apps.iter().find(|a| same_path(&a.path.value, &path.value)) {
             let message = format!(
                 "{:?} is mapped twice in this site (also {key}[{}]; paths compare ignoring case and a trailing \"/\")",
@@ -1176,7 +1209,12 @@ fn read_apps(
             );
             ck.report(&path.span, &format!("{item_key}.path"), message);
         }
-        apps.push(AppDraft { index, path, pool });
+        apps.push(AppDraft {
+            index,
+            path,
+            pool,
+            files,
+        });
     }
     apps
 }
@@ -1204,6 +1242,43 @@ fn read_app_path(
     Some(Located {
         value: path.to_owned(),
         span: v.span(),
+    })
+}
+
+/// `{ root = "public", list = false, follow_symlinks = false }`: the root must be an
+/// existing directory (relative to the config file).
+fn read_static(
+    ck: &mut Checker<'_>,
+    t: &DeTable<'_>,
+    key: &str,
+    base_dir: &Path,
+) -> Option<StaticConfig> {
+    let root_key = format!("{key}.root");
+    let v = t.get("root")?;
+    let text = ck.string(v, &root_key)?;
+    let root = base_dir.join(text);
+    if !root.is_dir() {
+        ck.report(
+            &v.span(),
+            &root_key,
+            format!(
+                "{} is not a directory keel can read (a static root must exist)",
+                root.display()
+            ),
+        );
+        return None;
+    }
+    let flag = |ck: &mut Checker<'_>, name: &str| {
+        t.get(name)
+            .and_then(|v| ck.boolean(v, &format!("{key}.{name}")))
+            .unwrap_or(false)
+    };
+    let list = flag(ck, "list");
+    let follow_symlinks = flag(ck, "follow_symlinks");
+    Some(StaticConfig {
+        root,
+        list,
+        follow_symlinks,
     })
 }
 

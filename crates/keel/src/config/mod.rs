@@ -226,6 +226,9 @@ pub struct SiteConfig {
     /// `tls = { cert, key }`: `Some` exactly when a binding is https; the files were readable
     /// and valid at load.
     pub tls: Option<TlsFiles>,
+    /// `compression = true`: compressible responses go out with brotli or gzip as the client
+    /// prefers (IIS static/dynamic compression, nginx gzip).
+    pub compression: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,9 +236,39 @@ pub struct AppConfig {
     /// As written: starts with "/", may end with "/", no empty, "." or ".." segments.
     /// Routing compares it case-insensitively by whole segments.
     pub path: String,
-    /// Always a key of [`Config::pools`] (with [`Isolation::Shared`], the one pool's name,
-    /// also when the app entry has no `pool` key).
-    pub pool: String,
+    /// Who answers it.
+    pub serve: AppServe,
+}
+
+/// Who answers an app's requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppServe {
+    /// A pool's workers: always a key of [`Config::pools`] (with [`Isolation::Shared`], the
+    /// one pool's name, also when the app entry has no `pool` key).
+    Pool(String),
+    /// Files under a directory, served by the daemon itself (`root = "public"`).
+    Static(StaticConfig),
+}
+
+impl AppConfig {
+    /// The pool serving this app, if it is not a static root.
+    pub fn pool(&self) -> Option<&str> {
+        match &self.serve {
+            AppServe::Pool(p) => Some(p),
+            AppServe::Static(_) => None,
+        }
+    }
+}
+
+/// A static root: `{ path = "/static", root = "public", list = false, follow_symlinks = false }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// Resolved against the config file's directory; an existing directory at load.
+    pub root: PathBuf,
+    /// Directory listings for directories without index.html.
+    pub list: bool,
+    /// Serve symlinks that lead out of the root.
+    pub follow_symlinks: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

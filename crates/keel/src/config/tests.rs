@@ -361,7 +361,7 @@ fn the_embedded_default_loads() {
         "http://127.0.0.1:8080"
     );
     assert_eq!(config.sites[0].apps[0].path, "/");
-    assert_eq!(config.sites[0].apps[0].pool, "demo");
+    assert_eq!(config.sites[0].apps[0].pool(), Some("demo"));
     let demo = &config.pools["demo"];
     assert!(
         demo.command[0].ends_with("keel-demo-worker"),
@@ -489,7 +489,7 @@ eror_log = "x"
 name = "demo"
 bindings = ["http://127.0.0.1:8080"]
 apps = []
-app = [{ path = "/", pool = "demo", root = "public" }]
+app = [{ path = "/", pool = "demo", rooot = "public" }]
 [pool.demo]
 command = ["/bin/worker"]
 wokers = 2
@@ -499,7 +499,7 @@ wokers = 2
         "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, listener, log, cache, site, pool)",
         "keel.toml:4: log.eror_log: unknown key (did you mean `error_log`?",
         "keel.toml:8: site[0].apps: unknown key (did you mean `app`?",
-        "keel.toml:9: site[0].app[0].root: unknown key (valid keys: path, pool)",
+        "keel.toml:9: site[0].app[0].rooot: unknown key (did you mean `root`? valid keys: path, pool, root, list, follow_symlinks)",
         "keel.toml:12: pool.demo.wokers: unknown key (did you mean `workers`?",
     ] {
         assert!(
@@ -1233,7 +1233,7 @@ command = ["/bin/worker"]
     let pools: Vec<&str> = config
         .sites
         .iter()
-        .flat_map(|s| s.apps.iter().map(|a| a.pool.as_str()))
+        .flat_map(|s| s.apps.iter().filter_map(|a| a.pool()))
         .collect();
     assert_eq!(pools, ["only", "only", "only"]);
 

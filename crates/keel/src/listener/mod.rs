@@ -8,11 +8,12 @@
 pub mod http;
 pub mod tls;
 
-use crate::config::{BindingHost, Config, Isolation, Scheme};
+use crate::config::{AppServe, BindingHost, Config, Isolation, Scheme};
 use crate::log::ErrorLog;
 use crate::pool::Pool;
-use crate::request_path::{AppTarget, ConnContext};
+use crate::request_path::{AppTarget, Backend, ConnContext};
 use crate::routing::{HostPattern, RouteEntry, RouteTable};
+use crate::static_files::StaticRoot;
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -94,20 +95,37 @@ pub fn plan(
                 };
                 let site_name: Arc<str> = site.name.as_str().into();
                 for app in &site.apps {
-                    // IIS 5.0 isolation mode: every app is served by the one pool.
-                    let pool = match config.isolation {
-                        Isolation::Shared => pools.values().next(),
-                        Isolation::Pool => pools.get(&app.pool),
-                    };
-                    let Some(pool) = pool else {
-                        continue;
+                    let backend = match &app.serve {
+                        AppServe::Static(files) => Backend::Static(
+                            StaticRoot::new(
+                                &app.path,
+                                &files.root,
+                                files.list,
+                                files.follow_symlinks,
+                            )
+                            .with_context(|| {
+                                format!("site {}: static root {}", site.name, files.root.display())
+                            })?,
+                        ),
+                        AppServe::Pool(name) => {
+                            // IIS 5.0 isolation mode: every app is served by the one pool.
+                            let pool = match config.isolation {
+                                Isolation::Shared => pools.values().next(),
+                                Isolation::Pool => pools.get(name),
+                            };
+                            let Some(pool) = pool else {
+                                continue;
+                            };
+                            Backend::Pool(pool.clone())
+                        }
                     };
                     entries.push(RouteEntry {
                         host: host.clone(),
                         path_prefix: app.path.clone(),
                         target: AppTarget {
                             site: site_name.clone(),
-                            pool: pool.clone(),
+                            backend,
+                            compression: site.compression,
                         },
                     });
                 }
