@@ -444,6 +444,14 @@ impl Cache {
     /// Looks `url` up for a request with headers `req` (counting a hit or a miss for
     /// `site`).
     pub fn lookup(&self, url: &Arc<str>, req: &HeaderMap, site: &Arc<str>) -> Lookup {
+        // Answered uncacheably a moment ago: nothing stored, nothing to count for admission.
+        if self.pass.contains_key(url) && self.get(url, None).is_none() {
+            self.counters
+                .site(site)
+                .misses
+                .fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss;
+        }
         let now = Instant::now();
         let entry = match self.get(url, None) {
             Some(Slot::Response(e)) => Some(e),
@@ -489,8 +497,14 @@ impl Cache {
     /// The response for `url` could not be stored: its next requests are not collapsed
     /// for a while.
     pub fn mark_uncacheable(&self, url: Arc<str>) {
-        self.known.invalidate(&url);
-        self.pass.insert(url, ());
+        // Uncacheable URLs are most requests of a dynamic site: keep this path write-free
+        // once the URL is known (a moka insert per request costs more than the request).
+        if self.known.contains_key(&url) {
+            self.known.invalidate(&url);
+        }
+        if !self.pass.contains_key(&url) {
+            self.pass.insert(url, ());
+        }
     }
 
     /// Leads the fetch of `url`, or follows the request already fetching it. `None`: fetch

@@ -62,8 +62,9 @@ pub struct WorkerConn {
     requests: AtomicU64,
     /// `recycle.requests`: when `requests` reaches it, the pool manager is told at once.
     recycle_after: Option<u64>,
-    /// When a stream last opened or closed (idle shutdown).
-    last_activity: Mutex<Instant>,
+    /// When a stream last opened or closed (idle shutdown): milliseconds since `born`.
+    last_activity: AtomicU64,
+    born: Instant,
 }
 
 /// What ended a worker connection's reading side.
@@ -97,7 +98,8 @@ impl WorkerConn {
             last_rtt_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             recycle_after,
-            last_activity: Mutex::new(Instant::now()),
+            last_activity: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -111,11 +113,13 @@ impl WorkerConn {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        self.last_activity.lock().elapsed()
+        let last = self.born + Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        last.elapsed()
     }
 
     fn touch(&self) {
-        *self.last_activity.lock() = Instant::now();
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity.store(ms, Ordering::Relaxed);
     }
 
     /// Sends a PING unless one is already waiting for its PONG.
