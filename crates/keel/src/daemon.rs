@@ -7,7 +7,10 @@
 
 use crate::config::Config;
 use crate::listener;
-use crate::log::ErrorLog;
+use crate::log::{AccessLog, ErrorLog};
+
+/// Access-log lines that may wait for the writer before new ones are dropped (and counted).
+const ACCESS_LOG_BUFFER_LINES: usize = 65_536;
 use crate::os::cgroup::Cgroups;
 use crate::pool::manager::Manager;
 use crate::pool::{Pool, PoolSettings, attach};
@@ -29,6 +32,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => ErrorLog::to_stderr(),
     };
     let shutdown_timeout = config.listener.shutdown_timeout;
+    let access_log = match &config.log.access_log {
+        Some(path) => Some(
+            AccessLog::open(path, config.log.access_format, ACCESS_LOG_BUFFER_LINES)
+                .with_context(|| format!("cannot open the access log {}", path.display()))?,
+        ),
+        None => None,
+    };
     // The response cache, shared by every connection (reached through `cache::installed`).
     crate::cache::install(
         config
@@ -94,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tls: plan.tls,
             protocols: protocols.clone(),
             error_log: error_log.clone(),
+            access_log: access_log.clone(),
         };
         acceptors.spawn(listener::accept_loop(
             socket,
@@ -104,7 +115,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("keel ready");
 
-    wait_for_stop_signal().await?;
+    wait_for_stop_signal(access_log.as_ref()).await?;
     tracing::info!("stopping: no new connections; finishing queued and in-flight requests");
     let deadline = tokio::time::Instant::now() + shutdown_timeout;
     stop_accepting.cancel();
@@ -134,16 +145,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if all_exited.is_err() {
         tracing::warn!("workers still running at the end of shutdown");
     }
+    if let Some(log) = access_log {
+        log.flush_and_close();
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; meanwhile SIGUSR1 reopens the access log (logrotate).
+async fn wait_for_stop_signal(access_log: Option<&AccessLog>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = usr1.recv() => {
+                if let Some(log) = access_log {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    log.reopen();
+                }
+                continue;
+            }
+        }
+        return Ok(());
     }
-    Ok(())
 }

@@ -10,7 +10,7 @@ use crate::compress::{self, CompressBody};
 use crate::config::Unavailable;
 use crate::dispatch::Job;
 use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
-use crate::log::{ErrorLog, Reason};
+use crate::log::{AccessLog, AccessRecord, CacheMark, ErrorLog, Reason};
 use crate::pool::Pool;
 use crate::routing::{RouteError, RouteTable};
 use crate::static_files::{FileStream, StaticBody, StaticRoot};
@@ -61,6 +61,8 @@ pub struct ConnContext {
     pub tls: bool,
     /// The SNI name the TLS client asked for.
     pub server_name: Option<Arc<str>>,
+    /// Where every request's access-log line goes, if anywhere.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
@@ -758,6 +760,169 @@ impl Body for ResponseBody {
             | ResponseBody::Compressed(_)
             | ResponseBody::Broken
             | ResponseBody::Prefixed { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// [`serve_request`], plus the access-log line written when the response body is done
+/// (bytes sent and time taken are only known then).
+pub async fn serve_logged(
+    req: Request<Incoming>,
+    conn: Arc<ConnContext>,
+) -> Result<Response<LoggedBody>, ResetConnection> {
+    let Some(log) = conn.access_log.clone() else {
+        let resp = serve_request(req, conn).await?;
+        return Ok(resp.map(|inner| LoggedBody {
+            inner,
+            pending: None,
+        }));
+    };
+    let (site, pool) = match route(&req, &conn) {
+        Ok(t) => (
+            t.site.clone(),
+            match &t.backend {
+                Backend::Pool(p) => Some(p.settings.name.clone()),
+                Backend::Static(_) => None,
+            },
+        ),
+        Err(_) => (Arc::from("-"), None),
+    };
+    let text = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut pending = Box::new(PendingLog {
+        log,
+        time: SystemTime::now(),
+        start: Instant::now(),
+        site,
+        pool,
+        client: conn.peer,
+        server: conn.local,
+        method: req.method().to_string(),
+        uri: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
+        version: req.version(),
+        host: req
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .or_else(|| text(header::HOST)),
+        user_agent: text(header::USER_AGENT),
+        referer: text(header::REFERER),
+        bytes_received: req.body().size_hint().exact().unwrap_or(0),
+        status: 0,
+        cache: CacheMark::None,
+        bytes_sent: 0,
+    });
+    match serve_request(req, conn).await {
+        Ok(resp) => {
+            pending.status = resp.status().as_u16();
+            pending.cache = match resp.extensions().get::<CacheStatus>() {
+                Some(CacheStatus::Hit | CacheStatus::Collapsed) => CacheMark::Hit,
+                Some(CacheStatus::Miss) => CacheMark::Miss,
+                Some(CacheStatus::Stale) => CacheMark::Stale,
+                None => CacheMark::None,
+            };
+            Ok(resp.map(|inner| LoggedBody {
+                inner,
+                pending: Some(pending),
+            }))
+        }
+        Err(reset) => {
+            // The connection is reset: the client got no status at all.
+            pending.write();
+            Err(reset)
+        }
+    }
+}
+
+/// What the access log needs to know about a request until its response is done.
+struct PendingLog {
+    log: AccessLog,
+    time: SystemTime,
+    start: Instant,
+    site: Arc<str>,
+    pool: Option<Arc<str>>,
+    client: SocketAddr,
+    server: SocketAddr,
+    method: String,
+    uri: String,
+    version: http::Version,
+    host: Option<String>,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    bytes_received: u64,
+    status: u16,
+    cache: CacheMark,
+    bytes_sent: u64,
+}
+
+impl PendingLog {
+    fn write(&self) {
+        self.log.log(&AccessRecord {
+            time: self.time,
+            site: &self.site,
+            pool: self.pool.as_deref(),
+            client: self.client,
+            server: self.server,
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            duration: self.start.elapsed(),
+            cache: self.cache,
+            user_agent: self.user_agent.as_deref(),
+            referer: self.referer.as_deref(),
+            host: self.host.as_deref(),
+        });
+    }
+}
+
+/// A response body that writes the request's access-log line once it is finished (or
+/// dropped because the client went away).
+pub struct LoggedBody {
+    inner: ResponseBody,
+    pending: Option<Box<PendingLog>>,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = ResponseBroken;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBroken>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(p), Poll::Ready(Some(Ok(frame)))) = (this.pending.as_mut(), &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            p.bytes_sent += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.write();
         }
     }
 }

@@ -23,6 +23,7 @@ use super::{
     Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable, default_runtime_dir,
     resolve_program,
 };
+use crate::log::AccessFormat;
 
 const ROOT_KEYS: &[&str] = &[
     "isolation",
@@ -46,7 +47,7 @@ const CACHE_KEYS: &[&str] = &[
 const MAX_CACHE_ENTRY_BYTES: u64 = 1 << 30;
 const DAEMON_KEYS: &[&str] = &["runtime_dir"];
 const LISTENER_KEYS: &[&str] = &["shutdown_timeout", "http2", "h2c", "max_concurrent_streams"];
-const LOG_KEYS: &[&str] = &["error_log"];
+const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
 const APP_KEYS: &[&str] = &["path", "pool", "root", "list", "follow_symlinks"];
@@ -369,6 +370,21 @@ fn read_log(ck: &mut Checker<'_>, v: &Value<'_>, base_dir: &Path) -> LogConfig {
     ck.unknown_keys(t, "log", LOG_KEYS);
     if let Some(v) = t.get("error_log") {
         log.error_log = read_path(ck, v, "log.error_log", base_dir);
+    }
+    if let Some(v) = t.get("access_log") {
+        log.access_log = read_path(ck, v, "log.access_log", base_dir);
+    }
+    if let Some(v) = t.get("access_format")
+        && let Some(name) = ck.string(v, "log.access_format")
+    {
+        match name.parse::<AccessFormat>() {
+            Ok(f) => log.access_format = f,
+            Err(_) => ck.report(
+                &v.span(),
+                "log.access_format",
+                format!("{name:?} is not a format (use \"w3c\", \"combined\" or \"json\")"),
+            ),
+        }
     }
     log
 }

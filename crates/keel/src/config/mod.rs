@@ -214,6 +214,9 @@ impl Default for CacheConfig {
 pub struct LogConfig {
     /// Resolved against `base_dir`; `None`: error-log lines go to the daemon's own log.
     pub error_log: Option<PathBuf>,
+    /// Resolved against `base_dir`; `None`: no access log.
+    pub access_log: Option<PathBuf>,
+    pub access_format: crate::log::AccessFormat,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! prior knowledge (h2c) on cleartext when enabled; hyper-util's auto builder for all three.
 
 use crate::config::ListenerConfig;
-use crate::request_path::{ConnContext, serve_request};
+use crate::request_path::{ConnContext, serve_logged};
 use http::{Request, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -82,7 +82,7 @@ pub async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| serve_request(with_host(req), ctx.clone()));
+    let service = hyper::service::service_fn(move |req| serve_logged(with_host(req), ctx.clone()));
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "connection ended: {e}");

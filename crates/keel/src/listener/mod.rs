@@ -172,6 +172,7 @@ pub struct Endpoint {
     pub tls: Option<TlsAcceptor>,
     pub protocols: Arc<Protocols>,
     pub error_log: ErrorLog,
+    pub access_log: Option<crate::log::AccessLog>,
 }
 
 /// Accepts connections until `stop` fires; each connection is served on its own task and
@@ -207,6 +208,7 @@ pub async fn accept_loop(
                     peer: canonical(peer),
                     routes: endpoint.routes.clone(),
                     error_log: endpoint.error_log.clone(),
+                    access_log: endpoint.access_log.clone(),
                     tls,
                     server_name,
                 })

@@ -45,9 +45,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// The line format of an access log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessFormat {
+    #[default]
     /// The HTTP.sys / IIS W3C extended format, with [`W3C_FIELDS`]; space-separated, times in
     /// UTC, `-` for a missing value, `+` for a space inside one.
     W3c,

@@ -1,0 +1,111 @@
+//! The access log: one line per request, cached or not, in each format; logrotate with
+//! SIGUSR1 keeps every line.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn start(format: &str) -> Daemon {
+    Daemon::start(&format!(
+        "{}\n[cache]\nadmission = \"always\"\n\n[log]\nerror_log = \"error.log\"\naccess_log = \"access.log\"\naccess_format = \"{format}\"\n",
+        demo_config("")
+    ))
+}
+
+fn access_lines(d: &Daemon, name: &str) -> Vec<String> {
+    std::fs::read_to_string(d.dir.path().join(name))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+fn wait_for_lines(d: &Daemon, name: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = access_lines(d, name);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} lines: {lines:?}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn w3c_lines_mark_cache_hits() {
+    let d = start("w3c");
+    assert_eq!(get(d.addr(), "/cached?ttl=60&id=w3c").status, 200);
+    assert_eq!(get(d.addr(), "/cached?ttl=60&id=w3c").status, 200);
+    let lines = wait_for_lines(&d, "access.log", 2);
+    let header = std::fs::read_to_string(d.dir.path().join("access.log")).unwrap();
+    assert!(header.contains("#Fields:"), "{header}");
+    assert!(
+        lines[0].contains("/cached") && lines[0].contains(" 200 "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("MISS"), "{}", lines[0]);
+    assert!(lines[1].contains("HIT"), "{}", lines[1]);
+}
+
+#[test]
+fn combined_and_json_lines() {
+    let d = start("combined");
+    raw_request(
+        d.addr(),
+        b"GET /pid HTTP/1.1\r\nHost: x\r\nUser-Agent: test \"agent\"\r\nConnection: close\r\n\r\n",
+    );
+    let line = &wait_for_lines(&d, "access.log", 1)[0];
+    assert!(line.contains("\"GET /pid HTTP/1.1\" 200 "), "{line}");
+    assert!(line.contains("test \\x22agent\\x22"), "{line}");
+
+    let d = start("json");
+    get(d.addr(), "/pid");
+    let line = &wait_for_lines(&d, "access.log", 1)[0];
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"status\":200"), "{line}");
+    assert!(line.contains("\"pool\":\"demo\""), "{line}");
+}
+
+#[test]
+fn logrotate_rename_and_sigusr1_keep_every_line() {
+    let d = start("w3c");
+    for _ in 0..50 {
+        assert_eq!(get(d.addr(), "/pid").status, 200);
+    }
+    wait_for_lines(&d, "access.log", 50);
+    std::fs::rename(
+        d.dir.path().join("access.log"),
+        d.dir.path().join("access.log.1"),
+    )
+    .unwrap();
+    // Lines written between the rename and the signal still land in the renamed file.
+    for _ in 0..10 {
+        get(d.addr(), "/pid");
+    }
+    d.signal(rustix::process::Signal::USR1);
+    d.wait_for_line("reopening the access log", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..40 {
+        get(d.addr(), "/pid");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let total = access_lines(&d, "access.log.1").len() + access_lines(&d, "access.log").len();
+        if total == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} lines of 100");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !access_lines(&d, "access.log").is_empty(),
+        "the new file is used after SIGUSR1"
+    );
+}
