@@ -1,6 +1,11 @@
-//! nginx's upstream in `bench/run`: a minimal hyper HTTP/1.1 server on a unix socket that
-//! answers every request `200 text/plain` with `Hello from keel` (the same 15 bytes as
-//! keel's demo worker answers `GET /`), keeping connections alive.
+//! nginx's upstream in `bench/run` and `bench/cache`: a minimal hyper HTTP/1.1 server on a
+//! unix socket that answers `200 text/plain`, keeping connections alive:
+//!
+//! - `/13` and `/4k`: 13 and 4096 bytes of `c` with `Cache-Control: public, max-age=3600`,
+//!   the same bodies as keel's demo worker answers to `/cached?ttl=3600&id=X&size=13` and
+//!   `size=4096` (for nginx's `proxy_cache` in `bench/cache`);
+//! - any other request: `Hello from keel` (the same 15 bytes as keel's demo worker answers
+//!   `GET /`).
 //!
 //! It runs on a current-thread tokio runtime so that it uses one core, like one keel worker
 //! process.
@@ -14,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -22,11 +27,24 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 
 const BODY: &[u8] = b"Hello from keel";
+const BODY_13: &[u8] = &[b'c'; 13];
+const BODY_4K: &[u8] = &[b'c'; 4096];
 
-async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (body, cacheable) = match req.uri().path() {
+        "/13" => (BODY_13, true),
+        "/4k" => (BODY_4K, true),
+        _ => (BODY, false),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if cacheable {
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+    }
     Ok(resp)
 }
 

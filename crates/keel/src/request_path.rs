@@ -129,7 +129,6 @@ pub async fn serve_request(
             return Ok(resp);
         }
     };
-    let meta = meta(target.site.clone());
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.clone(),
         Backend::Static(root) => return Ok(serve_static(req, root, &target).await),
@@ -146,6 +145,8 @@ pub async fn serve_request(
             Err(hit) => return Ok(hit),
         }
     }
+    // Only requests that go on to a pool need what the error log records.
+    let meta = meta(target.site.clone());
 
     // read small body
     let (parts, body) = req.into_parts();
