@@ -4,68 +4,16 @@
 
 mod common;
 use common::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_every_200ms_loses_no_request() {
-    let d = Daemon::start(&demo_config("workers = 2\nstart = \"always\""));
-    d.wait_for_workers(2, Duration::from_secs(10));
-    let url = d.url("/pid");
-    let total = 5000;
-    let done = Arc::new(AtomicBool::new(false));
-
-    let daemon_pid = d.pid();
-    let killer = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut kills = 0;
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                if let Some(&pid) = children_of(daemon_pid).first() {
-                    kill(pid);
-                    kills += 1;
-                }
-            }
-            kills
-        })
-    };
-
-    let failures = hammer(&url, total, 32).await;
-    done.store(true, Ordering::Relaxed);
-    let kills = killer.join().unwrap();
-    assert!(kills >= 2, "the storm killed {kills} workers");
-    assert!(
-        failures.is_empty(),
-        "{} failures: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
-    let abandoned: Vec<_> = d
-        .error_lines()
-        .into_iter()
-        .filter(|l| l.contains("Abandoned"))
-        .collect();
-    assert!(abandoned.is_empty(), "{abandoned:?}");
+    check_worker_killed_every_200ms_loses_no_request(RUST_DEMO_WORKER, false).await;
 }
 
 #[test]
 fn crashing_request_gets_502_and_the_next_one_succeeds() {
-    let d = Daemon::start(&demo_config(""));
-    let before = get(d.addr(), "/pid").text();
-    let r = get(d.addr(), "/crash");
-    assert_eq!(r.status, 502);
-    let r = get(d.addr(), "/pid");
-    assert_eq!(r.status, 200);
-    assert_ne!(r.text(), before, "a new worker answered");
-    assert!(
-        d.error_lines().iter().any(|l| l.contains("/crash")
-            && l.contains("502")
-            && l.contains("Connection_Abandoned_By_ReqQueue")),
-        "{:?}",
-        d.error_lines()
-    );
+    check_crashing_request_gets_502_and_the_next_one_succeeds(RUST_DEMO_WORKER);
 }
 
 #[test]

@@ -3,7 +3,6 @@
 mod common;
 use common::*;
 use std::io::{BufReader, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 #[test]
@@ -22,24 +21,7 @@ fn get_is_answered_by_a_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mib_post_is_echoed() {
-    let d = Daemon::start(&demo_config(""));
-    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let client = reqwest::Client::new();
-    let resp = client
-        .post(d.url("/echo"))
-        .header("content-type", "application/x-test")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["content-type"].to_str().unwrap(),
-        "application/x-test"
-    );
-    let got = resp.bytes().await.unwrap();
-    assert_eq!(got.len(), body.len());
-    assert!(got[..] == body[..], "echoed bytes differ");
+    check_one_mib_post_is_echoed(RUST_DEMO_WORKER).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,27 +47,7 @@ async fn chunked_post_is_echoed() {
 
 #[test]
 fn hundred_pipelined_requests_are_answered_in_order() {
-    let d = Daemon::start(&demo_config(""));
-    let mut s = TcpStream::connect(d.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut batch = Vec::new();
-    for i in 0..100 {
-        // Later requests finish sooner: answers out of order would show.
-        let ms = (100 - i) % 7;
-        write!(
-            batch,
-            "GET /sleep?ms={ms}&n={i} HTTP/1.1\r\nHost: localhost\r\n\r\n"
-        )
-        .unwrap();
-    }
-    s.write_all(&batch).unwrap();
-    let mut r = BufReader::new(s);
-    for i in 0..100 {
-        let resp = read_response(&mut r).expect("response");
-        assert_eq!(resp.status, 200);
-        let ms = (100 - i) % 7;
-        assert_eq!(resp.text(), format!("slept {ms} ms"), "response {i}");
-    }
+    check_hundred_pipelined_requests_in_order(RUST_DEMO_WORKER);
 }
 
 #[test]
