@@ -306,6 +306,12 @@ pub async fn run(
         attached,
         cgroup.as_ref(),
     );
+    let open = conn.in_flight();
+    if open > 0 && matches!(ending, Ending::Drained) {
+        // A drained worker should have finished every stream before exiting; those left
+        // get 502 (a drained exit is not a kill from outside). Logged to find out why.
+        tracing::warn!(pool = %pool.name(), pid, open, "drained worker exited with streams still open");
+    }
     conn.fail_all(ending.killed_from_outside());
     writer.abort();
     finish(cgroup, &events, id, ending);
