@@ -311,7 +311,7 @@ impl From<SystemTime> for UtcTime {
     fn from(time: SystemTime) -> Self {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
-        let (year, month, day) = civil_from_days(secs / 86_400);
+        let (year, month, day) = super::error_log::civil_from_days(secs / 86_400);
         let secs_of_day = secs % 86_400;
         UtcTime {
             year,
@@ -323,21 +323,6 @@ impl From<SystemTime> for UtcTime {
             millis: since.subsec_millis(),
         }
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, restricted to non-negative days; the same as the error log's).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z / 146_097;
-    let doe = z % 146_097; // day of the 400-year era, [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the year from March 1st
-    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The address with an IPv4-mapped IPv6 address (a dual-stack socket) shown as IPv4.

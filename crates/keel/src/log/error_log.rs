@@ -221,8 +221,8 @@ fn write_date_time(f: &mut impl fmt::Write, time: SystemTime) -> fmt::Result {
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, restricted to non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// `civil_from_days`, restricted to non-negative days). Shared by both logs.
+pub(super) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z / 146_097;
     let doe = z % 146_097; // day of the 400-year era, [0, 146096]
