@@ -97,6 +97,16 @@ pub async fn serve_request(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
+    let routed = route(&req, &conn).cloned();
+    serve_routed(req, conn, routed).await
+}
+
+/// [`serve_request`] after the route lookup (which the access log also needs: done once).
+async fn serve_routed(
+    req: Request<Incoming>,
+    conn: Arc<ConnContext>,
+    routed: Result<AppTarget, RouteError>,
+) -> Result<Response<ResponseBody>, ResetConnection> {
     let meta = |site: Arc<str>| {
         Arc::new(RequestMeta {
             client: conn.peer,
@@ -110,8 +120,8 @@ pub async fn serve_request(
     };
 
     // route
-    let target = match route(&req, &conn) {
-        Ok(t) => t.clone(),
+    let target = match routed {
+        Ok(t) => t,
         Err(e) => {
             let reason = match e {
                 RouteError::Hostname => Reason::Hostname,
@@ -778,7 +788,8 @@ pub async fn serve_logged(
             pending: None,
         }));
     };
-    let (site, pool) = match route(&req, &conn) {
+    let routed = route(&req, &conn).cloned();
+    let (site, pool) = match &routed {
         Ok(t) => (
             t.site.clone(),
             match &t.backend {
@@ -820,7 +831,7 @@ pub async fn serve_logged(
         cache: CacheMark::None,
         bytes_sent: 0,
     });
-    match serve_request(req, conn).await {
+    match serve_routed(req, conn, routed).await {
         Ok(resp) => {
             pending.status = resp.status().as_u16();
             pending.cache = match resp.extensions().get::<CacheStatus>() {
