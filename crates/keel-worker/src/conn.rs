@@ -73,6 +73,8 @@ pub(crate) struct StreamEntry {
     /// The request task, when it waits for `window` credit.
     pub(crate) waker: Option<Waker>,
     pub(crate) task: Option<AbortHandle>,
+    /// STARTED is queued or written (it is sent at most once, and never after RESPONSE).
+    pub(crate) started: bool,
 }
 
 impl StreamEntry {
@@ -297,9 +299,15 @@ impl Conn {
     /// replay this "query of death" to the next worker.
     pub(crate) async fn started(&self, id: StreamId) -> Result<(), Ended> {
         let batch = self.with_state(|st| {
-            if st.closing || !st.streams.contains_key(&id) {
+            if st.closing {
                 return Err(Ended);
             }
+            let entry = st.streams.get_mut(&id).ok_or(Ended)?;
+            if entry.started || entry.response != ResponsePhase::AwaitingHead {
+                // Already said (or implied by the response head): nothing more to send.
+                return Ok(st.taken);
+            }
+            entry.started = true;
             encode_control(&Frame::Started { id }, &mut st.out);
             // The writer's next batch holds the frame.
             Ok(st.taken + 1)

@@ -31,6 +31,21 @@ const READ_SIZE: usize = 64 * 1024;
 
 const SOFTWARE: &str = concat!("keel-worker/", env!("CARGO_PKG_VERSION"));
 
+/// A health check run for each PING when set (see [`crate::Worker::health_check`]).
+pub type HealthCheck = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+/// Connection settings beyond capacity (builder options of [`crate::Worker`]).
+#[derive(Clone, Default)]
+pub(crate) struct Options {
+    /// HELLO's pid; `None`: this process.
+    pub pid: Option<u32>,
+    /// The handler sends STARTED through a [`crate::StartSignal`].
+    pub started_by_handler: bool,
+    pub health: Option<HealthCheck>,
+}
+
 /// How the reading loop ended without an error.
 enum Ending {
     /// DRAIN received and every stream closed (or the drain timeout passed).
@@ -42,6 +57,7 @@ enum Ending {
 pub(crate) async fn run<S, B>(
     socket: std::os::unix::net::UnixStream,
     capacity: u32,
+    options: Options,
     service: S,
 ) -> Result<(), Error>
 where
@@ -55,7 +71,8 @@ where
     let (mut rd, mut wr) = UnixStream::from_std(socket)?.into_split();
     let decoder = Decoder::new(DEFAULT_MAX_PAYLOAD);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let welcome = handshake(&mut rd, &mut wr, &decoder, &mut buf, capacity).await?;
+    let pid = options.pid.unwrap_or_else(std::process::id);
+    let welcome = handshake(&mut rd, &mut wr, &decoder, &mut buf, capacity, pid).await?;
     tracing::debug!(
         pool = %String::from_utf8_lossy(&welcome.pool),
         capacity = welcome.capacity,
@@ -73,6 +90,7 @@ where
         service,
         drain_deadline: None,
         draining: false,
+        options,
     };
     let ending = reader.run().await;
     match ending {
@@ -102,10 +120,11 @@ async fn handshake(
     decoder: &Decoder,
     buf: &mut BytesMut,
     capacity: u32,
+    pid: u32,
 ) -> Result<Welcome, Error> {
     let hello = Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
-        pid: std::process::id(),
+        pid,
         capacity,
         max_payload: DEFAULT_MAX_PAYLOAD,
         software: Bytes::from_static(SOFTWARE.as_bytes()),
@@ -138,6 +157,7 @@ struct Reader<'a, S> {
     service: S,
     draining: bool,
     drain_deadline: Option<Instant>,
+    options: Options,
 }
 
 impl<S, B> Reader<'_, S>
@@ -192,7 +212,20 @@ where
                     task.abort();
                 }
             }
-            Frame::Ping { nonce } => self.conn.push_control(&Frame::Pong { nonce }),
+            Frame::Ping { nonce } => match &self.options.health {
+                None => self.conn.push_control(&Frame::Pong { nonce }),
+                Some(check) => {
+                    let check = check();
+                    let conn = Arc::downgrade(self.conn);
+                    tokio::spawn(async move {
+                        if check.await
+                            && let Some(conn) = conn.upgrade()
+                        {
+                            conn.push_control(&Frame::Pong { nonce });
+                        }
+                    });
+                }
+            },
             Frame::Drain { timeout_ms } => {
                 tracing::debug!(timeout_ms, "drain requested");
                 self.draining = true;
@@ -218,7 +251,7 @@ where
     /// REQUEST: one new stream, one new task.
     fn open_stream(&mut self, head: RequestHead) -> Result<(), Error> {
         let id = head.id;
-        let (request, body_tx) = request::build(self.conn, head);
+        let (request, body_tx) = request::build(self.conn, head, self.options.started_by_handler);
         let service = self.service.clone();
         let conn = self.conn;
         let refused = conn.with_state(move |st| {
@@ -227,7 +260,13 @@ where
                 return Some((request, service, !st.closing));
             }
             // Spawned under the lock so the task cannot look for its entry before it exists.
-            let task = tokio::spawn(handler::run_stream(conn.clone(), id, request, service));
+            let task = tokio::spawn(handler::run_stream(
+                conn.clone(),
+                id,
+                request,
+                service,
+                !self.options.started_by_handler,
+            ));
             st.streams.insert(
                 id,
                 StreamEntry {
@@ -236,6 +275,7 @@ where
                     window: Window::new(conn.initial_window),
                     waker: None,
                     task: Some(task.abort_handle()),
+                    started: false,
                 },
             );
             None

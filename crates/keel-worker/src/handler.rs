@@ -22,6 +22,7 @@ pub(crate) async fn run_stream<S, B>(
     id: StreamId,
     request: Result<Request<Body>, Rejected>,
     mut service: S,
+    send_started: bool,
 ) where
     S: Service<Request<Body>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -41,7 +42,9 @@ pub(crate) async fn run_stream<S, B>(
         }
     };
     let outcome = AssertUnwindSafe(async {
-        conn.started(id).await?;
+        if send_started {
+            conn.started(id).await?;
+        }
         poll_fn(|cx| service.poll_ready(cx))
             .await
             .map_err(|e| Failure::App(e.into()))?;

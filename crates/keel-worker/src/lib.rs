@@ -33,9 +33,10 @@ mod response;
 mod writer;
 
 pub use body::{Body, BodyError};
+pub use connection::HealthCheck;
 pub use error::Error;
 pub use keel_proto::CachePolicy;
-pub use request::{Invalidator, RequestInfo};
+pub use request::{Invalidator, RequestInfo, StartSignal};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -78,10 +79,20 @@ where
 }
 
 /// A worker connection not yet serving, with its settings.
-#[derive(Debug)]
 pub struct Worker {
     socket: UnixStream,
     capacity: Option<u32>,
+    options: connection::Options,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("socket", &self.socket)
+            .field("capacity", &self.capacity)
+            .field("started_by_handler", &self.options.started_by_handler)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an attaching worker sends before HELLO: this, the token, and a line feed.
@@ -178,7 +189,35 @@ impl Worker {
         Worker {
             socket,
             capacity: None,
+            options: connection::Options::default(),
         }
+    }
+
+    /// The process id HELLO announces (default: this process's). For a process that speaks
+    /// the protocol on behalf of another one, e.g. an adapter in front of a plain HTTP server.
+    pub fn announce_pid(mut self, pid: u32) -> Self {
+        self.options.pid = Some(pid);
+        self
+    }
+
+    /// Leaves STARTED to the handler: the SDK does not send it before calling the handler,
+    /// and each request carries a [`StartSignal`] in its extensions instead. The handler
+    /// sends it at the moment the request is handed on to something that may act on it (a
+    /// proxy: right before writing the request to its upstream), so that until then a lost
+    /// worker's request goes back to the queue whatever its method. A request whose handler
+    /// never sends it counts as started once its response head is sent.
+    pub fn started_by_handler(mut self) -> Self {
+        self.options.started_by_handler = true;
+        self
+    }
+
+    /// Answers the daemon's health PING only when `check` resolves to `true` (without it,
+    /// PING is answered at once by the reading loop). The check runs in its own task; a
+    /// check that fails or never ends leaves the PING unanswered, and the daemon kills the
+    /// worker after its `ping_timeout`.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.options.health = Some(check);
+        self
     }
 
     /// How many requests this worker runs at once (default: `KEEL_CAPACITY`, else 64).
@@ -211,7 +250,7 @@ impl Worker {
             Some(n) => n,
             None => capacity_from_env()?,
         };
-        connection::run(self.socket, capacity, service).await
+        connection::run(self.socket, capacity, self.options, service).await
     }
 }
 

@@ -67,6 +67,32 @@ impl Invalidator {
     }
 }
 
+/// Sends this request's STARTED frame; found in `request.extensions()` when the worker was
+/// built with [`crate::Worker::started_by_handler`].
+#[derive(Clone)]
+pub struct StartSignal {
+    conn: std::sync::Weak<Conn>,
+    id: u32,
+}
+
+impl std::fmt::Debug for StartSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StartSignal({})", self.id)
+    }
+}
+
+impl StartSignal {
+    /// Tells the daemon the request is being handed on; returns once the frame is written
+    /// to the socket (not merely queued). `false`: the stream or the connection has ended
+    /// (the request should be dropped). Sending it twice is harmless.
+    pub async fn send(&self) -> bool {
+        let Some(conn) = self.conn.upgrade() else {
+            return false;
+        };
+        conn.started(self.id).await.is_ok()
+    }
+}
+
 /// A REQUEST frame the http crate refuses (the daemon validates less strictly than `http`).
 pub(crate) type Rejected = &'static str;
 
@@ -75,6 +101,7 @@ pub(crate) type Rejected = &'static str;
 pub(crate) fn build(
     conn: &Arc<Conn>,
     head: RequestHead,
+    started_by_handler: bool,
 ) -> (
     Result<Request<Body>, Rejected>,
     Option<mpsc::UnboundedSender<BodyChunk>>,
@@ -135,6 +162,12 @@ pub(crate) fn build(
     request.extensions_mut().insert(Invalidator {
         conn: Arc::downgrade(conn),
     });
+    if started_by_handler {
+        request.extensions_mut().insert(StartSignal {
+            conn: Arc::downgrade(conn),
+            id,
+        });
+    }
     request.extensions_mut().insert(RequestInfo {
         id,
         client,

@@ -53,7 +53,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
     let cgroups = Cgroups::detect();
     for (name, cfg) in &config.pools {
-        let (pool, commands) = Pool::new(PoolSettings::from_config(cfg));
+        let mut settings = PoolSettings::from_config(cfg);
+        if settings.spawn.http {
+            let owner = cfg.identity.as_ref().map(|i| (i.uid, i.gid));
+            let dir =
+                crate::http_worker::endpoint::pool_dir(&config.daemon.runtime_dir, name, owner)
+                    .with_context(|| {
+                        format!(
+                            "pool {name}: cannot create the directory of its HTTP workers' sockets"
+                        )
+                    })?;
+            settings.http_dir = Some(dir);
+        }
+        let (pool, commands) = Pool::new(settings);
         let cgroup = if cfg.memory_max.is_some() || cfg.cpu_max.is_some() {
             match cgroups.pool(name) {
                 Ok(cg) => Some(cg),

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod exchange;
+pub mod http_worker;
 pub mod listener;
 pub mod log;
 pub mod os;

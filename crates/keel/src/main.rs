@@ -41,6 +41,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // keel starting an HTTP worker through itself (see os::spawn::exec_with_listen_pid).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == keel::os::spawn::LISTEN_PID_SHIM)
+    {
+        let error = keel::os::spawn::exec_with_listen_pid(&args[2..]);
+        eprintln!(
+            "keel: cannot run {:?}: {error}",
+            args.get(2).unwrap_or(&"".into())
+        );
+        return ExitCode::from(127);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),

@@ -15,7 +15,7 @@ use crate::pool::Pool;
 use crate::routing::{RouteError, RouteTable};
 use crate::static_files::{FileStream, StaticBody, StaticRoot};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -78,6 +78,18 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             | "trailer"
             | "upgrade"
     )
+}
+
+/// The fields a `Connection` header names (`Connection: close, X-Secret`): hop-by-hop as
+/// well, so they are dropped with the rest. Empty (no allocation) without the header.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// The pool asked for TCP-level unavailability (`unavailable = "reset"`): the connection is
@@ -605,10 +617,11 @@ fn encode_head(
     };
     let deadline_ms = u32::try_from(pool.settings.queue_timeout.as_millis()).unwrap_or(u32::MAX);
     let mut out = BytesMut::with_capacity(256 + inline.len());
+    let listed = connection_listed(&parts.headers);
     let headers = parts
         .headers
         .iter()
-        .filter(|(n, _)| !is_hop_by_hop(n))
+        .filter(|(n, _)| !is_hop_by_hop(n) && !listed.contains(n))
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
     let encoded = keel_proto::encode_request(
         RequestParts {

@@ -87,7 +87,11 @@ async fn worker_runs_as_nobody_without_supplementary_groups() {
     assert_eq!(ids, [uid.to_string(), gid.to_string(), gid.to_string()]);
     // The inherited socket still works after the switch.
     let mut buf = [0u8; 10];
-    spawned.socket.read_exact(&mut buf).await.unwrap();
+    let socket = spawned
+        .socket
+        .as_mut()
+        .expect("a protocol worker has a socket");
+    socket.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"via-socket");
     // `sleep` has replaced the shell: the kernel's view agrees.
     assert_eq!(uid_gid(spawned.pid), Some((uid, gid)));

@@ -18,10 +18,10 @@ use super::{
     AppConfig, AppServe, Binding, CacheAdmission, CacheCollapse, CacheConfig, Config, ConfigError,
     ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
     DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
-    DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, Identity, Isolation, Limits,
-    ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig, RecycleConfig, RetryPolicy,
-    Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable, default_runtime_dir,
-    resolve_program,
+    DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, HttpListen, HttpWorkerConfig,
+    Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
+    RecycleConfig, RetryPolicy, Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable,
+    WorkerProtocol, default_runtime_dir, resolve_program,
 };
 use crate::log::AccessFormat;
 
@@ -76,6 +76,9 @@ const POOL_KEYS: &[&str] = &[
     "cpu_max",
     "unavailable",
     "attach",
+    "protocol",
+    "listen",
+    "health_path",
 ];
 const RECYCLE_KEYS: &[&str] = &["uptime", "requests", "memory", "schedule"];
 const RAPID_FAIL_KEYS: &[&str] = &["failures", "interval", "backoff"];
@@ -197,6 +200,9 @@ const START_MODES: [(&str, StartMode); 2] = [
     ("on-demand", StartMode::OnDemand),
     ("always", StartMode::Always),
 ];
+/// `protocol`: is it "http"?
+const PROTOCOLS: [(&str, bool); 2] = [("keel", false), ("http", true)];
+const LISTENS: [(&str, HttpListen); 2] = [("unix", HttpListen::Unix), ("tcp", HttpListen::Tcp)];
 const UNAVAILABLES: [(&str, Unavailable); 2] = [
     ("503", Unavailable::Status503),
     ("reset", Unavailable::Reset),
@@ -462,6 +468,7 @@ fn read_pool(
         cpu_max: None,
         unavailable: Unavailable::default(),
         attach: false,
+        protocol: WorkerProtocol::Keel,
     };
     let Some(t) = ck.table(v, key) else {
         return pool;
@@ -540,7 +547,61 @@ fn read_pool(
     {
         pool.attach = b;
     }
+    read_protocol(ck, t, key, &mut pool);
     pool
+}
+
+/// `protocol`, and the keys of HTTP workers (`listen`, `health_path`).
+fn read_protocol(ck: &mut Checker<'_>, t: &DeTable<'_>, key: &str, pool: &mut PoolConfig) {
+    let field = |k: &str| join(key, k);
+    let mut http = None;
+    if let Some(v) = t.get("protocol")
+        && let Some(true) = read_choice(ck, v, &field("protocol"), "a worker protocol", &PROTOCOLS)
+    {
+        http = Some(HttpWorkerConfig::default());
+    }
+    for name in ["listen", "health_path"] {
+        if let Some(v) = t.get(name)
+            && http.is_none()
+        {
+            ck.report(
+                &v.span(),
+                &field(name),
+                "applies only to HTTP workers (protocol = \"http\")",
+            );
+        }
+    }
+    let Some(mut cfg) = http else {
+        return;
+    };
+    if let Some(v) = t.get("listen")
+        && let Some(l) = read_choice(ck, v, &field("listen"), "a listen kind", &LISTENS)
+    {
+        cfg.listen = l;
+    }
+    if let Some(v) = t.get("health_path")
+        && let Some(path) = ck.string(v, &field("health_path"))
+    {
+        if path.starts_with('/') && path.bytes().all(|b| b > 0x20 && b != 0x7f) {
+            cfg.health_path = Some(path.to_owned());
+        } else {
+            ck.report(
+                &v.span(),
+                &field("health_path"),
+                format!("{path:?} is not a request path (it starts with '/' and has no spaces)"),
+            );
+        }
+    }
+    if pool.attach
+        && let Some(v) = t.get("attach")
+    {
+        ck.report(
+            &v.span(),
+            &field("attach"),
+            "attached workers speak keel's protocol: not with protocol = \"http\"",
+        );
+    }
+    pool.protocol = WorkerProtocol::Http(cfg);
 }
 
 /// Start, idle, health and recycling keys (the pool manager's timers).

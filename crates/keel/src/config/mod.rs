@@ -317,8 +317,39 @@ pub struct PoolConfig {
     /// IIS `failure.loadBalancerCapabilities`.
     pub unavailable: Unavailable,
     /// Accept attached workers on the pool's unix socket in [`DaemonConfig::runtime_dir`]
-    /// (HTTP Server API named request queue).
+    /// (HTTP Server API named request queue). Never with [`WorkerProtocol::Http`].
     pub attach: bool,
+    /// How keel talks to the workers: its own protocol, or plain HTTP/1.1.
+    pub protocol: WorkerProtocol,
+}
+
+/// `protocol = "keel" | "http"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WorkerProtocol {
+    /// keel's worker protocol over an inherited socketpair (`KEEL_FD`).
+    #[default]
+    Keel,
+    /// An unmodified HTTP/1.1 server listening where keel says.
+    Http(HttpWorkerConfig),
+}
+
+/// The settings of a pool of plain HTTP servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpWorkerConfig {
+    pub listen: HttpListen,
+    /// Readiness and health: the worker is ready, and healthy at each ping, when a GET of
+    /// this path answers 2xx. Starts with `/`. `None`: accepting a connection is enough.
+    pub health_path: Option<String>,
+}
+
+/// `listen = "unix" | "tcp"`: where an HTTP worker listens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HttpListen {
+    /// A unix socket keel binds in `runtime_dir` and passes as fd 3 (`LISTEN_FDS=1`).
+    #[default]
+    Unix,
+    /// A free loopback TCP port the application binds itself (`PORT`).
+    Tcp,
 }
 
 /// When a pool's first worker starts (IIS `startMode`).

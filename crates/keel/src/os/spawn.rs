@@ -23,9 +23,10 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use rustix::process::{Resource, Rlimit};
 
@@ -44,6 +45,12 @@ pub struct SpawnSpec {
     pub limits: RLimits,
     /// The cgroup the worker joins before exec (memory and CPU limits).
     pub cgroup: Option<WorkerCgroup>,
+    /// For an HTTP worker: the listening socket it inherits as fd 3 by the systemd
+    /// socket-activation convention (`LISTEN_FDS=1`, `LISTEN_PID`), instead of a
+    /// socketpair in `KEEL_FD`. `None` with [`SpawnSpec::http`] set: the worker binds by itself.
+    pub listener: Option<Arc<OwnedFd>>,
+    /// An HTTP worker: no socketpair (keel reaches it over HTTP).
+    pub http: bool,
 }
 
 /// Resource limits set on the worker, soft = hard = the value; `None` inherits keel's own.
@@ -75,7 +82,37 @@ impl RLimits {
 pub struct Spawned {
     pub child: tokio::process::Child,
     pub pid: u32,
-    pub socket: tokio::net::UnixStream,
+    /// The daemon's end of the worker's socketpair (`None` for an HTTP worker).
+    pub socket: Option<tokio::net::UnixStream>,
+}
+
+/// The hidden `keel` argument that runs [`exec_with_listen_pid`]: `keel <this> PROGRAM ARGS…`.
+pub const LISTEN_PID_SHIM: &str = "__exec-with-listen-pid";
+
+/// The first fd of socket activation (`SD_LISTEN_FDS_START`).
+const LISTEN_FD: i32 = 3;
+
+/// Runs in the freshly started worker process (keel's own binary, run through the shim):
+/// sets `LISTEN_PID` to this process's id, which only the process itself knows and which
+/// socket-activated servers (gunicorn, systemd's sd_listen_fds) check, then executes the
+/// real program in place (same pid, fd 3 still open). Returns only on failure.
+pub fn exec_with_listen_pid(argv: &[std::ffi::OsString]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = argv.split_first() else {
+        return io::Error::new(io::ErrorKind::InvalidInput, "no program to run");
+    };
+    std::process::Command::new(program)
+        .args(args)
+        .env("LISTEN_PID", std::process::id().to_string())
+        .exec()
+}
+
+/// keel's own executable, for the shim (resolved once: later the file may be replaced).
+fn own_executable() -> io::Result<PathBuf> {
+    static EXE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(io::Error::other)
 }
 
 /// Starts one worker. Must be called from a runtime worker thread that lives as long as the
@@ -99,19 +136,39 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
         )),
         None => None,
     };
-    let (ours, theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let child_fd = theirs.as_raw_fd();
+    // What the worker inherits: its end of a socketpair (keel's protocol), or an HTTP
+    // worker's listening socket (moved to fd 3 in the child), or nothing.
+    let (ours, theirs) = if spec.http {
+        (None, None)
+    } else {
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        (Some(ours), Some(theirs))
+    };
+    let child_fd = theirs.as_ref().map(|fd| fd.as_raw_fd());
+    let listener = spec.listener.clone();
+    let listen_fd = listener.as_ref().map(|fd| fd.as_raw_fd());
 
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .envs(&spec.env)
-        .env("KEEL_FD", child_fd.to_string())
-        .stdin(Stdio::null())
+    let mut cmd = match listen_fd {
+        // LISTEN_PID must be the worker's own pid, known only after the fork: keel's own
+        // binary sets it and executes the program in place.
+        Some(_) => {
+            let mut cmd = tokio::process::Command::new(own_executable()?);
+            cmd.arg(LISTEN_PID_SHIM).arg(program);
+            cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "keel");
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    };
+    cmd.args(&spec.argv[1..]).envs(&spec.env);
+    if let Some(fd) = child_fd {
+        cmd.env("KEEL_FD", fd.to_string());
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -184,15 +241,28 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
             }
             // 7. Let the worker's end of the socketpair survive exec (it was created CLOEXEC
             //    so that no other child inherits it). EBADF would mean a bug in keel.
-            let fd = BorrowedFd::borrow_raw(child_fd);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            if let Some(fd) = child_fd {
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            // 7'. An HTTP worker's listening socket becomes fd 3, inheritable (dup2 clears
+            //    CLOEXEC, but not when the socket already is fd 3, hence the fcntl).
+            if let Some(fd) = listen_fd {
+                let mut three = std::mem::ManuallyDrop::new(OwnedFd::from_raw_fd(LISTEN_FD));
+                rustix::io::dup2(BorrowedFd::borrow_raw(fd), &mut three)?;
+                rustix::io::fcntl_setfd(
+                    BorrowedFd::borrow_raw(LISTEN_FD),
+                    rustix::io::FdFlags::empty(),
+                )?;
+            }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
     drop(theirs);
+    drop(listener);
     let pid = child.id().unwrap_or(0);
-    let socket = into_tokio_stream(ours)?;
+    let socket = ours.map(into_tokio_stream).transpose()?;
     Ok(Spawned { child, pid, socket })
 }
 
@@ -200,6 +270,14 @@ fn into_tokio_stream(fd: OwnedFd) -> io::Result<tokio::net::UnixStream> {
     let std_stream = std::os::unix::net::UnixStream::from(fd);
     std_stream.set_nonblocking(true)?;
     tokio::net::UnixStream::from_std(std_stream)
+}
+
+/// Sends SIGTERM to a worker process (not its group: the application stops its own
+/// children, as gunicorn's master does).
+pub fn terminate(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
 }
 
 /// Sends SIGKILL to a worker's whole process group (the worker and anything it forked).

@@ -17,9 +17,16 @@ use super::state::{PoolState, RecycleTrigger, WorkerState};
 use super::worker::{self, Ending, Origin, WorkerControl, WorkerEvent, WorkerTimers};
 use super::{Pool, PoolFigures, WorkerFigures};
 use crate::config::StartMode;
+use crate::config::WorkerProtocol;
 use crate::dispatch::WorkerConn;
+use crate::http_worker::bridge::{self, BridgeSpec};
+use crate::http_worker::endpoint::Endpoint;
 use crate::os::cgroup::PoolCgroup;
-use crate::os::spawn::{RLimits, SpawnSpec, spawn_worker};
+use crate::os::spawn::{RLimits, SpawnSpec, kill_group, spawn_worker};
+
+/// Requests an HTTP worker gets at once when its pool sets no `capacity`: a plain HTTP
+/// server's concurrency is unknown, and a request keel still holds can always be replayed.
+pub const DEFAULT_HTTP_CAPACITY: u32 = 1;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -417,8 +424,32 @@ impl Manager {
             },
             None => None,
         };
+        let identity = cfg.identity.as_ref().map(|i| (i.uid, i.gid));
+        // An HTTP worker's listening place, bound before the process starts.
+        let endpoint = match (&cfg.protocol, &self.pool.settings.http_dir) {
+            (WorkerProtocol::Http(http), Some(dir)) => {
+                match Endpoint::bind(dir, id, http.listen, identity) {
+                    Ok(ep) => Some(ep),
+                    Err(e) => {
+                        tracing::error!(
+                            "pool {}: cannot bind a worker's socket in {}: {e}",
+                            self.name(),
+                            dir.display()
+                        );
+                        return self.spawn_failed(format!("cannot bind its socket: {e}"));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut env = self.pool.settings.spawn.env.clone();
+        if let Some(ep) = &endpoint {
+            env.extend(ep.env());
+        }
         let spec = SpawnSpec {
-            identity: cfg.identity.as_ref().map(|i| (i.uid, i.gid)),
+            identity,
+            env,
+            listener: endpoint.as_ref().and_then(|ep| ep.listener.clone()),
             limits: RLimits {
                 nofile: cfg.limits.nofile,
                 nproc: cfg.limits.nproc,
@@ -432,14 +463,28 @@ impl Manager {
             Err(e) => {
                 let why = format!("cannot start {:?}: {e}", spec.argv);
                 tracing::error!("pool {}: {why}", self.name());
-                self.last_exit = Some(why);
-                self.spawn_not_before = Some(Instant::now() + self.spawn_backoff);
-                self.spawn_backoff = (self.spawn_backoff * 2).min(SPAWN_BACKOFF_MAX);
-                if self.rapid.record_failure(Instant::now()) {
-                    self.disable();
-                }
-                return false;
+                return self.spawn_failed(why);
             }
+        };
+        let origin = match (endpoint, &cfg.protocol) {
+            (Some(endpoint), WorkerProtocol::Http(http)) => {
+                let bridge = bridge::start(BridgeSpec {
+                    endpoint,
+                    health_path: http.health_path.clone(),
+                    capacity: cfg.capacity.unwrap_or(DEFAULT_HTTP_CAPACITY),
+                    pid: spawned.pid,
+                    pool: self.pool.settings.name.clone(),
+                });
+                match bridge {
+                    Ok(bridge) => Origin::Http(spawned, bridge),
+                    Err(e) => {
+                        // The process is killed when `spawned` is dropped (kill_on_drop).
+                        kill_group(spawned.pid);
+                        return self.spawn_failed(format!("cannot start its HTTP adapter: {e}"));
+                    }
+                }
+            }
+            _ => Origin::Spawned(spawned),
         };
         let replaces = self
             .recycling
@@ -459,7 +504,7 @@ impl Manager {
         {
             r.replacement = Some(id);
         }
-        let pid = spawned.pid;
+        let pid = origin.pid();
         tracing::info!("worker {pid} of pool {}: started", self.name());
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.workers.push(WorkerEntry {
@@ -478,13 +523,24 @@ impl Manager {
         tokio::spawn(worker::run(
             self.pool.clone(),
             id,
-            Origin::Spawned(spawned),
+            origin,
             self.timers(),
             spec.cgroup,
             self.events_tx.clone(),
             ctl_rx,
         ));
         true
+    }
+
+    /// A worker could not be started: back off, and count it for rapid-fail.
+    fn spawn_failed(&mut self, why: String) -> bool {
+        self.last_exit = Some(why);
+        self.spawn_not_before = Some(Instant::now() + self.spawn_backoff);
+        self.spawn_backoff = (self.spawn_backoff * 2).min(SPAWN_BACKOFF_MAX);
+        if self.rapid.record_failure(Instant::now()) {
+            self.disable();
+        }
+        false
     }
 
     fn timers(&self) -> WorkerTimers {

@@ -43,6 +43,8 @@ pub struct PoolSettings {
     /// added per worker by the manager).
     pub spawn: SpawnSpec,
     pub config: PoolConfig,
+    /// `<runtime_dir>/http/<pool>`: where HTTP workers' sockets are bound (HTTP pools only).
+    pub http_dir: Option<std::path::PathBuf>,
 }
 
 impl PoolSettings {
@@ -65,8 +67,11 @@ impl PoolSettings {
                 identity: None,
                 limits: Default::default(),
                 cgroup: None,
+                listener: None,
+                http: matches!(cfg.protocol, crate::config::WorkerProtocol::Http(_)),
             },
             config: cfg.clone(),
+            http_dir: None,
         }
     }
 }

@@ -13,8 +13,9 @@ use super::Pool;
 use super::attach::Attached;
 use crate::dispatch::WorkerConn;
 use crate::dispatch::worker_conn::ReadEnd;
+use crate::http_worker::bridge::Bridge;
 use crate::os::cgroup::WorkerCgroup;
-use crate::os::spawn::{Spawned, kill_group};
+use crate::os::spawn::{Spawned, kill_group, terminate};
 use bytes::BytesMut;
 use keel_proto::{Decoder, Frame, Welcome};
 use std::os::unix::process::ExitStatusExt;
@@ -39,7 +40,29 @@ pub struct WorkerTimers {
 /// Where the worker came from.
 pub enum Origin {
     Spawned(Spawned),
+    /// An HTTP worker process and the adapter that speaks the protocol for it.
+    Http(Spawned, Bridge),
     Attached(Attached),
+}
+
+impl Origin {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Origin::Spawned(s) | Origin::Http(s, _) => s.pid,
+            Origin::Attached(a) => a.pid,
+        }
+    }
+}
+
+/// Aborts an HTTP worker's adapter task when the worker's life ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// What the manager tells a running worker.
@@ -110,12 +133,30 @@ pub async fn run(
     events: mpsc::UnboundedSender<WorkerEvent>,
     mut control: mpsc::UnboundedReceiver<WorkerControl>,
 ) {
-    let (pid, socket, mut child, mut buf) = match origin {
-        Origin::Spawned(Spawned {
-            mut child,
-            pid,
-            socket,
-        }) => {
+    let (spawned, socket, bridge) = match origin {
+        Origin::Spawned(mut s) => {
+            let socket = s.socket.take();
+            (Ok(s), socket, None)
+        }
+        Origin::Http(s, bridge) => (Ok(s), Some(bridge.socket), Some(bridge.task)),
+        Origin::Attached(a) => (Err(a), None, None),
+    };
+    let http = bridge.is_some();
+    let _bridge = AbortOnDrop(bridge);
+    let (pid, socket, mut child, mut buf) = match spawned {
+        Ok(Spawned { mut child, pid, .. }) => {
+            let Some(socket) = socket else {
+                tracing::error!(pool = %pool.name(), pid, "worker started without a socket");
+                kill_group(pid);
+                let _ = child.wait().await;
+                finish(
+                    cgroup,
+                    &events,
+                    id,
+                    Ending::StartupFailure("no socket".into()),
+                );
+                return;
+            };
             if let Some(out) = child.stdout.take() {
                 tokio::spawn(forward_lines(
                     out,
@@ -134,7 +175,7 @@ pub async fn run(
             }
             (pid, socket, Some(child), BytesMut::with_capacity(64 * 1024))
         }
-        Origin::Attached(a) => (a.pid, a.stream, None, a.already_read),
+        Err(a) => (a.pid, a.stream, None, a.already_read),
     };
     let attached = child.is_none();
     let mut exit = ExitWatch {
@@ -238,6 +279,23 @@ pub async fn run(
                         killed_for_fault = Some(format!("broke the protocol: {why}"));
                         kill_group(pid);
                     }
+                    // An HTTP worker's adapter closes its end once a drain has finished
+                    // every open request: now the process is asked to stop.
+                    ReadEnd::Eof | ReadEnd::Io(_) if http => {
+                        let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + EXIT_GRACE);
+                        if drain_deadline.is_some() {
+                            terminate(pid);
+                        } else {
+                            killed_for_fault = Some("its HTTP adapter stopped".into());
+                            kill_group(pid);
+                        }
+                        if tokio::time::timeout_at(deadline.into(), exit.wait()).await.is_err() {
+                            tracing::warn!(pool = %pool.name(), pid, "HTTP worker still running {} after SIGTERM: killed",
+                                humantime::format_duration(timers.shutdown_timeout));
+                            killed_for_fault = Some("did not exit within shutdown_timeout after SIGTERM".into());
+                            kill_group(pid);
+                        }
+                    }
                     // A spawned worker that closed its socket is usually exiting.
                     ReadEnd::Eof | ReadEnd::Io(_)
                         if !attached
@@ -298,6 +356,10 @@ pub async fn run(
     };
 
     pool.worker_gone(&conn);
+    if http {
+        // What the application forked (gunicorn's workers) goes with it.
+        kill_group(pid);
+    }
     let ending = classify(
         status,
         killed_for_fault,
@@ -372,7 +434,13 @@ fn classify(
                 Ending::KilledFromOutside
             }
         }
-        Some(s) if draining && s.success() => Ending::Drained,
+        // An HTTP worker stopped by the SIGTERM of its drain counts as drained.
+        Some(s)
+            if draining
+                && (s.success() || s.signal() == Some(rustix::process::Signal::TERM.as_raw())) =>
+        {
+            Ending::Drained
+        }
         other => Ending::Fault(describe(other)),
     }
 }

@@ -40,7 +40,8 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `keel serve` with `config`, in which `{demo}` stands for the demo worker's
     /// path and `{dir}` for the test's temp dir. The error log goes to `{dir}/error.log`
-    /// unless the config sets `[log]` itself.
+    /// unless the config sets `[log]` itself, and `runtime_dir` is `{dir}/run` unless it
+    /// sets `[daemon]`.
     pub fn start(config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let mut text = config
@@ -48,6 +49,10 @@ impl Daemon {
             .replace("{dir}", dir.path().to_str().unwrap());
         if !text.contains("[log]") {
             text.push_str("\n[log]\nerror_log = \"error.log\"\n");
+        }
+        // Sockets (attach, HTTP workers) in the test's own directory, never shared.
+        if !text.contains("[daemon]") {
+            text.push_str("\n[daemon]\nruntime_dir = \"run\"\n");
         }
         let path = dir.path().join("keel.toml");
         std::fs::write(&path, text).unwrap();
@@ -662,4 +667,65 @@ pub fn check_slow_reader_does_not_delay_other_requests(worker: &str) {
     let mut more = vec![0u8; 1 << 20];
     slow.read_exact(&mut more).unwrap();
     assert!(more.iter().all(|&b| b == more[0]));
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP workers (tests/http_workers.rs): the examples in `examples/`, run unmodified.
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// gunicorn from the test virtualenv (`KEEL_TEST_VENV`, default `target/test-venv`, which
+/// `.ci/run` creates). Created here from `examples/python-wsgi/requirements.txt` when
+/// missing, under a lock so that parallel tests build it once.
+pub fn gunicorn() -> PathBuf {
+    let venv = std::env::var_os("KEEL_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/test-venv"));
+    let bin = venv.join("bin/gunicorn");
+    if bin.exists() {
+        return bin;
+    }
+    std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
+    let lock = std::fs::File::create(venv.with_extension("lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    if !bin.exists() {
+        let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+        assert!(
+            ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)),
+            "python3 -m venv {} failed",
+            venv.display()
+        );
+        let requirements = workspace_root().join("examples/python-wsgi/requirements.txt");
+        assert!(
+            ok(Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "-r"])
+                .arg(&requirements)),
+            "pip install -r {} failed (gunicorn is needed for the HTTP worker tests)",
+            requirements.display()
+        );
+    }
+    bin
+}
+
+/// The `[pool.demo]` lines for the WSGI example under gunicorn (one sync worker).
+pub fn wsgi_worker() -> String {
+    format!(
+        "protocol = \"http\"\ncommand = [\"{}\", \"--workers\", \"1\", \"--no-control-socket\", \"app:app\"]\ncwd = \"{}\"",
+        gunicorn().display(),
+        workspace_root().join("examples/python-wsgi").display()
+    )
+}
+
+/// The `[pool.demo]` lines for the Node example.
+pub fn node_worker() -> String {
+    format!(
+        "protocol = \"http\"\ncommand = [\"node\", \"server.js\"]\ncwd = \"{}\"",
+        workspace_root().join("examples/node").display()
+    )
 }

@@ -1,0 +1,271 @@
+//! The adapter that makes a plain HTTP/1.1 server a pool worker. It runs inside the daemon,
+//! one task per HTTP worker, and speaks keel's worker protocol to the rest of the daemon
+//! over a socketpair (through the `keel-worker` SDK), so the queue, dispatch, capacity,
+//! flow control, recycling and the replay rules are exactly those of protocol workers:
+//!
+//! - HELLO is sent only once the worker is ready (it answers an HTTP request: with
+//!   `health_path`, a GET of it with 2xx): the pool's `startup_timeout` covers readiness;
+//! - each PING is answered only after the same check passes;
+//! - STARTED is sent right before a request is written to the worker's socket, so a
+//!   request lost before that goes back to the queue whatever its method;
+//! - after DRAIN, open requests finish and the bridge closes its end; the worker task then
+//!   sends the process SIGTERM and waits for it to exit.
+
+use super::endpoint::{Address, Endpoint};
+use super::forward::{self, ClientView};
+use super::upstream::{Lease, RequestBody, ResponseBody, Upstream};
+use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use keel_worker::{HealthCheck, RequestInfo, StartSignal};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Between readiness checks while the worker starts.
+const READY_POLL: Duration = Duration::from_millis(25);
+/// A health check that takes longer than this fails.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for the worker to accept a connection before it fails.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// After a connection fails mid-request: time for the daemon to see the worker's exit, so
+/// the request follows the worker-loss rules (replay) instead of failing here.
+const LOSS_GRACE: Duration = Duration::from_secs(2);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bodies up to this size (by `Content-Length`) are read whole before the response head is
+/// handed on.
+const BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// A response body: read whole (small), or streamed from the worker's connection.
+type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
+
+fn small(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= BUFFER_LIMIT)
+}
+
+/// What one bridge serves.
+pub struct BridgeSpec {
+    pub endpoint: Endpoint,
+    pub health_path: Option<String>,
+    /// Requests in flight to the worker at once (its HELLO capacity).
+    pub capacity: u32,
+    /// The worker process (announced in HELLO).
+    pub pid: u32,
+    pub pool: Arc<str>,
+}
+
+/// A running bridge: the daemon's end of its protocol socket, and its task.
+pub struct Bridge {
+    pub socket: tokio::net::UnixStream,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the bridge for one HTTP worker process.
+pub fn start(spec: BridgeSpec) -> io::Result<Bridge> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let socket = tokio::net::UnixStream::from_std(ours)?;
+    let task = tokio::spawn(run(spec, theirs));
+    Ok(Bridge { socket, task })
+}
+
+async fn run(spec: BridgeSpec, socket: std::os::unix::net::UnixStream) {
+    let BridgeSpec {
+        endpoint,
+        health_path,
+        capacity,
+        pid,
+        pool,
+    } = spec;
+    let upstream = Upstream::new(endpoint.address.clone(), capacity as usize);
+    let health_path: Option<Arc<str>> = health_path.map(Into::into);
+    while !healthy(&upstream, health_path.as_deref()).await {
+        tokio::time::sleep(READY_POLL).await;
+    }
+    tracing::debug!(pool = %pool, pid, address = %endpoint.address, "HTTP worker ready");
+    let check: HealthCheck = {
+        let upstream = upstream.clone();
+        Arc::new(move || {
+            let upstream = upstream.clone();
+            let path = health_path.clone();
+            Box::pin(async move { healthy(&upstream, path.as_deref()).await })
+        })
+    };
+    let served = keel_worker::Worker::from_stream(socket)
+        .capacity(capacity)
+        .announce_pid(pid)
+        .started_by_handler()
+        .health_check(check)
+        .serve_service(Proxy { upstream })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(pool = %pool, pid, "HTTP worker adapter stopped: {e}");
+    }
+    // `endpoint` is dropped here (or when the task is aborted): the socket file goes.
+    drop(endpoint);
+}
+
+/// Readiness and health: the worker answers an HTTP request on a new connection (never one
+/// a request may be using). With a health path, a GET of it must answer 2xx; without, an
+/// `OPTIONS *` must get any answer at all. A connection alone proves nothing: the kernel
+/// accepts on a listening socket whether or not the application ever reads it.
+async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
+    let check = async {
+        let mut sender = upstream.connect().await.ok()?;
+        let host = match upstream.address() {
+            Address::Tcp(addr) => addr.to_string(),
+            Address::Unix(_) => "localhost".to_owned(),
+        };
+        let request = match health_path {
+            Some(path) => Request::get(path),
+            None => Request::options("*"),
+        };
+        let request = request
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "keel-health-check")
+            .body(RequestBody::empty())
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        Some(health_path.is_none() || response.status().is_success())
+    };
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, check).await,
+        Ok(Some(true))
+    )
+}
+
+/// The service the SDK runs for each request: forward it to the worker.
+#[derive(Clone)]
+struct Proxy {
+    upstream: Arc<Upstream>,
+}
+
+impl tower_service::Service<Request<RequestBody>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        Box::pin(forward_one(self.upstream.clone(), request))
+    }
+}
+
+/// One request to the worker and its response head back. An `Err` aborts the stream (the
+/// daemon answers 502).
+async fn forward_one(
+    upstream: Arc<Upstream>,
+    request: Request<RequestBody>,
+) -> Result<Response<ProxyBody>, BoxError> {
+    let (mut parts, body) = request.into_parts();
+    let start = parts.extensions.remove::<StartSignal>();
+    let view = parts
+        .extensions
+        .get::<RequestInfo>()
+        .map(|info| ClientView {
+            client: info.client,
+            local: info.local,
+            tls: info.tls,
+        })
+        .unwrap_or_default();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    forward::request_headers(&mut parts.headers, &view, authority.as_deref());
+    // Origin-form for an HTTP/1.1 server, whatever the client spoke.
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::try_from(pq.as_str())?,
+        None => Uri::from_static("/"),
+    };
+    parts.version = Version::HTTP_11;
+    parts.extensions = http::Extensions::new();
+    // A request without a body can be sent again after a keep-alive race.
+    let resend = body.is_end_stream().then(|| {
+        let mut copy = Request::new(RequestBody::empty());
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy
+    });
+    let mut resend = resend;
+    let mut request = Request::from_parts(parts, body);
+    let mut fresh_only = false;
+    let patience = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        let leased = if fresh_only {
+            upstream.connect().await.map(|sender| Lease {
+                sender,
+                reused: false,
+            })
+        } else {
+            upstream.lease().await
+        };
+        let Lease { mut sender, reused } = match leased {
+            Ok(lease) => lease,
+            Err(e) if Instant::now() < patience => {
+                tracing::trace!(address = %upstream.address(), "worker not accepting yet: {e}");
+                tokio::time::sleep(CONNECT_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(format!("cannot connect to {}: {e}", upstream.address()).into());
+            }
+        };
+        if let Some(start) = &start
+            && !start.send().await
+        {
+            return Err("the request ended before it was sent".into());
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let (mut head, body) = response.into_parts();
+                forward::response_headers(&mut head.headers);
+                let mut body = ResponseBody::new(body, sender, upstream);
+                if small(&head.headers) {
+                    // Read whole before the head goes on: the answer then leaves in one
+                    // frame, and a worker lost meanwhile leaves a request that can still
+                    // be replayed rather than a response cut short.
+                    let whole = match http_body_util::BodyExt::collect(&mut body).await {
+                        Ok(whole) => whole,
+                        Err(error) => {
+                            tokio::time::sleep(LOSS_GRACE).await;
+                            return Err(format!("the worker's response broke off: {error}").into());
+                        }
+                    };
+                    let body = Either::Left(http_body_util::Full::new(whole.to_bytes()));
+                    return Ok(Response::from_parts(head, body));
+                }
+                return Ok(Response::from_parts(head, Either::Right(body)));
+            }
+            Err(mut failed) => {
+                if let Some(unsent) = failed.take_message() {
+                    // Never written: the same request on a new connection.
+                    request = unsent;
+                    fresh_only = true;
+                    continue;
+                }
+                if reused && let Some(copy) = resend.take() {
+                    // The worker closed a kept-alive connection as the request went out.
+                    request = copy;
+                    fresh_only = true;
+                    continue;
+                }
+                let error = failed.into_error();
+                tokio::time::sleep(LOSS_GRACE).await;
+                return Err(format!("the worker's connection failed: {error}").into());
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The headers of a request on its way to an HTTP worker, and of the response on its way
+//! back: hop-by-hop fields removed (RFC 9110 §7.6.1), and the proxy fields set from what the
+//! daemon saw — `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+//! (RFC 7239). Copies a client sent are dropped, never appended to: only keel's own view of
+//! the client reaches the application.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::{IpAddr, SocketAddr};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Fields that describe one connection, not the message (plus those `Connection` names).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// What the daemon knows of the client connection.
+#[derive(Clone, Debug, Default)]
+pub struct ClientView {
+    pub client: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
+}
+
+/// Removes hop-by-hop fields, including those listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a request's headers for the worker.
+pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Option<&str>) {
+    strip_hop_by_hop(headers);
+    // The daemon has answered any `Expect: 100-continue` already.
+    headers.remove(header::EXPECT);
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PORT,
+        X_REAL_IP,
+        header::FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+    let proto = if view.tls { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| authority.map(str::to_owned));
+    // HTTP/2 requests carry `:authority` instead of `Host`; HTTP/1.1 servers want `Host`.
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert(header::HOST, h);
+    }
+    let mut forwarded = Vec::new();
+    if let Some(client) = view.client {
+        let ip = client.ip();
+        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+            headers.insert(X_FORWARDED_FOR, v.clone());
+            headers.insert(X_REAL_IP, v);
+        }
+        forwarded.push(format!("for={}", forwarded_node(ip)));
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(local) = view.local
+        && let Ok(v) = HeaderValue::from_str(&local.port().to_string())
+    {
+        headers.insert(X_FORWARDED_PORT, v);
+    }
+    if let Some(h) = host.as_deref()
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        headers.insert(X_FORWARDED_HOST, v);
+        forwarded.push(format!("host={}", quoted(h)));
+    }
+    forwarded.push(format!("proto={proto}"));
+    if let Ok(v) = HeaderValue::from_str(&forwarded.join(";")) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// Prepares a worker's response headers for the daemon (and so for the client).
+pub fn response_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// RFC 7239 §6: an IPv6 node is quoted and bracketed; IPv4 is a bare token.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("\"[{v6}]\""),
+        },
+    }
+}
+
+/// A quoted-string (RFC 9110 §5.6.4) for `Forwarded` values.
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn client_copies_are_replaced_by_what_keel_saw() {
+        let mut h = map(&[
+            ("host", "example.com:8080"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("X-Forwarded-For", "7.7.7.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        let view = ClientView {
+            client: Some("10.1.2.3:5555".parse().unwrap()),
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+            tls: false,
+        };
+        request_headers(&mut h, &view, None);
+        let all =
+            |n: &str| -> Vec<&str> { h.get_all(n).iter().map(|v| v.to_str().unwrap()).collect() };
+        assert_eq!(all("x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(all("x-forwarded-proto"), ["http"]);
+        assert_eq!(all("x-forwarded-host"), ["example.com:8080"]);
+        assert_eq!(all("x-forwarded-port"), ["8080"]);
+        assert_eq!(all("x-real-ip"), ["10.1.2.3"]);
+        assert_eq!(
+            all("forwarded"),
+            ["for=10.1.2.3;host=\"example.com:8080\";proto=http"]
+        );
+        assert_eq!(all("accept"), ["*/*"]);
+        assert_eq!(all("host"), ["example.com:8080"]);
+    }
+
+    #[test]
+    fn ipv6_clients_and_tls_and_http2_authority() {
+        let mut h = HeaderMap::new();
+        let view = ClientView {
+            client: Some("[2001:db8::1]:443".parse().unwrap()),
+            local: None,
+            tls: true,
+        };
+        request_headers(&mut h, &view, Some("shop.example"));
+        assert_eq!(h["host"], "shop.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::1]\";host=\"shop.example\";proto=https"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("content-length", "3"),
+        ]);
+        request_headers(&mut h, &ClientView::default(), None);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+            "expect",
+            "x-forwarded-for",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["content-length"], "3");
+        let mut r = map(&[("connection", "close"), ("content-type", "text/plain")]);
+        response_headers(&mut r);
+        assert!(!r.contains_key("connection"));
+        assert_eq!(r["content-type"], "text/plain");
+    }
+}

@@ -1,0 +1,173 @@
+//! HTTP/1.1 connections to one worker, kept alive between requests: at most one request per
+//! connection at a time, idle connections reused newest first and dropped after
+//! [`IDLE_KEEP`] (shorter than the keep-alive timeouts of common servers, so keel rarely
+//! sends on a connection the worker is closing).
+
+use super::endpoint::Address;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How long an idle connection is kept for reuse.
+const IDLE_KEEP: Duration = Duration::from_secs(2);
+
+/// How long a reused connection may take to become ready before a new one is opened.
+const READY_WAIT: Duration = Duration::from_millis(50);
+
+pub type RequestBody = keel_worker::Body;
+
+/// One worker's connections.
+pub struct Upstream {
+    address: Address,
+    idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
+    /// Most idle connections kept (the worker's capacity).
+    max_idle: usize,
+}
+
+/// A connection taken for one request.
+pub struct Lease {
+    pub sender: SendRequest<RequestBody>,
+    /// It served a request before (a failure on it may be the worker closing it).
+    pub reused: bool,
+}
+
+impl Upstream {
+    pub fn new(address: Address, max_idle: usize) -> Arc<Self> {
+        Arc::new(Upstream {
+            address,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+        })
+    }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// An idle connection that is still open, else a new one.
+    pub async fn lease(&self) -> io::Result<Lease> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock();
+                idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_KEEP);
+                idle.pop()
+            };
+            let Some((mut sender, _)) = candidate else {
+                break;
+            };
+            // A connection whose last response just ended may need a moment to be ready.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
+                return Ok(Lease {
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+        Ok(Lease {
+            sender: self.connect().await?,
+            reused: false,
+        })
+    }
+
+    /// A fresh connection.
+    pub async fn connect(&self) -> io::Result<SendRequest<RequestBody>> {
+        match &self.address {
+            Address::Unix(path) => handshake(tokio::net::UnixStream::connect(path).await?).await,
+            Address::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                handshake(stream).await
+            }
+        }
+    }
+
+    /// Puts a connection whose response was read to the end back for reuse.
+    fn give_back(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// HTTP/1.1 on a connected stream; the connection task runs until either side closes it.
+async fn handshake<S>(stream: S) -> io::Result<SendRequest<RequestBody>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        // Its end (worker closed it, or keel dropped the sender) needs no report.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// A worker's response body; the connection goes back to the [`Upstream`] once the body has
+/// been read to its end (a body dropped earlier takes its connection with it).
+pub struct ResponseBody {
+    inner: hyper::body::Incoming,
+    lease: Option<(SendRequest<RequestBody>, Arc<Upstream>)>,
+}
+
+impl ResponseBody {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        sender: SendRequest<RequestBody>,
+        upstream: Arc<Upstream>,
+    ) -> Self {
+        let mut body = ResponseBody {
+            inner,
+            lease: Some((sender, upstream)),
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some((sender, upstream)) = self.lease.take() {
+            upstream.give_back(sender);
+        }
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,185 @@
+//! HTTP workers (`protocol = "http"`): unmodified HTTP/1.1 applications — the WSGI example
+//! under gunicorn and the Node.js example — as pool workers, with the same queueing, crash
+//! transparency, recycling and caching as protocol workers.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn gunicorn_serves_through_the_inherited_socket() {
+    let d = Daemon::start(&worker_config(&wsgi_worker(), ""));
+    let r = get(d.addr(), "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "Hello from WSGI\n");
+    assert_eq!(r.header("server"), Some("gunicorn"));
+    // The answer comes from a process of this daemon's worker (gunicorn's sync worker is a
+    // child of the master keel started).
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    let masters = d.worker_pids();
+    assert!(
+        masters.iter().any(|m| children_of(*m).contains(&pid)),
+        "{pid} is not a child of {masters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gunicorn_echoes_a_one_mib_post() {
+    let worker = tokio::task::spawn_blocking(wsgi_worker).await.unwrap();
+    check_one_mib_post_is_echoed(&worker).await;
+}
+
+#[test]
+fn forwarded_headers_are_set_and_client_copies_stripped() {
+    for worker in [wsgi_worker(), node_worker()] {
+        let d = Daemon::start(&worker_config(&worker, ""));
+        let r = raw_request(
+            d.addr(),
+            b"GET /headers HTTP/1.1\r\nHost: shop.example:8443\r\n\
+              X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+              X-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6;proto=https\r\n\
+              X-Real-IP: 6.6.6.6\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let h = json(&r.text());
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+        assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
+        assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+        assert_eq!(h["x-forwarded-host"], "shop.example:8443", "{h}");
+        assert_eq!(h["host"], "shop.example:8443", "{h}");
+        assert_eq!(
+            h["forwarded"], "for=127.0.0.1;host=\"shop.example:8443\";proto=http",
+            "{h}"
+        );
+        assert_eq!(h["x-forwarded-port"], d.addr().port().to_string(), "{h}");
+        assert!(h.get("x-secret").is_none(), "hop-by-hop field passed: {h}");
+    }
+}
+
+#[test]
+fn a_cacheable_wsgi_response_is_served_from_the_cache() {
+    let d = Daemon::start(&worker_config(&wsgi_worker(), ""));
+    let count = || -> u32 { get(d.addr(), "/count").text().parse().unwrap() };
+    let before = count();
+    // Stored on its second request (frequency admission), then answered by the daemon.
+    let first = get(d.addr(), "/cached");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = get(d.addr(), "/cached");
+    assert_eq!(second.header("x-cache"), Some("MISS"));
+    for _ in 0..5 {
+        let hit = get(d.addr(), "/cached");
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.header("x-cache"), Some("HIT"));
+        assert_eq!(hit.text(), second.text(), "the stored body");
+    }
+    // The application saw /cached twice, not seven times (plus this /count).
+    assert_eq!(count() - before, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gunicorn_killed_every_200ms_loses_no_request() {
+    // Built before the storm (and outside the async runtime's clock).
+    let worker = tokio::task::spawn_blocking(wsgi_worker).await.unwrap();
+    check_worker_killed_every_200ms_loses_no_request(&worker, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pool_recycled_by_request_count_under_load_loses_nothing() {
+    let d = Daemon::start(&worker_config(
+        &node_worker(),
+        "workers = 2\ncapacity = 8\nstart = \"always\"\nrecycle = { requests = 300 }",
+    ));
+    d.wait_for_workers(2, Duration::from_secs(20));
+    let failures = hammer(&d.url("/pid"), 3000, 32).await;
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let lines = d.log_lines();
+    let recycled = lines
+        .iter()
+        .filter(|l| l.contains("drained and exited"))
+        .count();
+    assert!(recycled >= 4, "{recycled} recycles: {lines:#?}");
+    // Each drained worker got SIGTERM after its last request and exited by itself.
+    assert!(
+        !lines.iter().any(|l| l.contains("after SIGTERM: killed")),
+        "{lines:#?}"
+    );
+    assert!(d.error_lines().is_empty(), "{:?}", d.error_lines());
+}
+
+#[test]
+fn a_worker_that_never_answers_is_killed_at_startup_timeout_and_counts_toward_rapid_fail() {
+    // `sleep` inherits the listening socket and never reads it: connections are accepted
+    // by the kernel, but no answer ever comes.
+    let d = Daemon::start(&worker_config(
+        "protocol = \"http\"\ncommand = [\"sleep\", \"600\"]",
+        "startup_timeout = \"1s\"\nrapid_fail = { failures = 2, interval = \"1m\", backoff = false }",
+    ));
+    let t = Instant::now();
+    let r = get(d.addr(), "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    d.wait_for_line("-> Disabled", Duration::from_secs(10));
+    let failures = d
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("no hello within startup_timeout"))
+        .count();
+    assert!(failures >= 2, "{:#?}", d.log_lines());
+    // Nothing is left running.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.worker_pids().is_empty(), "{:?}", d.worker_pids());
+}
+
+#[test]
+fn a_worker_that_binds_its_own_port_is_reached_over_tcp() {
+    let d = Daemon::start(&worker_config(
+        &node_worker(),
+        "listen = \"tcp\"\nhealth_path = \"/health\"",
+    ));
+    let r = get(d.addr(), "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "Hello from Node\n");
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    assert!(d.worker_pids().contains(&pid));
+}
+
+#[test]
+fn a_worker_failing_its_health_path_is_replaced() {
+    let d = Daemon::start(&worker_config(
+        &node_worker(),
+        "health_path = \"/health\"\nping_interval = \"1s\"\nping_timeout = \"1s\"",
+    ));
+    let before: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    assert_eq!(get(d.addr(), "/sick").status, 200);
+    d.wait_for_line("killed by the health check", Duration::from_secs(10));
+    let t = Instant::now();
+    loop {
+        let r = get(d.addr(), "/pid");
+        if r.status == 200 && r.text().parse::<u32>().unwrap() != before {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "not replaced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_crashing_request_gets_502_and_the_pool_carries_on() {
+    let d = Daemon::start(&worker_config(&node_worker(), ""));
+    let before = get(d.addr(), "/pid").text();
+    let r = get(d.addr(), "/crash");
+    assert_eq!(r.status, 502);
+    let r = get(d.addr(), "/pid");
+    assert_eq!(r.status, 200);
+    assert_ne!(r.text(), before, "a new worker answered");
+}
