@@ -431,7 +431,7 @@ fn every_pool_key_appears_in_the_default_file() {
     }
 }
 
-fn load_keys() -> [&'static str; 27] {
+fn load_keys() -> [&'static str; 30] {
     [
         "isolation",
         "runtime_dir",
@@ -460,7 +460,52 @@ fn load_keys() -> [&'static str; 27] {
         "cpu_max",
         "unavailable",
         "attach",
+        "protocol",
+        "listen",
+        "health_path",
     ]
+}
+
+#[test]
+fn http_worker_keys() {
+    let config = load(MINIMAL).unwrap();
+    assert_eq!(config.pools["demo"].protocol, WorkerProtocol::Keel);
+    let config = load(&format!(
+        "{MINIMAL}protocol = \"http\"\nlisten = \"tcp\"\nhealth_path = \"/up?full=1\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.pools["demo"].protocol,
+        WorkerProtocol::Http(HttpWorkerConfig {
+            listen: HttpListen::Tcp,
+            health_path: Some("/up?full=1".into()),
+        })
+    );
+    let config = load(&format!("{MINIMAL}protocol = \"http\"\n")).unwrap();
+    assert_eq!(
+        config.pools["demo"].protocol,
+        WorkerProtocol::Http(HttpWorkerConfig::default())
+    );
+    assert_error(
+        &format!("{MINIMAL}protocol = \"fastcgi\"\n"),
+        "keel.toml:9: pool.demo.protocol: \"fastcgi\" is not a worker protocol (expected one of \"keel\", \"http\")",
+    );
+    assert_error(
+        &format!("{MINIMAL}health_path = \"/health\"\n"),
+        "keel.toml:9: pool.demo.health_path: applies only to HTTP workers (protocol = \"http\")",
+    );
+    assert_error(
+        &format!("{MINIMAL}protocol = \"http\"\nlisten = \"udp\"\n"),
+        "keel.toml:10: pool.demo.listen: \"udp\" is not a listen kind (expected one of \"unix\", \"tcp\")",
+    );
+    assert_error(
+        &format!("{MINIMAL}protocol = \"http\"\nhealth_path = \"health\"\n"),
+        "keel.toml:10: pool.demo.health_path: \"health\" is not a request path",
+    );
+    assert_error(
+        &format!("{MINIMAL}protocol = \"http\"\nattach = true\n"),
+        "keel.toml:10: pool.demo.attach: attached workers speak keel's protocol",
+    );
 }
 
 // ---- syntax and unknown keys ----
@@ -737,19 +782,19 @@ fn a_pool_needs_a_non_empty_command() {
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[]"),
-        "keel.toml:8: pool.demo.command: must not be empty",
+        "keel.toml:9: pool.demo.command: must not be empty",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[\"\"]"),
-        "keel.toml:8: pool.demo.command[0]: must not be empty",
+        "keel.toml:9: pool.demo.command[0]: must not be empty",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "\"/bin/worker\""),
-        "keel.toml:8: pool.demo.command: must be an array (got a string)",
+        "keel.toml:9: pool.demo.command: must be an array (got a string)",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[\"/bin/worker\", 3]"),
-        "keel.toml:8: pool.demo.command[1]: must be a string (got an integer)",
+        "keel.toml:9: pool.demo.command[1]: must be a string (got an integer)",
     );
 }
 
@@ -1036,7 +1081,7 @@ fn pool_manager_values_are_checked_with_their_lines() {
         ),
         (
             "attach = \"true\"",
-            "keel.toml:9: pool.demo.attach: must be true or false (got a string)",
+            "keel.toml:10: pool.demo.attach: must be true or false (got a string)",
         ),
     ] {
         assert_error(&with(line), expected);
