@@ -782,19 +782,19 @@ fn a_pool_needs_a_non_empty_command() {
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[]"),
-        "keel.toml:9: pool.demo.command: must not be empty",
+        "keel.toml:8: pool.demo.command: must not be empty",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[\"\"]"),
-        "keel.toml:9: pool.demo.command[0]: must not be empty",
+        "keel.toml:8: pool.demo.command[0]: must not be empty",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "\"/bin/worker\""),
-        "keel.toml:9: pool.demo.command: must be an array (got a string)",
+        "keel.toml:8: pool.demo.command: must be an array (got a string)",
     );
     assert_error(
         &MINIMAL.replace("[\"/bin/worker\"]", "[\"/bin/worker\", 3]"),
-        "keel.toml:9: pool.demo.command[1]: must be a string (got an integer)",
+        "keel.toml:8: pool.demo.command[1]: must be a string (got an integer)",
     );
 }
 
@@ -1081,7 +1081,7 @@ fn pool_manager_values_are_checked_with_their_lines() {
         ),
         (
             "attach = \"true\"",
-            "keel.toml:10: pool.demo.attach: must be true or false (got a string)",
+            "keel.toml:9: pool.demo.attach: must be true or false (got a string)",
         ),
     ] {
         assert_error(&with(line), expected);
