@@ -51,11 +51,14 @@ pub enum Backend {
     Static(StaticRoot),
 }
 
+/// A socket's route table, replaced whole by a reload.
+pub type SharedRoutes = Arc<parking_lot::RwLock<Arc<RouteTable<AppTarget>>>>;
+
 /// What every request on one client connection shares.
 pub struct ConnContext {
     pub local: SocketAddr,
     pub peer: SocketAddr,
-    pub routes: Arc<RouteTable<AppTarget>>,
+    pub routes: SharedRoutes,
     pub error_log: ErrorLog,
     /// The connection is TLS (an https binding).
     pub tls: bool,
@@ -109,7 +112,7 @@ pub async fn serve_request(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
-    let routed = route(&req, &conn).cloned();
+    let routed = route(&req, &conn);
     serve_routed(req, conn, routed).await
 }
 
@@ -589,12 +592,17 @@ impl Capture {
     }
 }
 
-fn route<'t>(req: &Request<Incoming>, conn: &'t ConnContext) -> Result<&'t AppTarget, RouteError> {
+/// The request's app in the socket's current route table (a reload swaps the table; a
+/// request routes once, by the table of the moment it arrived).
+fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, RouteError> {
     let host = req
         .uri()
         .host()
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
-    conn.routes.route(conn.local.ip(), host, req.uri().path())
+    let table = conn.routes.read().clone();
+    table
+        .route(conn.local.ip(), host, req.uri().path())
+        .cloned()
 }
 
 fn encode_head(
@@ -801,7 +809,7 @@ pub async fn serve_logged(
             pending: None,
         }));
     };
-    let routed = route(&req, &conn).cloned();
+    let routed = route(&req, &conn);
     let (site, pool) = match &routed {
         Ok(t) => (
             t.site.clone(),

@@ -156,6 +156,8 @@ fn worker_that_never_says_hello_is_a_startup_failure() {
     ));
     let r = get(d.addr(), "/");
     assert_eq!(r.status, 503);
+    // The log lines reach the test through a reader thread: wait for the last one.
+    d.wait_for_line("waiting for an operator", Duration::from_secs(10));
     assert!(
         count_lines(&d, "no hello within startup_timeout") >= 2,
         "{:#?}",

@@ -11,8 +11,8 @@ pub mod tls;
 use crate::config::{AppServe, BindingHost, Config, Isolation, Scheme};
 use crate::log::ErrorLog;
 use crate::pool::Pool;
-use crate::request_path::{AppTarget, Backend, ConnContext};
-use crate::routing::{HostPattern, RouteEntry, RouteTable};
+use crate::request_path::{AppTarget, Backend, ConnContext, SharedRoutes};
+use crate::routing::{HostPattern, RouteEntry};
 use crate::static_files::StaticRoot;
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
@@ -166,21 +166,25 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// What every connection accepted on one socket shares.
+/// What every connection accepted on one socket shares. A reload replaces it (new
+/// connections get the new one) and swaps `routes` in place (every request gets it).
 pub struct Endpoint {
-    pub routes: Arc<RouteTable<AppTarget>>,
+    pub routes: SharedRoutes,
     pub tls: Option<TlsAcceptor>,
     pub protocols: Arc<Protocols>,
     pub error_log: ErrorLog,
     pub access_log: Option<crate::log::AccessLog>,
 }
 
+/// A socket's endpoint, replaced whole by a reload.
+pub type SharedEndpoint = Arc<parking_lot::RwLock<Arc<Endpoint>>>;
+
 /// Accepts connections until `stop` fires; each connection is served on its own task and
 /// watched by `graceful` (from accept on, so a connection still in its TLS handshake when
 /// shutdown starts is waited for too, within [`tls::HANDSHAKE_TIMEOUT`]).
 pub async fn accept_loop(
     listener: TcpListener,
-    endpoint: Arc<Endpoint>,
+    endpoint: SharedEndpoint,
     stop: CancellationToken,
     graceful: Arc<GracefulShutdown>,
 ) {
@@ -200,7 +204,7 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let watcher = graceful.watcher();
-        let endpoint = endpoint.clone();
+        let endpoint = endpoint.read().clone();
         tokio::spawn(async move {
             let ctx = |tls: bool, server_name: Option<Arc<str>>| {
                 Arc::new(ConnContext {

@@ -42,6 +42,13 @@ pub enum Command {
     Enable,
 }
 
+/// Worker ids are unique in the daemon, not just in a pool: a pool replaced by a reload
+/// runs beside its successor for a while, and ids name cgroups and sockets.
+fn next_worker_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 const SPAWN_BACKOFF_START: Duration = Duration::from_millis(100);
 const SPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -71,7 +78,6 @@ pub struct Manager {
     pool: Arc<Pool>,
     cgroup: Option<PoolCgroup>,
     workers: Vec<WorkerEntry>,
-    next_id: u64,
     events_tx: mpsc::UnboundedSender<WorkerEvent>,
     events_rx: mpsc::UnboundedReceiver<WorkerEvent>,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -113,7 +119,6 @@ impl Manager {
         Manager {
             cgroup,
             workers: Vec::new(),
-            next_id: 1,
             events_tx,
             events_rx,
             commands,
@@ -409,8 +414,7 @@ impl Manager {
     /// Starts one worker process; false when it could not be started.
     fn spawn(&mut self) -> bool {
         let cfg = &self.pool.settings.config;
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = next_worker_id();
         let cgroup = match &self.cgroup {
             Some(pc) => match pc.worker(id, cfg.memory_max, cfg.cpu_max) {
                 Ok(cg) => Some(cg),
@@ -563,8 +567,7 @@ impl Manager {
             );
             return;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = next_worker_id();
         let pid = a.pid;
         tracing::info!("worker {pid} of pool {}: attached", self.name());
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
