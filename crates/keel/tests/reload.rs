@@ -54,8 +54,7 @@ fn pool_of(port: u16, path: &str) -> Option<String> {
 
 /// Two configs the reloads alternate between.
 fn config(version: u32, p1: u16, p2: u16, p3: u16) -> String {
-    let common = format!(
-        r#"
+    let common = r#"
 [listener]
 shutdown_timeout = "10s"
 
@@ -64,8 +63,7 @@ error_log = "error.log"
 
 [daemon]
 runtime_dir = "run"
-"#
-    );
+"#;
     let body = if version == 0 {
         format!(
             r#"
