@@ -155,7 +155,7 @@ async fn serve_routed(
         }
     };
     let pool = match &target.backend {
-        Backend::Pool(pool) => pool.clone(),
+        Backend::Pool(pool) => pool.current(),
         Backend::Static(root) => return Ok(serve_static(req, root, &target).await),
     };
 

@@ -182,6 +182,11 @@ async fn ten_reloads_under_load_drop_nothing_and_each_change_shows() {
     assert!(served.load(Ordering::Relaxed) > 100);
     // Pool a was replaced by a two-worker pool five times (and back five times).
     assert_eq!(count(&d, "pool a: Idle (start = always, workers = 2)"), 5);
+    // Each old pool retires once its queue is empty (the last one a moment after).
+    let t = Instant::now();
+    while count(&d, "pool a: retired by a reload") < 10 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(count(&d, "pool a: retired by a reload"), 10);
     let abandoned: Vec<_> = d
         .error_lines()

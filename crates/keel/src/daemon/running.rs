@@ -46,6 +46,8 @@ struct RunningPool {
 /// A listening socket and what it serves.
 struct RunningSocket {
     bound: SocketAddr,
+    /// A second descriptor of the listening socket, to hand to a successor (upgrade).
+    fd: std::os::fd::OwnedFd,
     routes: SharedRoutes,
     endpoint: SharedEndpoint,
     stop: CancellationToken,
@@ -203,11 +205,21 @@ impl Running {
         let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
         for plan in &plans {
             if !self.sockets.contains_key(&plan.addr) {
-                bound.push((plan.addr, listener::bind(plan.addr)?));
+                // A socket handed over by systemd or by the daemon this one replaces.
+                let socket = match crate::os::activation::claim(plan.addr) {
+                    Some(inherited) => {
+                        inherited.set_nonblocking(true)?;
+                        TcpListener::from_std(inherited)?
+                    }
+                    None => listener::bind(plan.addr)?,
+                };
+                bound.push((plan.addr, socket));
             }
         }
 
-        // 2. Commit: nothing below fails.
+        // 2. Commit: nothing below fails. Old pools retire last, once no route leads to
+        // them.
+        let mut retiring = Vec::new();
         for (name, pool, manager, stop) in fresh {
             self.managers.spawn(manager.run(stop.clone()));
             let previous = self.pools.insert(
@@ -220,8 +232,9 @@ impl Running {
             );
             match previous {
                 Some(old_pool) => {
-                    applied.pools_replaced.push(name);
-                    retire(old_pool);
+                    applied.pools_replaced.push(name.clone());
+                    old_pool.pool.set_successor(self.pools[&name].pool.clone());
+                    retiring.push(old_pool);
                 }
                 None => applied.pools_started.push(name),
             }
@@ -235,7 +248,7 @@ impl Running {
         for name in removed {
             if let Some(old_pool) = self.pools.remove(&name) {
                 applied.pools_removed.push(name);
-                retire(old_pool);
+                retiring.push(old_pool);
             }
         }
 
@@ -264,6 +277,10 @@ impl Running {
                         continue;
                     };
                     let local = listener.local_addr().unwrap_or(plan.addr);
+                    let Ok(fd) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() else {
+                        tracing::error!("cannot duplicate the socket of {local}: not served");
+                        continue;
+                    };
                     tracing::info!("listening on {local} for {}", plan.bindings.join(", "));
                     let routes: SharedRoutes = Arc::new(parking_lot::RwLock::new(table));
                     let endpoint: SharedEndpoint =
@@ -280,6 +297,7 @@ impl Running {
                         plan.addr,
                         RunningSocket {
                             bound: local,
+                            fd,
                             routes,
                             endpoint,
                             stop,
@@ -305,6 +323,10 @@ impl Running {
                 socket.stop.cancel();
                 applied.sockets_closed.push(socket.bound);
             }
+        }
+
+        for old_pool in retiring {
+            retire(old_pool);
         }
 
         // The cache: rebuilt only when its settings change (that drops its entries).
@@ -377,6 +399,28 @@ impl Running {
         ))
     }
 
+    /// Closes this process's descriptors of the listening sockets (at stop, once the accept
+    /// loops have ended): a port nobody serves must refuse connections, not queue them.
+    pub fn close_listeners(&mut self) {
+        self.sockets.clear();
+    }
+
+    /// The listening sockets, for a successor to inherit.
+    pub fn listener_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.sockets
+            .values()
+            .map(|s| std::os::fd::AsFd::as_fd(&s.fd))
+            .collect()
+    }
+
+    /// Whether every `start = "always"` pool has a ready worker (an upgrade's successor
+    /// reports ready only then).
+    pub fn always_pools_ready(&self) -> bool {
+        self.pools.values().all(|p| {
+            p.config.start != crate::config::StartMode::Always || p.pool.ready_workers() > 0
+        })
+    }
+
     /// The longest `shutdown_timeout` of the pools, for the daemon's stop.
     pub fn longest_worker_shutdown(&self) -> Duration {
         self.pools
@@ -393,6 +437,9 @@ impl Default for Running {
     }
 }
 
+/// How long a retired pool keeps taking requests that routed to it just before the swap.
+const RETIRE_SETTLE: Duration = Duration::from_millis(500);
+
 /// A pool that no route leads to any more: it serves what is already queued (up to its
 /// `queue_timeout`), then its workers drain and its manager ends. Its cached responses go.
 fn retire(old: RunningPool) {
@@ -402,6 +449,8 @@ fn retire(old: RunningPool) {
     }
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + pool.settings.queue_timeout;
+        // A request that routed just before the swap may still be on its way in.
+        tokio::time::sleep(RETIRE_SETTLE).await;
         while pool.queue_len() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -82,7 +82,20 @@ pub async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| serve_logged(with_host(req), ctx.clone()));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            let http1 = req.version() < http::Version::HTTP_2;
+            let mut resp = serve_logged(with_host(req), ctx).await?;
+            if http1 && super::draining() {
+                // The client learns from this answer not to send another request on the
+                // connection, instead of racing keel's close of an idle one.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, crate::request_path::ResetConnection>(resp)
+        }
+    });
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "connection ended: {e}");

@@ -176,6 +176,19 @@ pub struct Endpoint {
     pub access_log: Option<crate::log::AccessLog>,
 }
 
+/// The daemon is stopping (or handing over to a successor): HTTP/1 answers carry
+/// `Connection: close`, so clients leave kept-alive connections on their own.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts the drain of kept-alive connections (see [`DRAINING`]).
+pub fn begin_drain() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A socket's endpoint, replaced whole by a reload.
 pub type SharedEndpoint = Arc<parking_lot::RwLock<Arc<Endpoint>>>;
 

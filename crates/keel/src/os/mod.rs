@@ -1,6 +1,7 @@
 //! Everything that touches the OS directly (fork/exec, identities, rlimits, cgroups,
-//! /proc): the only `unsafe` in keel.
+//! /proc, inherited sockets): the only `unsafe` in keel.
 
+pub mod activation;
 pub mod cgroup;
 pub mod clock;
 pub mod proc;

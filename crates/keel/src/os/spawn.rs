@@ -107,6 +107,21 @@ pub fn exec_with_listen_pid(argv: &[std::ffi::OsString]) -> io::Error {
         .exec()
 }
 
+/// What the service manager (or an upgrading keel) said to the daemon is not for workers.
+fn remove_daemon_env(cmd: &mut tokio::process::Command) {
+    for name in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        super::activation::READY_FD_ENV,
+    ] {
+        cmd.env_remove(name);
+    }
+}
+
 /// keel's own executable, for the shim (resolved once: later the file may be replaced).
 fn own_executable() -> io::Result<PathBuf> {
     static EXE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
@@ -158,11 +173,16 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
         // binary sets it and executes the program in place.
         Some(_) => {
             let mut cmd = tokio::process::Command::new(own_executable()?);
+            remove_daemon_env(&mut cmd);
             cmd.arg(LISTEN_PID_SHIM).arg(program);
             cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "keel");
             cmd
         }
-        None => tokio::process::Command::new(program),
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            remove_daemon_env(&mut cmd);
+            cmd
+        }
     };
     cmd.args(&spec.argv[1..]).envs(&spec.env);
     if let Some(fd) = child_fd {

@@ -149,6 +149,8 @@ pub struct Pool {
     pub checkup: Notify,
     commands: mpsc::UnboundedSender<Command>,
     pub figures: Mutex<PoolFigures>,
+    /// Set when a reload replaced this pool: new requests go to the successor.
+    successor: Mutex<Option<Arc<Pool>>>,
 }
 
 impl Pool {
@@ -176,8 +178,29 @@ impl Pool {
                 last_exit: None,
                 workers: Vec::new(),
             }),
+            successor: Mutex::new(None),
         });
         (pool, rx)
+    }
+
+    /// The pool a new request should go to: this one, or, once a reload replaced it, its
+    /// newest successor (a route table read just before the swap may still name this one).
+    pub fn current(self: &Arc<Self>) -> Arc<Pool> {
+        let mut pool = self.clone();
+        // Bounded: a chain longer than this means reloads faster than requests route.
+        for _ in 0..64 {
+            let next = pool.successor.lock().clone();
+            match next {
+                Some(next) => pool = next,
+                None => break,
+            }
+        }
+        pool
+    }
+
+    /// A reload replaced this pool by `successor`.
+    pub fn set_successor(&self, successor: Arc<Pool>) {
+        *self.successor.lock() = Some(successor);
     }
 
     pub fn name(&self) -> &str {

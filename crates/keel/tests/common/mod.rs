@@ -60,15 +60,24 @@ impl Daemon {
     }
 
     pub fn start_with(dir: tempfile::TempDir, args: &[&str]) -> Daemon {
-        let mut child = Command::new(keel_bin())
-            .args(args)
+        Self::start_custom(dir, args, |_| {})
+    }
+
+    /// `start_with`, letting `configure` add to the command (environment, inherited fds).
+    pub fn start_custom(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let mut cmd = Command::new(keel_bin());
+        cmd.args(args)
             .current_dir(dir.path())
             .env("KEEL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start keel");
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("start keel");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         {
