@@ -12,6 +12,7 @@ pub mod log;
 pub mod os;
 pub mod pool;
 pub mod queue;
+pub mod request_check;
 pub mod request_path;
 pub mod routing;
 pub mod static_files;

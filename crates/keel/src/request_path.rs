@@ -120,7 +120,7 @@ pub async fn serve_request(
 async fn serve_routed(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
-    routed: Result<AppTarget, RouteError>,
+    routed: Result<AppTarget, Unrouted>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
     let meta = |site: Arc<str>| {
         Arc::new(RequestMeta {
@@ -138,16 +138,21 @@ async fn serve_routed(
     let target = match routed {
         Ok(t) => t,
         Err(e) => {
-            let reason = match e {
-                RouteError::Hostname => Reason::Hostname,
-                RouteError::Url => Reason::Url,
+            let (status, reason, text) = match e {
+                Unrouted::Refused(r) => (r.status, r.reason, r.message),
+                Unrouted::NoRoute(RouteError::Hostname) => (
+                    StatusCode::BAD_REQUEST,
+                    Reason::Hostname,
+                    "Bad Request (Invalid Hostname)\n",
+                ),
+                Unrouted::NoRoute(RouteError::Url) => (
+                    StatusCode::BAD_REQUEST,
+                    Reason::Url,
+                    "Bad Request (Invalid URL)\n",
+                ),
             };
-            meta("-".into()).log(Some(400), reason, None);
-            let text = match e {
-                RouteError::Hostname => "Bad Request (Invalid Hostname)\n",
-                RouteError::Url => "Bad Request (Invalid URL)\n",
-            };
-            let mut resp = plain(StatusCode::BAD_REQUEST, text);
+            meta("-".into()).log(Some(status.as_u16()), reason, None);
+            let mut resp = plain(status, text);
             // As HTTP.sys does after its own error responses.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -592,17 +597,28 @@ impl Capture {
     }
 }
 
+/// Why a request has no app.
+#[derive(Debug, Clone, Copy)]
+enum Unrouted {
+    /// Its head broke a limit or a framing rule (`request_check`).
+    Refused(crate::request_check::Refusal),
+    NoRoute(RouteError),
+}
+
 /// The request's app in the socket's current route table (a reload swaps the table; a
-/// request routes once, by the table of the moment it arrived).
-fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, RouteError> {
+/// request routes once, by the table of the moment it arrived), found by its canonical path
+/// once its head has passed `request_check`.
+fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, Unrouted> {
+    let path = crate::request_check::check(req).map_err(Unrouted::Refused)?;
     let host = req
         .uri()
         .host()
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
     let table = conn.routes.read().clone();
     table
-        .route(conn.local.ip(), host, req.uri().path())
+        .route(conn.local.ip(), host, &path)
         .cloned()
+        .map_err(Unrouted::NoRoute)
 }
 
 fn encode_head(

@@ -1,0 +1,347 @@
+//! The checks a request head passes before anything else looks at it (HTTP.sys limits,
+//! RFC 9112 framing rules against request smuggling, a canonical path): a pure function of
+//! the parsed head, table-tested below. hyper has already refused what it cannot parse
+//! (bad request lines, bare LF/CR in the head, duplicate `Content-Length` values, invalid
+//! chunk sizes); this adds what it lets through.
+//!
+//! Every refusal names its status and its HTTP.sys reason, and the connection is closed
+//! after it (a framing error leaves the rest of the byte stream meaningless).
+
+use crate::log::Reason;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{StatusCode, Version};
+
+/// HTTP.sys `MaxFieldLength`: one header line (name, `: `, value).
+pub const MAX_FIELD_BYTES: usize = 16 * 1024;
+/// HTTP.sys `MaxRequestBytes`: request line and every header line.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// The request target (path and query); HTTP.sys `MaxUrlLength` is 16 KiB, IIS
+/// `maxUrl` 4 KiB; keel takes 8 KiB, as nginx's default large header buffer.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// HTTP.sys `UrlSegmentMaxCount`.
+pub const MAX_SEGMENTS: usize = 255;
+/// HTTP.sys `UrlSegmentMaxLength` (characters of one decoded segment).
+pub const MAX_SEGMENT_CHARS: usize = 260;
+/// IIS `maxAllowedContentLength`.
+pub const MAX_BODY_BYTES: u64 = 30_000_000;
+
+/// The parts of a request head the checks read.
+struct Head<'a> {
+    method: &'a http::Method,
+    uri: &'a http::Uri,
+    version: Version,
+    headers: &'a http::HeaderMap,
+}
+
+/// Why a head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: Reason,
+    /// The answer's body.
+    pub message: &'static str,
+}
+
+const fn refuse(status: StatusCode, reason: Reason, message: &'static str) -> Refusal {
+    Refusal {
+        status,
+        reason,
+        message,
+    }
+}
+
+/// Checks one head. `Ok` carries the canonical path (decoded, dot segments removed), which
+/// routing uses; the worker still gets the target as the client sent it.
+pub fn check<B>(req: &http::Request<B>) -> Result<String, Refusal> {
+    let parts = Head {
+        method: req.method(),
+        uri: req.uri(),
+        version: req.version(),
+        headers: req.headers(),
+    };
+    if !matches!(
+        parts.version,
+        Version::HTTP_10 | Version::HTTP_11 | Version::HTTP_2
+    ) {
+        return Err(refuse(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            Reason::VersionNotSupported,
+            "HTTP Version Not Supported\n",
+        ));
+    }
+    check_sizes(&parts)?;
+    check_framing(parts.headers)?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    if target.len() > MAX_URL_BYTES {
+        return Err(refuse(
+            StatusCode::URI_TOO_LONG,
+            Reason::UrlLength,
+            "URI Too Long\n",
+        ));
+    }
+    // `OPTIONS *` has no path to canonicalise.
+    if *parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
+        return Ok("*".to_owned());
+    }
+    let bad_url = refuse(
+        StatusCode::BAD_REQUEST,
+        Reason::Url,
+        "Bad Request (Invalid URL)\n",
+    );
+    let canonical = crate::static_files::canonical_path(parts.uri.path()).map_err(|_| bad_url)?;
+    let segments = canonical.split('/').filter(|s| !s.is_empty());
+    let mut count = 0;
+    for seg in segments {
+        count += 1;
+        if count > MAX_SEGMENTS || seg.chars().count() > MAX_SEGMENT_CHARS {
+            return Err(bad_url);
+        }
+    }
+    Ok(canonical)
+}
+
+/// HTTP.sys `MaxFieldLength` and `MaxRequestBytes`, counted as the bytes of the head on the
+/// wire would be (hyper has already bounded what it buffered).
+fn check_sizes(parts: &Head<'_>) -> Result<(), Refusal> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path().len(), |pq| pq.as_str().len());
+    let mut total = parts.method.as_str().len() + 1 + target + 1 + 8 + 2;
+    for (name, value) in parts.headers {
+        let line = name.as_str().len() + 2 + value.len() + 2;
+        if line > MAX_FIELD_BYTES {
+            return Err(refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Reason::FieldLength,
+                "Request Header Fields Too Large (a header field is longer than 16 KiB)\n",
+            ));
+        }
+        total += line;
+    }
+    if total > MAX_REQUEST_BYTES {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::RequestLength,
+            "Request Header Fields Too Large (the request head is longer than 16 KiB)\n",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9112 §6.3 and §11.2: one unambiguous body length, or refuse.
+fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let bad = |message| refuse(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
+    let te: Vec<&http::HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(bad(
+                "Bad Request (both Content-Length and Transfer-Encoding)\n",
+            ));
+        }
+        // Only `chunked`, once, and last: anything else cannot be framed by keel.
+        let codings: Vec<String> = te
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("\u{0}").split(','))
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        if codings != ["chunked"] {
+            return Err(refuse(
+                StatusCode::NOT_IMPLEMENTED,
+                Reason::NotImplemented,
+                "Not Implemented (Transfer-Encoding other than chunked)\n",
+            ));
+        }
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let parse = |v: &http::HeaderValue| {
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let Some(n) = parse(first) else {
+            return Err(bad("Bad Request (invalid Content-Length)\n"));
+        };
+        if lengths.any(|v| parse(v) != Some(n)) {
+            return Err(bad("Bad Request (conflicting Content-Length)\n"));
+        }
+        if n > MAX_BODY_BYTES {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::EntityTooLarge,
+                "Content Too Large (the body is longer than 30000000 bytes)\n",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(
+        method: &str,
+        target: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+    ) -> http::Request<()> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<String, (u16, &'static str)> {
+        check(&head(method, target, Version::HTTP_11, headers))
+            .map_err(|r| (r.status.as_u16(), r.reason.phrase()))
+    }
+
+    #[test]
+    fn the_table() {
+        let long_field = "a".repeat(MAX_FIELD_BYTES);
+        let half = "b".repeat(9 * 1024);
+        let long_url = format!("/{}", "u".repeat(MAX_URL_BYTES));
+        let long_seg = format!("/{}", "s".repeat(MAX_SEGMENT_CHARS + 1));
+        let many_segs = "/s".repeat(MAX_SEGMENTS + 1);
+        let ok_segs = "/s".repeat(MAX_SEGMENTS);
+        let cases: Vec<(&str, &str, Vec<(&str, &str)>, Result<&str, (u16, &str)>)> = vec![
+            ("GET", "/", vec![], Ok("/")),
+            ("GET", "/a/./b/../c//d", vec![], Ok("/a/c/d")),
+            ("GET", "/%61%62c", vec![], Ok("/abc")),
+            ("GET", "/a/..", vec![], Ok("/")),
+            ("OPTIONS", "*", vec![], Ok("*")),
+            ("GET", "/..", vec![], Err((400, "URL"))),
+            ("GET", "/a/../..", vec![], Err((400, "URL"))),
+            ("GET", "/%2e%2e/etc/passwd", vec![], Err((400, "URL"))),
+            ("GET", "/..%2fetc", vec![], Err((400, "URL"))),
+            ("GET", "/a%2fb", vec![], Err((400, "URL"))),
+            ("GET", "/a%5cb", vec![], Err((400, "URL"))),
+            ("GET", "/a%00b", vec![], Err((400, "URL"))),
+            ("GET", "/a%01b", vec![], Err((400, "URL"))),
+            ("GET", "/%ff", vec![], Err((400, "URL"))),
+            ("GET", "/%zz", vec![], Err((400, "URL"))),
+            ("GET", &long_url, vec![], Err((414, "URL_Length"))),
+            ("GET", &long_seg, vec![], Err((400, "URL"))),
+            ("GET", &many_segs, vec![], Err((400, "URL"))),
+            ("GET", &ok_segs, vec![], Ok(ok_segs.as_str())),
+            (
+                "GET",
+                "/",
+                vec![("x-big", long_field.as_str())],
+                Err((431, "FieldLength")),
+            ),
+            (
+                "GET",
+                "/",
+                vec![("x-a", half.as_str()), ("x-b", half.as_str())],
+                Err((431, "RequestLength")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "5"), ("transfer-encoding", "chunked")],
+                Err((400, "BadRequest")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("transfer-encoding", "gzip, chunked")],
+                Err((501, "N/I")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("transfer-encoding", "chunked, gzip")],
+                Err((501, "N/I")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                Err((501, "N/I")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("transfer-encoding", "xchunked")],
+                Err((501, "N/I")),
+            ),
+            ("POST", "/", vec![("transfer-encoding", "Chunked")], Ok("/")),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "5"), ("content-length", "6")],
+                Err((400, "BadRequest")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "5, 5")],
+                Err((400, "BadRequest")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "+5")],
+                Err((400, "BadRequest")),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "5"), ("content-length", "5")],
+                Ok("/"),
+            ),
+            (
+                "POST",
+                "/",
+                vec![("content-length", "30000001")],
+                Err((413, "EntityTooLarge")),
+            ),
+            ("POST", "/", vec![("content-length", "30000000")], Ok("/")),
+        ];
+        for (method, target, headers, want) in cases {
+            let got = status(method, target, &headers);
+            let want = want.map(str::to_owned);
+            assert_eq!(
+                got,
+                want,
+                "{method} {} {headers:?}",
+                &target[..target.len().min(40)]
+            );
+        }
+    }
+
+    #[test]
+    fn versions() {
+        for (v, ok) in [
+            (Version::HTTP_09, false),
+            (Version::HTTP_10, true),
+            (Version::HTTP_11, true),
+            (Version::HTTP_2, true),
+            (Version::HTTP_3, false),
+        ] {
+            let r = check(&head("GET", "/", v, &[]));
+            assert_eq!(r.is_ok(), ok, "{v:?}");
+            if let Err(r) = r {
+                assert_eq!(r.status, StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+            }
+        }
+    }
+}
