@@ -210,6 +210,14 @@ mod tests {
             .map_err(|r| (r.status.as_u16(), r.reason.phrase()))
     }
 
+    /// Method, target, headers, and the canonical path or (status, reason).
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Result<&'a str, (u16, &'a str)>,
+    );
+
     #[test]
     fn the_table() {
         let long_field = "a".repeat(MAX_FIELD_BYTES);
@@ -218,7 +226,7 @@ mod tests {
         let long_seg = format!("/{}", "s".repeat(MAX_SEGMENT_CHARS + 1));
         let many_segs = "/s".repeat(MAX_SEGMENTS + 1);
         let ok_segs = "/s".repeat(MAX_SEGMENTS);
-        let cases: Vec<(&str, &str, Vec<(&str, &str)>, Result<&str, (u16, &str)>)> = vec![
+        let cases: Vec<Case<'_>> = vec![
             ("GET", "/", vec![], Ok("/")),
             ("GET", "/a/./b/../c//d", vec![], Ok("/a/c/d")),
             ("GET", "/%61%62c", vec![], Ok("/abc")),
