@@ -1,10 +1,12 @@
-//! `keel serve`: builds pools and listeners from a config, runs until SIGTERM/SIGINT, then
-//! shuts down gracefully.
+//! `keel serve`: builds pools, the admin API and listeners from a config, runs until
+//! SIGTERM/SIGINT or `keel stop`, then shuts down gracefully.
 //!
 //! Shutdown order: stop accepting → let queued and in-flight requests finish on their
 //! connections (bounded by `listener.shutdown_timeout`) → drain the workers (DRAIN, wait up
-//! to each pool's `shutdown_timeout`, SIGKILL stragglers) → exit 0.
+//! to each pool's `shutdown_timeout`, SIGKILL stragglers) → close the admin API and remove
+//! its socket → exit 0.
 
+use crate::admin::{AdminContext, AdminServer};
 use crate::config::Config;
 use crate::listener;
 use crate::log::{AccessLog, ErrorLog};
@@ -88,6 +90,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pools.insert(name.clone(), pool);
     }
 
+    // …then the admin API (so `keel status` answers while the listeners come up)…
+    crate::metrics::watch_pools(pools.values().cloned().collect());
+    let admin_ctx = Arc::new(AdminContext::new(
+        &config,
+        pools.iter().map(|(n, p)| (n.clone(), p.clone())).collect(),
+    ));
+    let admin = AdminServer::start(&config.admin, admin_ctx.clone()).await?;
+
     // …then the listening sockets. `certs.reload_certificates()` re-reads every site's
     // certificate and key (for `keel reload`).
     let certs = listener::CertStore::load(&config)?;
@@ -99,6 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let socket = listener::bind(plan.addr)?;
         let bound = socket.local_addr()?;
         tracing::info!("listening on {bound} for {}", plan.bindings.join(", "));
+        admin_ctx.add_listener(bound, plan.bindings.clone());
         let endpoint = listener::Endpoint {
             routes: Arc::new(RouteTable::new(plan.entries)),
             tls: plan.tls,
@@ -115,7 +126,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("keel ready");
 
-    wait_for_stop_signal(access_log.as_ref()).await?;
+    wait_for_stop_signal(access_log.as_ref(), admin_ctx.stop_requested()).await?;
+    admin_ctx.begin_stop();
     tracing::info!("stopping: no new connections; finishing queued and in-flight requests");
     let deadline = tokio::time::Instant::now() + shutdown_timeout;
     stop_accepting.cancel();
@@ -148,12 +160,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = access_log {
         log.flush_and_close();
     }
+    // Last: `keel stop` waits for the socket to go.
+    admin.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; meanwhile SIGUSR1 reopens the access log (logrotate).
-async fn wait_for_stop_signal(access_log: Option<&AccessLog>) -> anyhow::Result<()> {
+/// Waits for SIGTERM, SIGINT or `POST /stop` on the admin API; meanwhile SIGUSR1 reopens the
+/// access log (logrotate).
+async fn wait_for_stop_signal(
+    access_log: Option<&AccessLog>,
+    admin_stop: CancellationToken,
+) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
@@ -161,6 +179,7 @@ async fn wait_for_stop_signal(access_log: Option<&AccessLog>) -> anyhow::Result<
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = admin_stop.cancelled() => tracing::info!("stop requested (admin API)"),
             _ = usr1.recv() => {
                 if let Some(log) = access_log {
                     tracing::info!("SIGUSR1: reopening the access log");

@@ -1,0 +1,211 @@
+//! The admin API's sockets: the unix socket (whole API, keel's own user and root only) and
+//! the optional TCP listener (`/metrics` and `/healthz`, the rest with the bearer token).
+//!
+//! The socket file is created with mode 0600 in a directory created if missing; a socket
+//! left by a keel that died is removed, one that still answers means another keel runs and
+//! this one refuses to start. On exit the file is removed only if it is still ours (same
+//! inode), so a second daemon's socket is never taken away.
+
+use super::AdminContext;
+use super::routes::{self, Access};
+use crate::config::AdminConfig;
+use anyhow::{Context as _, bail};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A client has this long to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running admin API; [`AdminServer::close`] stops it and removes the socket.
+pub struct AdminServer {
+    socket: PathBuf,
+    socket_ino: u64,
+    tcp: Option<std::net::SocketAddr>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl AdminServer {
+    /// Binds the socket (and the TCP listener) and starts serving.
+    pub async fn start(cfg: &AdminConfig, ctx: Arc<AdminContext>) -> anyhow::Result<AdminServer> {
+        let (unix, socket_ino) = bind_socket(&cfg.socket)?;
+        let stop = CancellationToken::new();
+        let mut server = AdminServer {
+            socket: cfg.socket.clone(),
+            socket_ino,
+            tcp: None,
+            stop: stop.clone(),
+            tasks: JoinSet::new(),
+        };
+        tracing::info!("admin API on {}", cfg.socket.display());
+        if let Some(addr) = cfg.listen {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+            let bound = tcp.local_addr()?;
+            tracing::info!(
+                "admin API on http://{bound} (/metrics and /healthz{})",
+                if cfg.token.is_some() {
+                    "; the rest with the bearer token"
+                } else {
+                    " only"
+                }
+            );
+            server.tcp = Some(bound);
+            server
+                .tasks
+                .spawn(accept_tcp(tcp, ctx.clone(), stop.clone()));
+        }
+        server.tasks.spawn(accept_unix(unix, ctx, stop));
+        Ok(server)
+    }
+
+    /// Where the TCP listener is bound, if there is one.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp
+    }
+
+    /// Stops serving and removes the socket file.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.remove_socket();
+    }
+
+    fn remove_socket(&self) {
+        let ours = fs::symlink_metadata(&self.socket).is_ok_and(|m| m.ino() == self.socket_ino);
+        if ours && let Err(e) = fs::remove_file(&self.socket) {
+            tracing::warn!("cannot remove {}: {e}", self.socket.display());
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        // `close` was not reached (the daemon failed to start): still leave no socket.
+        if !self.stop.is_cancelled() {
+            self.stop.cancel();
+            self.remove_socket();
+        }
+    }
+}
+
+/// Creates the socket: directory if missing, stale socket removed, mode 0600.
+fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, u64)> {
+    if let Some(dir) = path.parent() {
+        // Traversable (not listable) by others, as for the attach sockets beside it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => bail!(
+            "{} exists and is not a socket: remove it or set [admin] socket",
+            path.display()
+        ),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => bail!(
+                "another keel is running: it answers on {} (stop it with `keel stop`, or give this one another [admin] socket)",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(
+                    "removing {}: left by a keel that is no longer running",
+                    path.display()
+                );
+                fs::remove_file(path)
+                    .with_context(|| format!("cannot remove the stale {}", path.display()))?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot check {}", path.display()));
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot check {}", path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot create the admin socket {}", path.display()))?;
+    // Connecting needs write permission: only keel's user (and root) from here on; the
+    // accept loop also checks each peer's uid, which covers the instant before this call.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    let ino = fs::symlink_metadata(path)?.ino();
+    listener.set_nonblocking(true)?;
+    Ok((UnixListener::from_std(listener)?, ino))
+}
+
+async fn accept_unix(listener: UnixListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
+    let own_uid = rustix::process::geteuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("admin socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    "admin socket: refused a client running as uid {}",
+                    cred.uid()
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("admin socket: cannot tell who connected ({e}): refused");
+                continue;
+            }
+        }
+        tokio::spawn(serve(stream, ctx.clone(), Access::Local));
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("admin listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        tokio::spawn(serve(stream, ctx.clone(), Access::Network));
+    }
+}
+
+/// Serves one admin connection (HTTP/1.1, keep-alive).
+async fn serve<S>(stream: S, ctx: Arc<AdminContext>, access: Access)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| routes::handle(req, ctx.clone(), access));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!("admin connection ended: {e}");
+    }
+}
