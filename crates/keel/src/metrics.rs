@@ -452,7 +452,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "queue_depth",
-            "Requests waiting in the pool's queue now",
+            "Requests waiting in the pool's queue now.",
             pools
                 .iter()
                 .map(|p| (label(p), ConstGauge::new(p.queue_len() as i64))),
@@ -461,7 +461,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "queue_length",
-            "The pool's queue_length: requests past it get 503 QueueFull",
+            "The pool's queue_length: requests past it get 503 QueueFull.",
             pools
                 .iter()
                 .map(|p| (label(p), ConstGauge::new(p.settings.queue_length as i64))),
@@ -471,7 +471,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "workers",
-            "Worker processes of the pool that take requests now",
+            "Worker processes of the pool that take requests now.",
             figures
                 .iter()
                 .map(|(p, f)| (label(p), ConstGauge::new(f.workers_running as i64))),
@@ -480,7 +480,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "pool_state",
-            "1 for the pool's current state, 0 for the others",
+            "1 for the pool's current state, 0 for the others.",
             figures.iter().flat_map(|(p, f)| {
                 POOL_STATES.iter().map(move |s| {
                     (
@@ -502,7 +502,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "cache_hits",
-            "Requests answered from a fresh cache entry (or from a response fetched for a concurrent request), by site",
+            "Requests answered from a fresh cache entry (or with the response fetched for a concurrent request), by site.",
             f.sites
                 .iter()
                 .map(|(s, c)| (site(s), ConstCounter::new(c.hits + c.collapsed))),
@@ -511,7 +511,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "cache_misses",
-            "Cacheable requests the cache could not answer fresh, by site",
+            "GET and HEAD requests looked up in the cache and not answered from a fresh entry, by site.",
             f.sites
                 .iter()
                 .map(|(s, c)| (site(s), ConstCounter::new(c.misses))),
@@ -520,7 +520,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "cache_stale_hits",
-            "Requests answered from an expired entry because the pool failed (stale-if-error), by site",
+            "Requests answered from an expired entry because the pool failed (stale-if-error), by site.",
             f.sites
                 .iter()
                 .map(|(s, c)| (site(s), ConstCounter::new(c.stale_hits))),
@@ -529,7 +529,7 @@ impl Collector for StateCollector {
         encode_family(
             &mut encoder,
             "cache_evictions",
-            "Cache entries dropped to make room, by site",
+            "Cache entries dropped to make room, by site.",
             f.sites
                 .iter()
                 .map(|(s, c)| (site(s), ConstCounter::new(c.evictions))),
@@ -538,19 +538,19 @@ impl Collector for StateCollector {
         encode_gauge(
             &mut encoder,
             "cache_bytes",
-            "Bytes the response cache holds now (keys, headers and bodies)",
+            "Bytes the response cache holds now (keys, headers and bodies).",
             f.stored_bytes,
         )?;
         encode_gauge(
             &mut encoder,
             "cache_max_bytes",
-            "The cache's max_bytes",
+            "The cache's max_bytes.",
             f.max_bytes,
         )?;
         encode_gauge(
             &mut encoder,
             "cache_entries",
-            "Responses the cache holds now",
+            "Responses the cache holds now.",
             f.entries,
         )?;
         Ok(())

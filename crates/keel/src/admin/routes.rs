@@ -440,7 +440,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     // Our own shapes always serialize (string keys, finite numbers).
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
