@@ -88,7 +88,8 @@ impl Route {
                 _ => return Route::NotFound,
             },
         };
-        if method.as_str() == allow {
+        // HEAD as GET, for load balancers that check health with it (hyper sends no body).
+        if method.as_str() == allow || (allow == "GET" && method == Method::HEAD) {
             route
         } else {
             Route::WrongMethod(allow)
@@ -470,6 +471,11 @@ mod tests {
         let post = Method::POST;
         assert_eq!(Route::parse(&get, "/status"), Route::Status);
         assert_eq!(Route::parse(&post, "/status"), Route::WrongMethod("GET"));
+        assert_eq!(Route::parse(&Method::HEAD, "/healthz"), Route::Healthz);
+        assert_eq!(
+            Route::parse(&Method::HEAD, "/stop"),
+            Route::WrongMethod("POST")
+        );
         assert_eq!(
             Route::parse(&post, "/pools/shop/recycle"),
             Route::Pool("shop".into(), PoolCommand::Recycle)
