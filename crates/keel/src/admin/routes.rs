@@ -95,11 +95,12 @@ impl Route {
             Route::WrongMethod(allow)
         }
     }
+}
 
-    /// Open to anyone who reaches the TCP listener.
-    fn is_public(&self) -> bool {
-        matches!(self, Route::Metrics | Route::Healthz)
-    }
+/// Paths open to anyone who reaches the TCP listener (asked with any method, so that a
+/// wrong method gets its 405 there too).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/metrics" | "/healthz")
 }
 
 pub async fn handle(
@@ -109,7 +110,7 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let route = Route::parse(req.method(), req.uri().path());
     if access == Access::Network
-        && !route.is_public()
+        && !is_public(req.uri().path())
         && let Some(refused) = refuse_without_token(&req, ctx.token.as_deref())
     {
         return Ok(refused);

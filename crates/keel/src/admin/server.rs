@@ -19,11 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A client has this long to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest an admin connection lives (one request: keep-alive is off), so that idle or
+/// slow clients cannot hold on to [`MAX_CONNECTIONS`].
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// Admin connections served at once on each socket; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
 
 /// The running admin API; [`AdminServer::close`] stops it and removes the socket.
 pub struct AdminServer {
@@ -148,7 +154,11 @@ fn bind_socket(path: &Path) -> anyhow::Result<(UnixListener, u64)> {
 
 async fn accept_unix(listener: UnixListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
     let own_uid = rustix::process::geteuid().as_raw();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Some(slot) = take_slot(&slots, &stop).await else {
+            return;
+        };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
@@ -174,12 +184,16 @@ async fn accept_unix(listener: UnixListener, ctx: Arc<AdminContext>, stop: Cance
                 continue;
             }
         }
-        tokio::spawn(serve(stream, ctx.clone(), Access::Local));
+        tokio::spawn(serve(stream, ctx.clone(), Access::Local, slot));
     }
 }
 
 async fn accept_tcp(listener: TcpListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Some(slot) = take_slot(&slots, &stop).await else {
+            return;
+        };
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
@@ -191,12 +205,24 @@ async fn accept_tcp(listener: TcpListener, ctx: Arc<AdminContext>, stop: Cancell
             },
             _ = stop.cancelled() => return,
         };
-        tokio::spawn(serve(stream, ctx.clone(), Access::Network));
+        tokio::spawn(serve(stream, ctx.clone(), Access::Network, slot));
     }
 }
 
-/// Serves one admin connection (HTTP/1.1, keep-alive).
-async fn serve<S>(stream: S, ctx: Arc<AdminContext>, access: Access)
+/// Waits for a free connection slot (`None`: the server is stopping).
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok(),
+        _ = stop.cancelled() => None,
+    }
+}
+
+/// Serves one admin connection: one request, then the connection closes. `_slot` is given
+/// back when it ends.
+async fn serve<S>(stream: S, ctx: Arc<AdminContext>, access: Access, _slot: OwnedSemaphorePermit)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -204,8 +230,11 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = conn.await {
-        tracing::debug!("admin connection ended: {e}");
+    match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("admin connection ended: {e}"),
+        Err(_) => tracing::debug!("admin connection closed after {CONNECTION_DEADLINE:?}"),
     }
 }
