@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     listener::install_crypto_provider();
+    // The admin socket first: if another keel answers on it, stop before touching anything.
+    let mut admin = AdminServer::bind(&config.admin).await?;
     let error_log = match &config.log.error_log {
         Some(path) => ErrorLog::to_file(path)
             .with_context(|| format!("cannot open the error log {}", path.display()))?,
@@ -90,13 +92,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pools.insert(name.clone(), pool);
     }
 
-    // …then the admin API (so `keel status` answers while the listeners come up)…
+    // …then the admin API answers (so `keel status` works while the listeners come up)…
     crate::metrics::watch_pools(pools.values().cloned().collect());
     let admin_ctx = Arc::new(AdminContext::new(
         &config,
         pools.iter().map(|(n, p)| (n.clone(), p.clone())).collect(),
     ));
-    let admin = AdminServer::start(&config.admin, admin_ctx.clone()).await?;
+    admin.serve(admin_ctx.clone());
 
     // …then the listening sockets. `certs.reload_certificates()` re-reads every site's
     // certificate and key (for `keel reload`).

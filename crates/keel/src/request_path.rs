@@ -775,8 +775,9 @@ impl Body for ResponseBody {
     }
 }
 
-/// [`serve_request`], plus the access-log line written when the response body is done
-/// (bytes sent and time taken are only known then).
+/// [`serve_request`], plus the request's metrics (at its response head) and the access-log
+/// line written when the response body is done (bytes sent and time taken are only known
+/// then).
 pub async fn serve_logged(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,

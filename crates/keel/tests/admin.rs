@@ -325,6 +325,8 @@ fn the_socket_is_private_replaces_a_stale_one_and_is_removed_on_exit() {
         "{}",
         second.stderr
     );
+    // It stopped before building anything: no pool came up, no attach socket was touched.
+    assert!(!second.stderr.contains("pool demo"), "{}", second.stderr);
     assert_eq!(d.admin("GET", "/healthz", None).status, 200);
 
     assert!(d.stop(Duration::from_secs(30)).success());

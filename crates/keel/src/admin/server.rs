@@ -38,41 +38,58 @@ pub struct AdminServer {
     tcp: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// Bound, not yet served: the unix socket, the TCP listener, whether a token is set.
+    pending: Option<(UnixListener, Option<TcpListener>, bool)>,
 }
 
 impl AdminServer {
-    /// Binds the socket (and the TCP listener) and starts serving.
-    pub async fn start(cfg: &AdminConfig, ctx: Arc<AdminContext>) -> anyhow::Result<AdminServer> {
+    /// Binds the socket (and the TCP listener). Done before anything else of the daemon is
+    /// built, so that a second keel given the same config stops here, before it touches
+    /// the first one's attach sockets or starts workers.
+    pub async fn bind(cfg: &AdminConfig) -> anyhow::Result<AdminServer> {
         let (unix, socket_ino) = bind_socket(&cfg.socket)?;
-        let stop = CancellationToken::new();
         let mut server = AdminServer {
             socket: cfg.socket.clone(),
             socket_ino,
             tcp: None,
-            stop: stop.clone(),
+            stop: CancellationToken::new(),
             tasks: JoinSet::new(),
+            pending: None,
         };
-        tracing::info!("admin API on {}", cfg.socket.display());
-        if let Some(addr) = cfg.listen {
-            let tcp = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
-            let bound = tcp.local_addr()?;
+        let tcp = match cfg.listen {
+            Some(addr) => {
+                let tcp = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for the admin API"))?;
+                server.tcp = Some(tcp.local_addr()?);
+                Some(tcp)
+            }
+            None => None,
+        };
+        server.pending = Some((unix, tcp, cfg.token.is_some()));
+        Ok(server)
+    }
+
+    /// Starts answering on the bound sockets.
+    pub fn serve(&mut self, ctx: Arc<AdminContext>) {
+        let Some((unix, tcp, token)) = self.pending.take() else {
+            return;
+        };
+        tracing::info!("admin API on {}", self.socket.display());
+        if let Some(tcp) = tcp {
             tracing::info!(
-                "admin API on http://{bound} (/metrics and /healthz{})",
-                if cfg.token.is_some() {
+                "admin API on http://{} (/metrics and /healthz{})",
+                self.tcp.map_or_else(String::new, |a| a.to_string()),
+                if token {
                     "; the rest with the bearer token"
                 } else {
                     " only"
                 }
             );
-            server.tcp = Some(bound);
-            server
-                .tasks
-                .spawn(accept_tcp(tcp, ctx.clone(), stop.clone()));
+            self.tasks
+                .spawn(accept_tcp(tcp, ctx.clone(), self.stop.clone()));
         }
-        server.tasks.spawn(accept_unix(unix, ctx, stop));
-        Ok(server)
+        self.tasks.spawn(accept_unix(unix, ctx, self.stop.clone()));
     }
 
     /// Where the TCP listener is bound, if there is one.
