@@ -387,6 +387,17 @@ fn tcp_listener_serves_metrics_and_healthz_and_the_rest_only_with_the_token() {
     let addr = admin_tcp_addr(&d);
     assert_eq!(tcp_get(addr, "/metrics", None).status, 200);
     assert_eq!(tcp_get(addr, "/healthz", None).status, 200);
+    // HEAD, as some load balancers check: the status and headers, no body.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut s, b"HEAD /healthz HTTP/1.1\r\nHost: keel\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        raw.ends_with("\r\n\r\n"),
+        "no body after the headers: {raw:?}"
+    );
     let r = tcp_get(addr, "/status", None);
     assert_eq!(r.status, 403);
     assert!(r.text().contains("set [admin] token"), "{}", r.text());
