@@ -52,6 +52,7 @@ enum Command {
     Recycle {
         #[command(flatten)]
         daemon: DaemonArgs,
+        /// The pool's name ([pool.NAME]).
         pool: String,
     },
     /// Take a pool out of service (its requests get 503) or back into it.
@@ -60,14 +61,17 @@ enum Command {
         daemon: DaemonArgs,
         #[arg(value_enum)]
         action: PoolAction,
+        /// The pool's name ([pool.NAME]).
         pool: String,
     },
     /// Drop cached responses: one URL (http://host/path?query) or every URL under a prefix.
     Invalidate {
         #[command(flatten)]
         daemon: DaemonArgs,
+        /// The URL as the cache keys it: http://HOST/path?query, HOST as clients send it.
         #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
         url: Option<String>,
+        /// Drop every URL that starts with this instead (e.g. http://example.com/news/).
         #[arg(long)]
         prefix: Option<String>,
     },
@@ -95,7 +99,9 @@ struct DaemonArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PoolAction {
+    /// Back into service (also after rapid-fail protection disabled it).
     Enable,
+    /// Out of service until enabled: its requests get 503, its workers drain.
     Disable,
 }
 

@@ -57,7 +57,8 @@ fn execute(socket: &Path, request: Request) -> Result<(), Failure> {
         Request::Status { json } => {
             let reply = call(socket, "GET", "/status", None)?.ok()?;
             if json {
-                println!("{}", String::from_utf8_lossy(&reply.body));
+                // The daemon's JSON as it is (it ends with a newline).
+                print!("{}", String::from_utf8_lossy(&reply.body));
             } else {
                 let status: json::Status = reply.parse()?;
                 print!("{}", table::render(&status));
