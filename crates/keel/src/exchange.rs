@@ -127,6 +127,8 @@ pub struct Exchange {
     body: RequestBody,
     queue_timer: Option<Pin<Box<Sleep>>>,
     meta: Arc<RequestMeta>,
+    /// When the request was put into its pool; taken at its first assignment (queue wait).
+    submitted: Option<std::time::Instant>,
 }
 
 impl Exchange {
@@ -168,11 +170,13 @@ impl Exchange {
             },
             queue_timer: None,
             meta,
+            submitted: None,
         }
     }
 
     /// Puts the request into its pool. `Err` when the pool refuses it (queue full, offline).
     pub fn submit(&mut self) -> Result<(), Failure> {
+        self.submitted = Some(std::time::Instant::now());
         match self.pool.submit(self.job.clone()) {
             Ok(Placement::Dispatched) => Ok(()),
             Ok(Placement::Queued) => {
@@ -264,6 +268,9 @@ impl Exchange {
 
     fn on_assigned(&mut self, worker: Arc<WorkerConn>, id: StreamId) {
         self.queue_timer = None;
+        if let Some(at) = self.submitted.take() {
+            crate::metrics::queue_waited(&self.pool.settings.name, at.elapsed());
+        }
         self.phase = Phase::Assigned { worker, id };
     }
 

@@ -1,5 +1,6 @@
 //! keel: the daemon. See ARCHITECTURE.md for the request's path through these modules.
 
+pub mod admin;
 pub mod cache;
 pub mod compress;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod exchange;
 pub mod http_worker;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod os;
 pub mod pool;
 pub mod queue;

@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use keel::admin::client::{self, Request};
+use keel::admin::json::InvalidateRequest;
 use keel::config::{self, Config};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +40,81 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Show the running daemon's pools, workers, queues and cache.
+    Status {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Print the admin API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker of a pool, one at a time (overlapped when the pool allows).
+    Recycle {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// The pool's name ([pool.NAME]).
+        pool: String,
+    },
+    /// Take a pool out of service (its requests get 503) or back into it.
+    Pool {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[arg(value_enum)]
+        action: PoolAction,
+        /// The pool's name ([pool.NAME]).
+        pool: String,
+    },
+    /// Drop cached responses: one URL (http://host/path?query) or every URL under a prefix.
+    Invalidate {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// The URL as the cache keys it: http://HOST/path?query, HOST as clients send it.
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        url: Option<String>,
+        /// Drop every URL that starts with this instead (e.g. http://example.com/news/).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Re-read the daemon's config and apply it without dropping a connection; an invalid
+    /// config is refused (with the same messages as `keel check`) and the old one stays.
+    Reload {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Replace the running daemon by the keel executable now on disk, handing over the
+    /// listening sockets without dropping a connection (as SIGUSR2).
+    Upgrade {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Stop the daemon gracefully (as SIGTERM) and wait until it has exited.
+    Stop {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// How long to wait for the daemon to exit.
+        #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// How a CLI command finds the running daemon.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon's config, for its [admin] socket. Default: ./keel.toml if present, else the
+    /// embedded default.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The admin socket itself (overrides --config).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PoolAction {
+    /// Back into service (also after rapid-fail protection disabled it).
+    Enable,
+    /// Out of service until enabled: its requests get 503, its workers drain.
+    Disable,
 }
 
 fn main() -> ExitCode {
@@ -59,7 +136,46 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Init { path, force } => init(&path, force),
+        Command::Status { daemon, json } => admin(daemon, Request::Status { json }),
+        Command::Recycle { daemon, pool } => admin(daemon, Request::Recycle { pool }),
+        Command::Pool {
+            daemon,
+            action,
+            pool,
+        } => admin(
+            daemon,
+            match action {
+                PoolAction::Enable => Request::Enable { pool },
+                PoolAction::Disable => Request::Disable { pool },
+            },
+        ),
+        Command::Invalidate {
+            daemon,
+            url,
+            prefix,
+        } => admin(
+            daemon,
+            Request::Invalidate(InvalidateRequest { url, prefix }),
+        ),
+        Command::Stop { daemon, timeout } => admin(daemon, Request::Stop { timeout }),
+        Command::Reload { daemon } => admin(daemon, Request::Reload),
+        Command::Upgrade { daemon } => admin(daemon, Request::Upgrade),
     }
+}
+
+/// A command for the running daemon, sent to its admin socket.
+fn admin(daemon: DaemonArgs, request: Request) -> ExitCode {
+    let socket = match daemon.socket {
+        Some(s) => s,
+        None => match load(daemon.config) {
+            Ok(c) => c.admin.socket,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    client::run(&socket, request)
 }
 
 /// Which config a command uses: the named file, ./keel.toml, or the embedded default.

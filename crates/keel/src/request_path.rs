@@ -812,19 +812,14 @@ impl Body for ResponseBody {
     }
 }
 
-/// [`serve_request`], plus the access-log line written when the response body is done
-/// (bytes sent and time taken are only known then).
+/// [`serve_request`], plus the request's metrics (at its response head) and the access-log
+/// line written when the response body is done (bytes sent and time taken are only known
+/// then).
 pub async fn serve_logged(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
-    let Some(log) = conn.access_log.clone() else {
-        let resp = serve_request(req, conn).await?;
-        return Ok(resp.map(|inner| LoggedBody {
-            inner,
-            pending: None,
-        }));
-    };
+    let arrived = Instant::now();
     let routed = route(&req, &conn);
     let (site, pool) = match &routed {
         Ok(t) => (
@@ -834,7 +829,19 @@ pub async fn serve_logged(
                 Backend::Static(_) => None,
             },
         ),
-        Err(_) => (Arc::from("-"), None),
+        Err(_) => (crate::metrics::none_label(), None),
+    };
+    let counted = |status: StatusCode| {
+        let pool = pool.clone().unwrap_or_else(crate::metrics::none_label);
+        crate::metrics::request_done(&site, &pool, status.as_u16(), arrived.elapsed());
+    };
+    let Some(log) = conn.access_log.clone() else {
+        let resp = serve_routed(req, conn, routed).await?;
+        counted(resp.status());
+        return Ok(resp.map(|inner| LoggedBody {
+            inner,
+            pending: None,
+        }));
     };
     let text = |name: header::HeaderName| {
         req.headers()
@@ -846,8 +853,8 @@ pub async fn serve_logged(
         log,
         time: SystemTime::now(),
         start: Instant::now(),
-        site,
-        pool,
+        site: site.clone(),
+        pool: pool.clone(),
         client: conn.peer,
         server: conn.local,
         method: req.method().to_string(),
@@ -870,6 +877,7 @@ pub async fn serve_logged(
     });
     match serve_routed(req, conn, routed).await {
         Ok(resp) => {
+            counted(resp.status());
             pending.status = resp.status().as_u16();
             pending.cache = match resp.extensions().get::<CacheStatus>() {
                 Some(CacheStatus::Hit | CacheStatus::Collapsed) => CacheMark::Hit,

@@ -15,9 +15,9 @@ use toml::de::{DeTable, DeValue};
 use super::fields::{Checker, Value, join, line_of};
 use super::identity;
 use super::{
-    AppConfig, AppServe, Binding, CacheAdmission, CacheCollapse, CacheConfig, Config, ConfigError,
-    ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT,
-    DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
+    ADMIN_SOCKET_NAME, AdminConfig, AppConfig, AppServe, Binding, CacheAdmission, CacheCollapse,
+    CacheConfig, Config, ConfigError, ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, HttpListen, HttpWorkerConfig,
     Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
     RecycleConfig, RetryPolicy, Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable,
@@ -28,6 +28,7 @@ use crate::log::AccessFormat;
 const ROOT_KEYS: &[&str] = &[
     "isolation",
     "daemon",
+    "admin",
     "listener",
     "log",
     "cache",
@@ -46,6 +47,9 @@ const CACHE_KEYS: &[&str] = &[
 /// moka weighs entries in u32: one entry stays far below 4 GiB.
 const MAX_CACHE_ENTRY_BYTES: u64 = 1 << 30;
 const DAEMON_KEYS: &[&str] = &["runtime_dir"];
+const ADMIN_KEYS: &[&str] = &["socket", "listen", "token"];
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const LISTENER_KEYS: &[&str] = &["shutdown_timeout", "http2", "h2c", "max_concurrent_streams"];
 const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
@@ -131,6 +135,7 @@ pub(super) fn load(
         .and_then(|v| read_choice(&mut ck, v, "isolation", "an isolation mode", &ISOLATIONS))
         .unwrap_or_default();
     let daemon = read_daemon(&mut ck, root.get("daemon"), &base_dir, host);
+    let admin = read_admin(&mut ck, root.get("admin"), &base_dir, &daemon);
     let listener = root
         .get("listener")
         .map(|v| read_listener(&mut ck, v))
@@ -166,6 +171,7 @@ pub(super) fn load(
         base_dir,
         isolation,
         daemon,
+        admin,
         listener,
         log,
         cache,
@@ -255,6 +261,74 @@ fn read_daemon(
         runtime_dir: runtime_dir
             .unwrap_or_else(|| default_runtime_dir(host.euid, host.xdg_runtime_dir.as_deref())),
     }
+}
+
+fn read_admin(
+    ck: &mut Checker<'_>,
+    v: Option<&Value<'_>>,
+    base_dir: &Path,
+    daemon: &DaemonConfig,
+) -> AdminConfig {
+    let mut admin = AdminConfig {
+        socket: daemon.runtime_dir.join(ADMIN_SOCKET_NAME),
+        listen: None,
+        token: None,
+    };
+    let Some(t) = v.and_then(|v| ck.table(v, "admin")) else {
+        return admin;
+    };
+    ck.unknown_keys(t, "admin", ADMIN_KEYS);
+    if let Some(v) = t.get("socket")
+        && let Some(path) = read_path(ck, v, "admin.socket", base_dir)
+    {
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            ck.report(
+                &v.span(),
+                "admin.socket",
+                format!(
+                    "{} is {} bytes long; a unix socket path holds at most {MAX_SOCKET_PATH}",
+                    path.display(),
+                    path.as_os_str().len()
+                ),
+            );
+        } else {
+            admin.socket = path;
+        }
+    }
+    if let Some(v) = t.get("listen")
+        && let Some(text) = ck.string(v, "admin.listen")
+    {
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(addr) => admin.listen = Some(addr),
+            Err(_) => ck.report(
+                &v.span(),
+                "admin.listen",
+                format!(
+                    "{text:?} is not an address and port (e.g. \"127.0.0.1:9180\" or \"[::1]:9180\")"
+                ),
+            ),
+        }
+    }
+    if let Some(v) = t.get("token")
+        && let Some(token) = ck.string(v, "admin.token")
+    {
+        if token.is_empty() {
+            ck.report(
+                &v.span(),
+                "admin.token",
+                "must not be empty (leave the key out for no token)",
+            );
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            ck.report(
+                &v.span(),
+                "admin.token",
+                "must be printable ASCII without spaces (it travels in an Authorization header)",
+            );
+        } else {
+            admin.token = Some(token.to_owned());
+        }
+    }
+    admin
 }
 
 fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {

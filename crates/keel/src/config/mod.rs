@@ -66,6 +66,8 @@ pub struct Config {
     /// Top-level `isolation`.
     pub isolation: Isolation,
     pub daemon: DaemonConfig,
+    /// `[admin]`: the admin API's sockets.
+    pub admin: AdminConfig,
     pub listener: ListenerConfig,
     pub log: LogConfig,
     /// `[cache]`: the response cache.
@@ -108,10 +110,27 @@ impl Isolation {
 /// `[daemon]`: the daemon's own files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
-    /// Holds the per-pool attach sockets (and later the admin socket). Absolute: resolved
-    /// against `base_dir`, or [`default_runtime_dir`] when not set.
+    /// Holds the per-pool attach sockets and the admin socket. Absolute: resolved against
+    /// `base_dir`, or [`default_runtime_dir`] when not set.
     pub runtime_dir: PathBuf,
 }
+
+/// `[admin]`: where the admin API (`keel status`, `keel recycle`, …, `/metrics`) listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The unix socket (mode 0600) that serves the whole API. Absolute: resolved against
+    /// `base_dir`, or [`ADMIN_SOCKET_NAME`] in [`DaemonConfig::runtime_dir`] when not set.
+    pub socket: PathBuf,
+    /// Optional TCP listener (e.g. `127.0.0.1:9180` for a Prometheus scraper). It serves
+    /// `/metrics` and `/healthz` to anyone who can connect, the rest only to a client that
+    /// presents `token`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Bearer token that opens the whole API on `listen`. Never empty; printable ASCII.
+    pub token: Option<String>,
+}
+
+/// The admin socket's file name in `runtime_dir` when `[admin] socket` is not set.
+pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
 
 /// `runtime_dir` when keel.toml does not set it: `/run/keel` for root, else
 /// `$XDG_RUNTIME_DIR/keel` when that is set to an absolute path, else `/tmp/keel-<uid>`.

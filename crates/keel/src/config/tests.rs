@@ -170,6 +170,63 @@ fn runtime_dir_resolves_against_the_config_directory() {
 }
 
 #[test]
+fn admin_socket_defaults_to_the_runtime_dir() {
+    let socket = |text: &str, h: &load::Host| load_as(text, h).unwrap().admin.socket;
+    assert_eq!(socket(MINIMAL, &ROOT), Path::new("/run/keel/admin.sock"));
+    assert_eq!(
+        socket(MINIMAL, &host(1000, 1000, Some("/run/user/1000"))),
+        Path::new("/run/user/1000/keel/admin.sock")
+    );
+    // An explicit runtime_dir moves the default socket with it.
+    assert_eq!(
+        socket(
+            &format!("[daemon]\nruntime_dir = \"run\"\n{MINIMAL}"),
+            &ROOT
+        ),
+        Path::new("/srv/keel/run/admin.sock")
+    );
+    let config = load(MINIMAL).unwrap();
+    assert_eq!(config.admin.listen, None);
+    assert_eq!(config.admin.token, None);
+}
+
+#[test]
+fn admin_keys_are_read_and_checked() {
+    let config = load(&format!(
+        "[admin]\nsocket = \"ctl/admin.sock\"\nlisten = \"127.0.0.1:9180\"\ntoken = \"s3cret\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(config.admin.socket, Path::new("/srv/keel/ctl/admin.sock"));
+    assert_eq!(config.admin.listen, Some("127.0.0.1:9180".parse().unwrap()));
+    assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
+    assert_error(
+        &format!("[admin]\nlisten = \"localhost\"\n{MINIMAL}"),
+        "keel.toml:2: admin.listen: \"localhost\" is not an address and port",
+    );
+    assert_error(
+        &format!("[admin]\ntoken = \"\"\n{MINIMAL}"),
+        "keel.toml:2: admin.token: must not be empty",
+    );
+    assert_error(
+        &format!("[admin]\ntoken = \"two words\"\n{MINIMAL}"),
+        "keel.toml:2: admin.token: must be printable ASCII without spaces",
+    );
+    assert_error(
+        &format!("[admin]\nsocket = \"\"\n{MINIMAL}"),
+        "keel.toml:2: admin.socket: must not be empty",
+    );
+    let long = "x".repeat(120);
+    assert_error(
+        &format!("[admin]\nsocket = \"/{long}\"\n{MINIMAL}"),
+        "keel.toml:2: admin.socket: /xxx",
+    );
+    assert_error(
+        &format!("[admin]\nsokcet = \"a\"\n{MINIMAL}"),
+        "keel.toml:2: admin.sokcet: unknown key (did you mean `socket`? valid keys: socket, listen, token)",
+    );
+}
+
+#[test]
 fn every_pool_manager_key_is_read() {
     let config = load_as(
         r#"
@@ -431,10 +488,13 @@ fn every_pool_key_appears_in_the_default_file() {
     }
 }
 
-fn load_keys() -> [&'static str; 30] {
+fn load_keys() -> [&'static str; 33] {
     [
         "isolation",
         "runtime_dir",
+        "socket",
+        "listen",
+        "token",
         "shutdown_timeout",
         "error_log",
         "command",
@@ -541,7 +601,7 @@ wokers = 2
 "#;
     let errors = errors(text);
     for expected in [
-        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, listener, log, cache, site, pool)",
+        "keel.toml:2: listner: unknown key (did you mean `listener`? valid keys: isolation, daemon, admin, listener, log, cache, site, pool)",
         "keel.toml:4: log.eror_log: unknown key (did you mean `error_log`?",
         "keel.toml:8: site[0].apps: unknown key (did you mean `app`?",
         "keel.toml:9: site[0].app[0].rooot: unknown key (did you mean `root`? valid keys: path, pool, root, list, follow_symlinks)",

@@ -9,6 +9,7 @@
 
 pub mod running;
 
+use crate::admin::{AdminContext, AdminServer};
 use crate::config::{self, Config, ConfigSource};
 use crate::listener;
 use anyhow::Context as _;
@@ -41,16 +42,10 @@ const UPGRADE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub type ControlTx = mpsc::Sender<Control>;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (_tx, rx) = mpsc::channel(8);
-    run_with_control(config, rx).await
-}
-
-/// Runs `config`, taking [`Control`]s from `control` besides signals.
-pub async fn run_with_control(
-    config: Config,
-    mut control: mpsc::Receiver<Control>,
-) -> anyhow::Result<()> {
     listener::install_crypto_provider();
+    // The admin socket first: if another keel answers on it, stop before touching anything.
+    let mut admin = AdminServer::bind(&config.admin).await?;
+    let (control_tx, mut control) = mpsc::channel(8);
     // First: sockets passed by systemd or by the daemon this one replaces.
     let inherited = crate::os::activation::adopt_inherited();
     if !inherited.is_empty() {
@@ -62,8 +57,23 @@ pub async fn run_with_control(
     let mut running = Running::new();
     // Pools first (their queues exist before the first connection is accepted), then the
     // listening sockets: both inside `apply`.
+    let admin_config = config.clone();
     running.apply(config)?;
     crate::os::activation::close_unclaimed();
+    // The admin API answers from here on (reload and upgrade go through `control`).
+    crate::metrics::watch_pools(running.pools().into_values().collect());
+    let admin_ctx = Arc::new(AdminContext::new(
+        &admin_config,
+        running.pools().into_iter().collect(),
+        control_tx,
+    ));
+    admin_ctx.update(
+        &admin_config,
+        running.pools().into_iter().collect(),
+        running.sockets(),
+    );
+    admin.serve(admin_ctx.clone());
+    let admin_stop = admin_ctx.stop_requested();
     tracing::info!("keel ready (pid {})", std::process::id());
     if std::env::var_os(crate::os::activation::READY_FD_ENV).is_some() {
         // A successor: the old daemon stops accepting once this one's workers are up.
@@ -93,8 +103,9 @@ pub async fn run_with_control(
             _ = int.recv() => { tracing::info!("SIGINT received"); break; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                let _ = reload(&mut running, &source);
+                let _ = reload(&mut running, &source, &admin_ctx);
             }
+            _ = admin_stop.cancelled() => { tracing::info!("stop requested (admin API)"); break; }
             _ = usr2.recv() => {
                 tracing::info!("SIGUSR2: upgrading to {}", exe.display());
                 if upgrade(&running, &exe).await.is_ok() {
@@ -113,7 +124,7 @@ pub async fn run_with_control(
             Some(ctl) = control.recv() => match ctl {
                 Control::Reload(reply) => {
                     tracing::info!("reload requested");
-                    let _ = reply.send(reload(&mut running, &source));
+                    let _ = reply.send(reload(&mut running, &source, &admin_ctx));
                 }
                 Control::Stop => { tracing::info!("stop requested"); break; }
                 Control::Upgrade(reply) => {
@@ -128,7 +139,11 @@ pub async fn run_with_control(
             },
         }
     }
+    admin_ctx.begin_stop();
     shutdown(running).await;
+    // Last: `keel stop` waits for the socket to go.
+    admin.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -192,7 +207,11 @@ async fn upgrade(running: &Running, exe: &std::path::Path) -> Result<u32, String
 }
 
 /// Reads the config again and applies it; an invalid one changes nothing.
-fn reload(running: &mut Running, source: &ConfigSource) -> Result<Applied, String> {
+fn reload(
+    running: &mut Running,
+    source: &ConfigSource,
+    admin: &AdminContext,
+) -> Result<Applied, String> {
     let now = sd_notify::NotifyState::monotonic_usec_now();
     let mut reloading = vec![sd_notify::NotifyState::Reloading];
     if let Ok(now) = now {
@@ -204,6 +223,16 @@ fn reload(running: &mut Running, source: &ConfigSource) -> Result<Applied, Strin
         ConfigSource::Embedded => Ok(config::embedded_default()),
     };
     let result = loaded.and_then(|config| running.apply(config).map_err(|e| format!("{e:#}")));
+    if result.is_ok()
+        && let Some(config) = running.config()
+    {
+        crate::metrics::watch_pools(running.pools().into_values().collect());
+        admin.update(
+            config,
+            running.pools().into_iter().collect(),
+            running.sockets(),
+        );
+    }
     match &result {
         Ok(applied) => tracing::info!("reload applied: {applied}"),
         Err(why) => tracing::error!("reload refused, the running config stays:\n{why}"),
@@ -259,5 +288,4 @@ async fn shutdown(mut running: Running) {
     if let Some(log) = running.access_log().cloned() {
         log.flush_and_close();
     }
-    tracing::info!("stopped");
 }

@@ -200,6 +200,15 @@ async fn forward_one(
         copy
     });
     let mut resend = resend;
+    let idempotent = matches!(
+        parts.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
     let mut request = Request::from_parts(parts, body);
     let mut fresh_only = false;
     let patience = Instant::now() + CONNECT_PATIENCE;
@@ -256,8 +265,14 @@ async fn forward_one(
                     fresh_only = true;
                     continue;
                 }
-                if reused && let Some(copy) = resend.take() {
-                    // The worker closed a kept-alive connection as the request went out.
+                if (reused || idempotent)
+                    && let Some(copy) = resend.take()
+                {
+                    // The worker closed a kept-alive connection as the request went out, or
+                    // the process serving it died while its server lives on (gunicorn's
+                    // master replaces a killed worker): once more, on a new connection, as
+                    // nginx's proxy_next_upstream does. If the whole worker is going away,
+                    // the daemon replays the request by the worker-loss rules instead.
                     request = copy;
                     fresh_only = true;
                     continue;

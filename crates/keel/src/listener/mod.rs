@@ -219,6 +219,8 @@ pub async fn accept_loop(
         let watcher = graceful.watcher();
         let endpoint = endpoint.read().clone();
         tokio::spawn(async move {
+            let _open = crate::metrics::connection_opened();
+            let stream = crate::metrics::CountedIo::new(stream);
             let ctx = |tls: bool, server_name: Option<Arc<str>>| {
                 Arc::new(ConnContext {
                     local: canonical(local),

@@ -363,6 +363,7 @@ impl ErrorLog {
     /// Writes one line. Never panics; an I/O error is reported once through `tracing` and
     /// then only counted (see [`ErrorLog::failures`]).
     pub fn write(&self, record: &ErrorRecord<'_>) {
+        crate::metrics::rejected(record.reason, record.queue);
         match &self.inner.sink {
             Sink::Tracing => tracing::warn!(target: "keel::error_log", "{record}"),
             Sink::File { path, out } => {

@@ -40,6 +40,8 @@ pub enum Command {
     Recycle(RecycleTrigger),
     /// Take a disabled pool back into service at once.
     Enable,
+    /// Take the pool out of service until an operator enables it (IIS: stop the app pool).
+    Disable,
 }
 
 /// Worker ids are unique in the daemon, not just in a pool: a pool replaced by a reload
@@ -278,6 +280,7 @@ impl Manager {
             return;
         };
         let cause = ending.to_string();
+        crate::metrics::worker_exited(&self.pool.settings.name, &ending);
         self.set_worker_state(id, WorkerState::Exited, &cause);
         let w = self.workers.remove(pos);
         if let Some(conn) = &w.conn {
@@ -332,6 +335,14 @@ impl Manager {
             Command::Enable => {
                 if self.state == PoolState::Disabled {
                     self.enable("enabled by an operator");
+                }
+            }
+            Command::Disable => {
+                if self.state != PoolState::Disabled && !self.stopping {
+                    self.reenable_at = None;
+                    self.take_offline(
+                        "disabled by an operator; waiting for an operator to enable it",
+                    );
                 }
             }
         }
@@ -510,6 +521,7 @@ impl Manager {
         }
         let pid = origin.pid();
         tracing::info!("worker {pid} of pool {}: started", self.name());
+        crate::metrics::worker_started(&self.pool.settings.name);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.workers.push(WorkerEntry {
             id,
@@ -687,6 +699,7 @@ impl Manager {
             }
             let pid = w.pid;
             self.recycles_total += 1;
+            crate::metrics::recycle_begun(&self.pool.settings.name, trigger);
             tracing::info!(
                 "recycling worker {pid} of pool {}: trigger {trigger}{}",
                 self.name(),
@@ -721,7 +734,13 @@ impl Manager {
                 None => "; waiting for an operator to enable it".into(),
             }
         );
-        self.set_state(PoolState::Disabled, &cause);
+        self.take_offline(&cause);
+    }
+
+    /// Disabled: queued and new requests get `AppOffline`, every worker drains, nothing
+    /// starts until [`Self::enable`].
+    fn take_offline(&mut self, cause: &str) {
+        self.set_state(PoolState::Disabled, cause);
         self.pool.set_disabled(true);
         self.recycling = None;
         self.recycle_queue.clear();

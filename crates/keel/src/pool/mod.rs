@@ -324,6 +324,11 @@ impl Pool {
         let _ = self.commands.send(Command::Enable);
     }
 
+    /// Asks the manager to take the pool out of service until [`Pool::enable`].
+    pub fn disable(&self) {
+        let _ = self.commands.send(Command::Disable);
+    }
+
     pub fn figures(&self) -> PoolFigures {
         self.figures.lock().clone()
     }

@@ -59,6 +59,9 @@ impl Daemon {
         Self::start_with(dir, &["serve", "--config", path.to_str().unwrap()])
     }
 
+    /// Starts `keel ARGS` in `dir`. A `--config` file without `[admin]` gets one that puts
+    /// the admin socket in `dir` (see [`Daemon::admin_socket`]): daemons of parallel tests
+    /// never share the default socket.
     pub fn start_with(dir: tempfile::TempDir, args: &[&str]) -> Daemon {
         Self::start_custom(dir, args, |_| {})
     }
@@ -69,6 +72,16 @@ impl Daemon {
         args: &[&str],
         configure: impl FnOnce(&mut Command),
     ) -> Daemon {
+        if let Some(i) = args.iter().position(|a| *a == "--config")
+            && let Some(config) = args.get(i + 1)
+        {
+            let text = std::fs::read_to_string(config).unwrap();
+            if !text.contains("[admin]") {
+                let socket = dir.path().join("admin.sock");
+                let text = format!("{text}\n[admin]\nsocket = \"{}\"\n", socket.display());
+                std::fs::write(config, text).unwrap();
+            }
+        }
         let mut cmd = Command::new(keel_bin());
         cmd.args(args)
             .current_dir(dir.path())
@@ -118,6 +131,31 @@ impl Daemon {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The admin socket [`Daemon::start`] gives the daemon.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// One request to the admin API on its unix socket.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> RawResponse {
+        admin_request(&self.admin_socket(), method, path, body)
+    }
+
+    /// The admin API's answer as JSON (whatever its status).
+    pub fn admin_json(&self, method: &str, path: &str) -> serde_json::Value {
+        let r = self.admin(method, path, None);
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()))
+    }
+
+    /// Runs `keel ARGS --socket <admin socket>` as an operator would.
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        let socket = self.admin_socket();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--socket", socket.to_str().unwrap()]);
+        cli(&all, self.dir.path())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -265,6 +303,45 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     }
     out.sort();
     out
+}
+
+/// What a `keel` CLI command printed and how it exited.
+#[derive(Debug)]
+pub struct Cli {
+    /// The exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `keel ARGS` in `dir` and waits for it.
+pub fn cli(args: &[&str], dir: &Path) -> Cli {
+    let out = Command::new(keel_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run keel");
+    Cli {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// One HTTP/1.1 request on a unix socket (the admin API), `Connection: close`.
+pub fn admin_request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> RawResponse {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: keel\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_response(&mut BufReader::new(s)).expect("an answer from the admin API")
 }
 
 /// A parsed HTTP/1.1 response read off a raw socket.
