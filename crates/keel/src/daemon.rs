@@ -97,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_ctx = Arc::new(AdminContext::new(
         &config,
         pools.iter().map(|(n, p)| (n.clone(), p.clone())).collect(),
+        error_log.clone(),
     ));
     admin.serve(admin_ctx.clone());
 

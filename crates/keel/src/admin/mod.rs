@@ -1,9 +1,11 @@
 //! The admin API: JSON over HTTP/1.1 on a unix socket (mode 0600), and optionally on TCP
-//! for `/metrics` and `/healthz` (the rest there only with the bearer token). The `keel`
-//! CLI's `status`, `recycle`, `pool`, `invalidate` and `stop` are clients of it.
+//! for `/metrics`, `/healthz` and the status page's HTML (the rest there only with the
+//! bearer token). The `keel` CLI's `status`, `recycle`, `pool`, `invalidate` and `stop` are
+//! clients of it.
 //!
 //! `server.rs` owns the sockets and who may use which route; `routes.rs` turns a request into
 //! a call on a pool, the cache or the daemon; `json.rs` holds the shapes both sides share;
+//! `history.rs` samples queue depths for the status page (`status.html`, served at `/`);
 //! `client.rs` and `table.rs` are the CLI's side. Every route is documented in
 //! `docs/admin-api.yaml`.
 //!
@@ -12,14 +14,16 @@
 //! lock across an await, and a request body is never read past [`routes::MAX_BODY`].
 
 pub mod client;
+pub mod history;
 pub mod json;
 pub mod routes;
 pub mod server;
 pub mod table;
 
 use crate::config::{AppServe, Config};
+use crate::log::ErrorLog;
 use crate::pool::Pool;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use server::AdminServer;
 
-/// What the admin API serves from: the daemon's pools and config, and its stop switch.
+/// What the admin API serves from: the daemon's pools and config, its error log, and its
+/// stop switch.
 pub struct AdminContext {
     pools: BTreeMap<String, Arc<Pool>>,
+    /// Fed by [`history::sample_queues`] while the admin API serves.
+    queue_history: Mutex<history::QueueHistory>,
+    /// Its last lines are shown by `GET /status`.
+    error_log: ErrorLog,
     sites: Vec<json::Site>,
     listeners: RwLock<Vec<json::Listener>>,
     started: Instant,
@@ -40,7 +49,11 @@ pub struct AdminContext {
 }
 
 impl AdminContext {
-    pub fn new(config: &Config, pools: BTreeMap<String, Arc<Pool>>) -> AdminContext {
+    pub fn new(
+        config: &Config,
+        pools: BTreeMap<String, Arc<Pool>>,
+        error_log: ErrorLog,
+    ) -> AdminContext {
         let sites = config
             .sites
             .iter()
@@ -67,6 +80,8 @@ impl AdminContext {
             .collect();
         AdminContext {
             pools,
+            queue_history: Mutex::new(history::QueueHistory::default()),
+            error_log,
             sites,
             listeners: RwLock::new(Vec::new()),
             started: Instant::now(),
