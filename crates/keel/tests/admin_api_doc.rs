@@ -100,6 +100,7 @@ fn every_documented_route_answers_as_documented() {
     assert_eq!(doc["openapi"].as_str(), Some("3.0.3"));
     // In order: state changes (disable before the 503 healthz, stop last) are part of it.
     let cases = vec![
+        case("/", "get", 200, "/"),
         case("/status", "get", 200, "/status"),
         case("/healthz", "get", 200, "/healthz"),
         case("/metrics", "get", 200, "/metrics"),

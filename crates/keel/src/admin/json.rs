@@ -21,6 +21,13 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     /// `None` when `[cache] enabled = false`.
     pub cache: Option<CacheStatus>,
+    /// Seconds between two samples of [`PoolStatus::queue_history`]. (`default`: a CLI
+    /// reading an older daemon's answer.)
+    #[serde(default)]
+    pub queue_sample_secs: u64,
+    /// The last error-log lines (at most 50, oldest first), as written to the error log.
+    #[serde(default)]
+    pub recent_errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +67,9 @@ pub struct PoolStatus {
     pub recycles: u64,
     pub last_exit: Option<String>,
     pub workers: Vec<WorkerStatus>,
+    /// Queue depth sampled every `queue_sample_secs` over the last 5 minutes, oldest first.
+    #[serde(default)]
+    pub queue_history: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

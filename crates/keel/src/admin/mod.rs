@@ -1,9 +1,11 @@
 //! The admin API: JSON over HTTP/1.1 on a unix socket (mode 0600), and optionally on TCP
-//! for `/metrics` and `/healthz` (the rest there only with the bearer token). The `keel`
-//! CLI's `status`, `recycle`, `pool`, `invalidate` and `stop` are clients of it.
+//! for `/metrics`, `/healthz` and the status page's HTML (the rest there only with the
+//! bearer token). The `keel` CLI's `status`, `recycle`, `pool`, `invalidate` and `stop` are
+//! clients of it.
 //!
 //! `server.rs` owns the sockets and who may use which route; `routes.rs` turns a request into
 //! a call on a pool, the cache or the daemon; `json.rs` holds the shapes both sides share;
+//! `history.rs` samples queue depths for the status page (`status.html`, served at `/`);
 //! `client.rs` and `table.rs` are the CLI's side. Every route is documented in
 //! `docs/admin-api.yaml`.
 //!
@@ -12,14 +14,16 @@
 //! lock across an await, and a request body is never read past [`routes::MAX_BODY`].
 
 pub mod client;
+pub mod history;
 pub mod json;
 pub mod routes;
 pub mod server;
 pub mod table;
 
 use crate::config::{AppServe, Config};
+use crate::log::ErrorLog;
 use crate::pool::Pool;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +32,15 @@ use tokio_util::sync::CancellationToken;
 
 pub use server::AdminServer;
 
-/// What the admin API serves from: the daemon's pools and config, and its stop switch.
+/// What the admin API serves from: the daemon's pools and config, its error log, and its
+/// stop switch.
 pub struct AdminContext {
     /// Replaced after each reload.
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    /// Fed by [`history::sample_queues`] while the admin API serves.
+    queue_history: Mutex<history::QueueHistory>,
+    /// Its last lines are shown by `GET /status` (replaced when a reload changes it).
+    error_log: RwLock<ErrorLog>,
     sites: RwLock<Vec<json::Site>>,
     listeners: RwLock<Vec<json::Listener>>,
     started: Instant,
@@ -74,10 +83,13 @@ impl AdminContext {
     pub fn new(
         config: &Config,
         pools: BTreeMap<String, Arc<Pool>>,
+        error_log: ErrorLog,
         control: crate::daemon::ControlTx,
     ) -> AdminContext {
         AdminContext {
             pools: RwLock::new(pools),
+            queue_history: Mutex::new(history::QueueHistory::default()),
+            error_log: RwLock::new(error_log),
             sites: RwLock::new(sites_of(config)),
             listeners: RwLock::new(Vec::new()),
             started: Instant::now(),
@@ -94,7 +106,9 @@ impl AdminContext {
         config: &Config,
         pools: BTreeMap<String, Arc<Pool>>,
         listeners: Vec<(std::net::SocketAddr, Vec<String>)>,
+        error_log: ErrorLog,
     ) {
+        *self.error_log.write() = error_log;
         *self.pools.write() = pools;
         *self.sites.write() = sites_of(config);
         *self.listeners.write() = listeners

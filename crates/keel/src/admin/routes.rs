@@ -2,6 +2,7 @@
 //!
 //! | route | does |
 //! |---|---|
+//! | `GET /` | the status page: one HTML page that polls `/status` |
 //! | `GET /status` | sites, listeners, pools, workers, cache figures |
 //! | `GET /healthz` | 200 while every pool serves, 503 naming those that do not |
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
@@ -25,6 +26,16 @@ use std::time::{Duration, Instant, SystemTime};
 /// The largest request body the admin API reads.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// The status page (`GET /`): inline CSS and script, no other asset, so it works from a
+/// machine with no internet access and gives the page's policy nothing to allow.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+/// The page may run its own inline script and style and fetch from this origin; nothing
+/// else (no other origin, no framing, no forms sent anywhere).
+const STATUS_PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; form-action 'none'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
 /// How long `enable` / `disable` wait for the pool's manager to act before answering.
 const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
@@ -33,12 +44,14 @@ const COMMAND_WAIT: Duration = Duration::from_secs(5);
 pub enum Access {
     /// The unix socket: keel's own user or root. Everything.
     Local,
-    /// The TCP listener: `/metrics` and `/healthz`, the rest with the bearer token.
+    /// The TCP listener: `/metrics`, `/healthz` and the status page's HTML, the rest with
+    /// the bearer token.
     Network,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
+    Page,
     Status,
     Healthz,
     Metrics,
@@ -72,6 +85,7 @@ impl PoolCommand {
 impl Route {
     fn parse(method: &Method, path: &str) -> Route {
         let (route, allow) = match path {
+            "/" => (Route::Page, "GET"),
             "/status" => (Route::Status, "GET"),
             "/healthz" => (Route::Healthz, "GET"),
             "/metrics" => (Route::Metrics, "GET"),
@@ -102,9 +116,12 @@ impl Route {
 }
 
 /// Paths open to anyone who reaches the TCP listener (asked with any method, so that a
-/// wrong method gets its 405 there too).
+/// wrong method gets its 405 there too). `/` is the status page's HTML, the same bytes in
+/// every keel of this version: it holds no figure. The figures it shows (pools, worker
+/// pids, error-log lines) come from `/status`, which needs the token like the rest; the
+/// page asks for it and sends it as a bearer token.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/metrics" | "/healthz")
+    matches!(path, "/metrics" | "/healthz" | "/")
 }
 
 pub async fn handle(
@@ -120,6 +137,7 @@ pub async fn handle(
         return Ok(refused);
     }
     Ok(match route {
+        Route::Page => status_page(),
         Route::Status => json(StatusCode::OK, &status(&ctx)),
         Route::Healthz => healthz(&ctx),
         Route::Metrics => {
@@ -189,7 +207,7 @@ fn refuse_without_token(
     let Some(token) = token else {
         return Some(error(
             StatusCode::FORBIDDEN,
-            "the TCP admin listener serves only GET /metrics and GET /healthz (set [admin] token to open the rest to clients that present it)",
+            "the TCP admin listener serves only GET /metrics, GET /healthz and the status page's HTML (set [admin] token to open the rest to clients that present it)",
         ));
     };
     let presented = req
@@ -238,6 +256,7 @@ fn status(ctx: &AdminContext) -> json::Status {
                 failures_in_interval: f.failures_in_interval,
                 recycles: f.recycles,
                 last_exit: f.last_exit,
+                queue_history: ctx.queue_history.lock().of(pool.name()),
                 workers: f
                     .workers
                     .into_iter()
@@ -282,7 +301,32 @@ fn status(ctx: &AdminContext) -> json::Status {
         listeners: ctx.listeners.read().clone(),
         pools,
         cache,
+        queue_sample_secs: super::history::SAMPLE_INTERVAL.as_secs(),
+        recent_errors: ctx.error_log.read().recent(),
     }
+}
+
+fn status_page() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(STATUS_PAGE_POLICY),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn healthz(ctx: &AdminContext) -> Response<Full<Bytes>> {
@@ -550,7 +594,9 @@ mod tests {
         assert_eq!(Route::parse(&post, "/pools/shop/explode"), Route::NotFound);
         assert_eq!(Route::parse(&post, "/pools//recycle"), Route::NotFound);
         assert_eq!(Route::parse(&post, "/pools/a/b/recycle"), Route::NotFound);
-        assert_eq!(Route::parse(&get, "/"), Route::NotFound);
+        assert_eq!(Route::parse(&get, "/"), Route::Page);
+        assert_eq!(Route::parse(&post, "/"), Route::WrongMethod("GET"));
+        assert_eq!(Route::parse(&get, "/index.html"), Route::NotFound);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The admin API's sockets: the unix socket (whole API, keel's own user and root only) and
-//! the optional TCP listener (`/metrics` and `/healthz`, the rest with the bearer token).
+//! the optional TCP listener (`/metrics`, `/healthz` and the status page's HTML, the rest
+//! with the bearer token). Also runs the queue-depth sampler of the status page while the
+//! API serves.
 //!
 //! The socket file is created with mode 0600 in a directory created if missing; a socket
 //! left by a keel that died is removed, one that still answers means another keel runs and
@@ -80,7 +82,7 @@ impl AdminServer {
         tracing::info!("admin API on {}", self.socket.display());
         if let Some(tcp) = tcp {
             tracing::info!(
-                "admin API on http://{} (/metrics and /healthz{})",
+                "admin API on http://{} (/metrics, /healthz and the status page{})",
                 self.tcp.map_or_else(String::new, |a| a.to_string()),
                 if token {
                     "; the rest with the bearer token"
@@ -91,6 +93,10 @@ impl AdminServer {
             self.tasks
                 .spawn(accept_tcp(tcp, ctx.clone(), self.stop.clone()));
         }
+        self.tasks.spawn(super::history::sample_queues(
+            ctx.clone(),
+            self.stop.clone(),
+        ));
         self.tasks.spawn(accept_unix(unix, ctx, self.stop.clone()));
     }
 

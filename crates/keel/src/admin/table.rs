@@ -197,6 +197,7 @@ mod tests {
                     recycles: 0,
                     last_ping_rtt_ms: None,
                 }],
+                queue_history: vec![0, 3],
             }],
             cache: Some(json::CacheStatus {
                 max_bytes: 256 << 20,
@@ -209,6 +210,8 @@ mod tests {
                 evictions: 0,
                 hit_ratio: Some(0.75),
             }),
+            queue_sample_secs: 2,
+            recent_errors: vec![],
         };
         let text = render(&status);
         assert!(text.contains("keel 0.1.0 (pid 100), up 1m 5s"), "{text}");

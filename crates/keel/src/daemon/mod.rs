@@ -65,12 +65,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_ctx = Arc::new(AdminContext::new(
         &admin_config,
         running.pools().into_iter().collect(),
+        running.error_log(),
         control_tx,
     ));
     admin_ctx.update(
         &admin_config,
         running.pools().into_iter().collect(),
         running.sockets(),
+        running.error_log(),
     );
     admin.serve(admin_ctx.clone());
     let admin_stop = admin_ctx.stop_requested();
@@ -231,6 +233,7 @@ fn reload(
             config,
             running.pools().into_iter().collect(),
             running.sockets(),
+            running.error_log(),
         );
     }
     match &result {

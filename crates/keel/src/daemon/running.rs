@@ -134,6 +134,11 @@ impl Running {
             .collect()
     }
 
+    /// The error log in use (stderr before the first config is applied).
+    pub fn error_log(&self) -> ErrorLog {
+        self.error_log.clone().unwrap_or_else(ErrorLog::to_stderr)
+    }
+
     pub fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.as_ref()
     }

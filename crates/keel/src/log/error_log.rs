@@ -5,6 +5,7 @@
 //! the reason phrases are HTTP.sys's, so tools and habits built for `httperr*.log` carry over.
 //! keel logs the site *name* in `s-siteid` and the pool name in `s-queuename`.
 
+use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write as _};
@@ -297,6 +298,12 @@ fn write_text(f: &mut impl fmt::Write, value: Option<&str>, max_bytes: usize) ->
     f.write_str(rest)
 }
 
+/// Error-log lines kept in memory for the status page (`GET /status`, `recent_errors`).
+pub const RECENT_LINES: usize = 50;
+/// A kept line is cut to this many bytes (the file has it whole), so the memory the
+/// recent lines take is bounded: at most [`RECENT_LINES`] × this.
+const RECENT_LINE_BYTES: usize = 1024;
+
 /// Where error-log lines go. A cheap handle: clones share one destination.
 #[derive(Clone)]
 pub struct ErrorLog {
@@ -307,6 +314,8 @@ struct Inner {
     sink: Sink,
     /// Lines that could not be written. Only the first failure is reported.
     failures: AtomicU64,
+    /// The last [`RECENT_LINES`] lines, oldest first.
+    recent: Mutex<VecDeque<String>>,
 }
 
 enum Sink {
@@ -356,6 +365,7 @@ impl ErrorLog {
             inner: Arc::new(Inner {
                 sink,
                 failures: AtomicU64::new(0),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_LINES)),
             }),
         }
     }
@@ -364,20 +374,42 @@ impl ErrorLog {
     /// then only counted (see [`ErrorLog::failures`]).
     pub fn write(&self, record: &ErrorRecord<'_>) {
         crate::metrics::rejected(record.reason, record.queue);
+        let line = record.format_line();
         match &self.inner.sink {
-            Sink::Tracing => tracing::warn!(target: "keel::error_log", "{record}"),
+            Sink::Tracing => tracing::warn!(target: "keel::error_log", "{line}"),
             Sink::File { path, out } => {
-                // Formatting under the lock is cheap (no allocation, one short line), and
-                // lines are rare; flushing each keeps the file current for `tail -f`.
+                // Lines are rare; flushing each keeps the file current for `tail -f`.
                 let result = {
                     let mut out = out.lock();
-                    writeln!(out, "{record}").and_then(|()| out.flush())
+                    writeln!(out, "{line}").and_then(|()| out.flush())
                 };
                 if let Err(error) = result {
                     self.failed(path, &error);
                 }
             }
         }
+        self.keep(line);
+    }
+
+    /// The last lines written (at most [`RECENT_LINES`], oldest first), for the status page.
+    pub fn recent(&self) -> Vec<String> {
+        self.inner.recent.lock().iter().cloned().collect()
+    }
+
+    fn keep(&self, mut line: String) {
+        if line.len() > RECENT_LINE_BYTES {
+            let mut end = RECENT_LINE_BYTES;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push('…');
+        }
+        let mut recent = self.inner.recent.lock();
+        if recent.len() == RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(line);
     }
 
     /// How many lines could not be written.
@@ -669,6 +701,29 @@ mod tests {
         log.write(&full_record());
         assert_eq!(log.failures(), 0);
         assert!(format!("{log:?}").contains("tracing"));
+    }
+
+    #[test]
+    fn the_last_fifty_lines_are_kept_each_cut_to_a_kilobyte() {
+        let log = ErrorLog::to_stderr();
+        let long_uri = format!("/{}", "a".repeat(3000));
+        for i in 0..RECENT_LINES + 7 {
+            let uri = if i == RECENT_LINES + 6 {
+                long_uri.clone()
+            } else {
+                format!("/{i}")
+            };
+            log.write(&ErrorRecord {
+                uri: Some(&uri),
+                ..full_record()
+            });
+        }
+        let recent = log.recent();
+        assert_eq!(recent.len(), RECENT_LINES);
+        assert!(recent[0].contains(" /7 "), "oldest kept: {}", recent[0]);
+        assert!(recent[RECENT_LINES - 2].contains(&format!(" /{} ", RECENT_LINES + 5)));
+        let last = &recent[RECENT_LINES - 1];
+        assert!(last.len() <= RECENT_LINE_BYTES + '…'.len_utf8() && last.ends_with('…'));
     }
 
     proptest! {
