@@ -104,6 +104,8 @@ fn commands_without_a_daemon_say_it_is_not_running() {
         vec!["pool", "enable", "demo", "--socket", s],
         vec!["invalidate", "http://x/", "--socket", s],
         vec!["stop", "--socket", s],
+        vec!["reload", "--socket", s],
+        vec!["upgrade", "--socket", s],
     ] {
         let out = cli(&args, dir.path());
         assert_eq!(out.code, Some(3), "{args:?}: {out:?}");
@@ -416,4 +418,89 @@ fn tcp_listener_serves_metrics_and_healthz_and_the_rest_only_with_the_token() {
     assert_eq!(r.status, 200);
     let status: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(status["pools"][0]["name"], "demo");
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_refuses_an_invalid_one_with_its_lines() {
+    let d = Daemon::start(&demo_config(""));
+    let path = d.dir.path().join("keel.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    // Unchanged: applied, nothing started or removed.
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("config reloaded: "), "{out:?}");
+    // A second pool: it appears in the status.
+    std::fs::write(
+        &path,
+        format!(
+            "{good}\n[pool.extra]\ncommand = [\"{}\"]\n",
+            demo_worker().display()
+        ),
+    )
+    .unwrap();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("pools started: extra"), "{out:?}");
+    let status: Value = serde_json::from_str(&d.cli(&["status", "--json"]).stdout).unwrap();
+    let names: Vec<&str> = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo", "extra"]);
+    // Invalid: refused with keel check's file:line lines; the running config stays.
+    std::fs::write(
+        &path,
+        good.replace("[pool.demo]", "[pool.demo]\nworkers = 0"),
+    )
+    .unwrap();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("the running one stays"), "{out:?}");
+    assert!(out.stderr.contains("keel.toml:"), "{out:?}");
+    assert!(out.stderr.contains("pool.demo.workers"), "{out:?}");
+    assert_eq!(get(d.addr(), "/").status, 200);
+    let status: Value = serde_json::from_str(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["pools"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn upgrade_hands_over_to_a_new_process_and_reports_it() {
+    let d = Daemon::start(&demo_config("start = \"always\""));
+    let old = d.pid();
+    let out = d.cli(&["upgrade"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let new: u32 = out
+        .stdout
+        .split("keel ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {out:?}"));
+    // However the test ends, the new daemon (not a child of the test) goes.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let workers = children_of(self.0);
+            kill(self.0);
+            for w in workers {
+                kill(w);
+            }
+        }
+    }
+    let _new = Kill(new);
+    assert_ne!(new, old);
+    // The same socket now answers from the new process, and requests are served.
+    let status: Value = wait_for(
+        "the new daemon on the socket",
+        Duration::from_secs(20),
+        || {
+            let out = d.cli(&["status", "--json"]);
+            let v: Value = serde_json::from_str(&out.stdout).ok()?;
+            (v["pid"].as_u64() == Some(u64::from(new))).then_some(v)
+        },
+    );
+    assert_eq!(status["pools"][0]["name"], "demo");
+    assert_eq!(get(d.addr(), "/").status, 200);
 }
