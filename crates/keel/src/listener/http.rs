@@ -40,7 +40,9 @@ impl Protocols {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .keep_alive(true)
-            .pipeline_flush(true)
+            // Off: with it on, hyper never flushes the 400/431/414 it writes itself for a
+            // head it cannot parse (the client saw the connection close without a status).
+            .pipeline_flush(false)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         b.http2()
