@@ -79,3 +79,80 @@ fn malformed_heads_get_their_status_and_the_daemon_keeps_serving() {
         assert!(log.contains(reason), "no {reason} in the error log:\n{log}");
     }
 }
+
+#[test]
+fn connections_past_max_connections_are_closed_at_once_and_logged() {
+    let d = Daemon::start(&format!(
+        "[listener]\nmax_connections = 4\nshutdown_timeout = \"10s\"\n{}",
+        demo_config("").replace("[listener]\nshutdown_timeout = \"10s\"\n", "")
+    ));
+    // Four connections, each proven open by an answered request on it (kept alive).
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(d.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        assert_eq!(read_response(&mut r).unwrap().status, 200);
+        open.push(s);
+    }
+    // The fifth is closed without an answer.
+    assert_eq!(answer(&d, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+    let t = std::time::Instant::now();
+    while !d.error_lines().iter().any(|l| l.contains("ConnLimit")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            d.error_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One closes: a new one is served.
+    drop(open.pop());
+    let t = std::time::Instant::now();
+    loop {
+        if answer(
+            &d,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ) == Some(200)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no room after a close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_head_dribbled_past_header_wait_is_cut_off() {
+    let d = Daemon::start(&format!(
+        "[listener]\nheader_wait = \"1s\"\nshutdown_timeout = \"10s\"\n{}",
+        demo_config("").replace("[listener]\nshutdown_timeout = \"10s\"\n", "")
+    ));
+    let mut s = TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    // One header byte every 200 ms: the head never ends within 1 s.
+    let mut cut = false;
+    for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if t.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    if !cut {
+        let mut buf = [0u8; 64];
+        cut = matches!(s.read(&mut buf), Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408");
+    }
+    assert!(cut, "the connection was still open after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(6));
+    // Meanwhile and after, normal clients are served.
+    assert_eq!(get(d.addr(), "/").status, 200);
+}

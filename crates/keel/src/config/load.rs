@@ -50,7 +50,14 @@ const DAEMON_KEYS: &[&str] = &["runtime_dir"];
 const ADMIN_KEYS: &[&str] = &["socket", "listen", "token"];
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
-const LISTENER_KEYS: &[&str] = &["shutdown_timeout", "http2", "h2c", "max_concurrent_streams"];
+const LISTENER_KEYS: &[&str] = &[
+    "shutdown_timeout",
+    "http2",
+    "h2c",
+    "max_concurrent_streams",
+    "max_connections",
+    "header_wait",
+];
 const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -356,6 +363,16 @@ fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {
         && let Some(n) = ck.integer(v, "listener.max_concurrent_streams", 1..=10_000)
     {
         listener.max_concurrent_streams = n;
+    }
+    if let Some(v) = t.get("max_connections")
+        && let Some(n) = ck.integer(v, "listener.max_connections", 1..=1_000_000)
+    {
+        listener.max_connections = n;
+    }
+    if let Some(v) = t.get("header_wait")
+        && let Some(d) = ck.duration(v, "listener.header_wait", false)
+    {
+        listener.header_wait = d;
     }
     listener
 }

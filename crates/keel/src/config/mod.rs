@@ -160,9 +160,20 @@ pub struct ListenerConfig {
     pub http2: bool,
     /// HTTP/2 over cleartext by prior knowledge on http bindings (keel's own; IIS has none).
     pub h2c: bool,
+    /// Client connections the daemon keeps open at once; more are closed at accept
+    /// (HTTP.sys `MaxConnections`; never zero).
+    pub max_connections: u32,
+    /// From a request's first byte to its last header (HTTP.sys `HeaderWait`; never zero).
+    pub header_wait: Duration,
     /// HTTP/2 streams one connection may have open at once (never zero).
     pub max_concurrent_streams: u32,
 }
+
+/// Client connections open at once (HTTP.sys's default is unlimited; 10 000 as IIS's
+/// `maxConnections` advice for one site).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// HTTP.sys `HeaderWait` is 120 s; keel's is shorter, as nginx's `client_header_timeout` (60 s).
+pub const DEFAULT_HEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` when keel.toml does not set it.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -549,6 +560,8 @@ impl Default for ListenerConfig {
             http2: true,
             h2c: false,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_wait: DEFAULT_HEADER_WAIT,
         }
     }
 }

@@ -269,6 +269,7 @@ impl Running {
                     protocols: protocols.clone(),
                     error_log: error_log.clone(),
                     access_log: access_log.clone(),
+                    max_connections: config.listener.max_connections as usize,
                 })
             };
             match self.sockets.get_mut(&plan.addr) {

@@ -10,13 +10,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// HTTP.sys `MaxRequestBytes` (16 KiB) for HTTP/2's header list. h2 also counts CONTINUATION
 /// frames against it, so a CONTINUATION flood ends at this size.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
-/// HTTP.sys `HeaderWait` (keel's value): from a request's first byte to its last header.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-stream flow-control window a client may fill before keel reads.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection-wide flow-control window.
@@ -44,7 +41,7 @@ impl Protocols {
             // head it cannot parse (the client saw the connection close without a status).
             .pipeline_flush(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(cfg.header_wait);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(cfg.max_concurrent_streams)

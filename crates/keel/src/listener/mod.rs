@@ -174,6 +174,42 @@ pub struct Endpoint {
     pub protocols: Arc<Protocols>,
     pub error_log: ErrorLog,
     pub access_log: Option<crate::log::AccessLog>,
+    /// `[listener] max_connections`, for all sockets together.
+    pub max_connections: usize,
+}
+
+/// Client connections open now, on every socket.
+static OPEN_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open client connection, counted until it is dropped.
+struct OpenConnection;
+
+impl OpenConnection {
+    /// Counts a new connection, unless `max` are open already.
+    fn admit(max: usize) -> Option<OpenConnection> {
+        use std::sync::atomic::Ordering;
+        let mut open = OPEN_CONNECTIONS.load(Ordering::Relaxed);
+        loop {
+            if open >= max {
+                return None;
+            }
+            match OPEN_CONNECTIONS.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(OpenConnection),
+                Err(now) => open = now,
+            }
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The daemon is stopping (or handing over to a successor): HTTP/1 answers carry
@@ -216,9 +252,27 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
-        let watcher = graceful.watcher();
         let endpoint = endpoint.read().clone();
+        let Some(counted) = OpenConnection::admit(endpoint.max_connections) else {
+            // HTTP.sys MaxConnections: closed at once, and said so.
+            drop(stream);
+            endpoint.error_log.write(&crate::log::ErrorRecord {
+                time: std::time::SystemTime::now(),
+                client: Some(canonical(peer)),
+                server: Some(canonical(local)),
+                version: None,
+                method: None,
+                uri: None,
+                status: None,
+                site: None,
+                reason: crate::log::Reason::ConnLimit,
+                queue: None,
+            });
+            continue;
+        };
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _counted = counted;
             let _open = crate::metrics::connection_opened();
             let stream = crate::metrics::CountedIo::new(stream);
             let ctx = |tls: bool, server_name: Option<Arc<str>>| {
