@@ -155,4 +155,51 @@ fn a_head_dribbled_past_header_wait_is_cut_off() {
     assert!(t.elapsed() < Duration::from_secs(6));
     // Meanwhile and after, normal clients are served.
     assert_eq!(get(d.addr(), "/").status, 200);
+    let t = std::time::Instant::now();
+    while !d
+        .error_lines()
+        .iter()
+        .any(|l| l.contains("Timer_HeaderWait"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            d.error_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed_after_header_wait_as_idle() {
+    let d = Daemon::start(&format!(
+        "[listener]\nheader_wait = \"1s\"\nshutdown_timeout = \"10s\"\n{}",
+        demo_config("").replace("[listener]\nshutdown_timeout = \"10s\"\n", "")
+    ));
+    let mut s = TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    assert_eq!(read_response(&mut r).unwrap().status, 200);
+    // Then nothing: closed after about a second, logged as idle, not as a slow head.
+    let mut buf = [0u8; 16];
+    assert!(matches!(r.get_mut().read(&mut buf), Ok(0) | Err(_)));
+    let t = std::time::Instant::now();
+    while !d
+        .error_lines()
+        .iter()
+        .any(|l| l.contains("Timer_ConnectionIdle"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            d.error_lines()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !d.error_lines()
+            .iter()
+            .any(|l| l.contains("Timer_HeaderWait"))
+    );
 }

@@ -81,8 +81,13 @@ pub async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let log = (ctx.error_log.clone(), ctx.local, ctx.peer);
+    // Requests seen on this connection: tells an idle kept-alive connection from a slow head.
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = seen.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             let http1 = req.version() < http::Version::HTTP_2;
             let mut resp = serve_logged(with_host(req), ctx).await?;
@@ -98,6 +103,32 @@ pub async fn serve<I>(
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "connection ended: {e}");
+        // hyper's head timer also runs while a kept-alive connection waits for its next
+        // request: before any request it is a head that did not arrive within `header_wait`
+        // (slowloris, `Timer_HeaderWait`), after one an idle connection
+        // (`Timer_ConnectionIdle`, closed after the same `header_wait`).
+        let timed_out = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout);
+        if timed_out {
+            let (error_log, local, client) = &log;
+            error_log.write(&crate::log::ErrorRecord {
+                time: std::time::SystemTime::now(),
+                client: Some(*client),
+                server: Some(*local),
+                version: None,
+                method: None,
+                uri: None,
+                status: None,
+                site: None,
+                reason: if seen.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    crate::log::Reason::TimerHeaderWait
+                } else {
+                    crate::log::Reason::TimerConnectionIdle
+                },
+                queue: None,
+            });
+        }
     }
 }
 
