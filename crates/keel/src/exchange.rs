@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use std::time::SystemTime;
 use tokio::time::Sleep;
 
@@ -112,6 +113,10 @@ struct RequestBody {
     exhausted: bool,
     /// END went to the current worker.
     sent_end: bool,
+    /// `[listener] entity_body`: the longest pause between two pieces from the client.
+    stall_limit: Duration,
+    /// Running while the client owes the next piece (reset by each piece).
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 pub struct Exchange {
@@ -139,6 +144,7 @@ impl Exchange {
         events: EventRx,
         body: Option<Incoming>,
         meta: Arc<RequestMeta>,
+        entity_body: Duration,
     ) -> Self {
         let idempotent = matches!(
             meta.method,
@@ -167,6 +173,8 @@ impl Exchange {
                 replayable: true,
                 exhausted,
                 sent_end: exhausted,
+                stall_limit: entity_body,
+                stall: None,
             },
             queue_timer: None,
             meta,
@@ -337,12 +345,28 @@ impl Exchange {
                 continue;
             };
             match Pin::new(source).poll_frame(cx) {
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    // The client owes the next piece: HTTP.sys EntityBody.
+                    let limit = body.stall_limit;
+                    let stall = body
+                        .stall
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if stall.as_mut().poll(cx).is_ready() {
+                        self.phase_abort(AbortCode::ClientGone);
+                        return Err(Failure::new(
+                            http::StatusCode::REQUEST_TIMEOUT,
+                            Reason::TimerEntityBody,
+                        ));
+                    }
+                    return Ok(());
+                }
                 Poll::Ready(None) => {
+                    body.stall = None;
                     body.exhausted = true;
                     body.source = None;
                 }
                 Poll::Ready(Some(Ok(frame))) => {
+                    body.stall = None;
                     if let Ok(data) = frame.into_data()
                         && !data.is_empty()
                     {
@@ -387,7 +411,11 @@ impl Exchange {
                 return Poll::Ready(None);
             }
             // The request body may still be flowing (full-duplex streaming).
-            if self.pump_request_body(cx).is_err() {
+            if let Err(f) = self.pump_request_body(cx) {
+                if f.reason == Reason::TimerEntityBody {
+                    // The answer had begun: it is cut, and the stall is on record.
+                    self.meta.log(None, f.reason, Some(self.pool.name()));
+                }
                 return Poll::Ready(Some(Err(ResponseBroken)));
             }
             let event = ready!(self.events.poll_recv(cx));

@@ -66,6 +66,8 @@ pub struct ConnContext {
     pub server_name: Option<Arc<str>>,
     /// Where every request's access-log line goes, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// `[listener] entity_body`: the longest pause inside a request body.
+    pub entity_body: Duration,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
@@ -184,13 +186,23 @@ async fn serve_routed(
         (Bytes::new(), None)
     } else {
         match body.size_hint().exact() {
-            Some(n) if n <= INLINE_BODY_MAX => match body.collect().await {
-                Ok(collected) => (collected.to_bytes(), None),
-                Err(_) => {
-                    meta.log(None, Reason::ClientReset, Some(pool.name()));
-                    return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request (body)\n"));
+            Some(n) if n <= INLINE_BODY_MAX => {
+                match tokio::time::timeout(conn.entity_body, body.collect()).await {
+                    Ok(Ok(collected)) => (collected.to_bytes(), None),
+                    Ok(Err(_)) => {
+                        meta.log(None, Reason::ClientReset, Some(pool.name()));
+                        return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request (body)\n"));
+                    }
+                    Err(_) => {
+                        // A small body is read whole: it had `entity_body` to arrive.
+                        meta.log(Some(408), Reason::TimerEntityBody, Some(pool.name()));
+                        let mut resp = plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return Ok(resp);
+                    }
                 }
-            },
+            }
             _ => (Bytes::new(), Some(body)),
         }
     };
@@ -205,7 +217,14 @@ async fn serve_routed(
         end: stream.is_none(),
         events: tx,
     };
-    let mut exchange = Exchange::new(pool.clone(), job, rx, stream, meta.clone());
+    let mut exchange = Exchange::new(
+        pool.clone(),
+        job,
+        rx,
+        stream,
+        meta.clone(),
+        conn.entity_body,
+    );
     if let Err(f) = exchange.submit() {
         if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
             return Ok(stale);
@@ -686,9 +705,15 @@ fn failure_response(
         }
         Reason::TimerReqQueue => "Service Unavailable (no worker took the request in time)\n",
         Reason::ClientReset => "Bad Request\n",
+        Reason::TimerEntityBody => "Request Timeout (the request body stalled)\n",
         _ => "Bad Gateway (the application ended without answering)\n",
     };
     let mut resp = plain(f.status, text);
+    if f.reason == Reason::TimerEntityBody {
+        // The rest of the body never came: the connection's framing is lost.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if f.status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

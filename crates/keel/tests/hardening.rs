@@ -203,3 +203,46 @@ fn an_idle_kept_alive_connection_is_closed_after_header_wait_as_idle() {
             .any(|l| l.contains("Timer_HeaderWait"))
     );
 }
+
+#[test]
+fn a_request_body_that_stalls_past_entity_body_gets_408() {
+    let d = Daemon::start(&format!(
+        "[listener]\nentity_body = \"1s\"\nshutdown_timeout = \"10s\"\n{}",
+        demo_config("").replace("[listener]\nshutdown_timeout = \"10s\"\n", "")
+    ));
+    // A small body (read whole before queueing) and a large one (streamed to the worker),
+    // each stopping short of its Content-Length.
+    let small = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc".to_vec();
+    let mut large = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    large.extend(std::iter::repeat_n(b'x', 100_000));
+    for raw in [small, large] {
+        let t = std::time::Instant::now();
+        let mut s = TcpStream::connect(d.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&raw).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        // The echo worker may have begun its answer already: then the answer is cut short
+        // and the connection closed, instead of a 408.
+        let cut = text.starts_with("HTTP/1.1 200") && buf.len() < 1_000_000;
+        assert!(
+            text.starts_with("HTTP/1.1 408") || cut,
+            "{:?}",
+            &text[..text.len().min(200)]
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    let n = d
+        .error_lines()
+        .iter()
+        .filter(|l| l.contains("Timer_EntityBody"))
+        .count();
+    assert_eq!(n, 2, "{:?}", d.error_lines());
+    assert_eq!(get(d.addr(), "/").status, 200);
+}

@@ -57,6 +57,7 @@ const LISTENER_KEYS: &[&str] = &[
     "max_concurrent_streams",
     "max_connections",
     "header_wait",
+    "entity_body",
 ];
 const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
@@ -373,6 +374,11 @@ fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {
         && let Some(d) = ck.duration(v, "listener.header_wait", false)
     {
         listener.header_wait = d;
+    }
+    if let Some(v) = t.get("entity_body")
+        && let Some(d) = ck.duration(v, "listener.entity_body", false)
+    {
+        listener.entity_body = d;
     }
     listener
 }

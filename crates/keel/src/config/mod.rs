@@ -165,6 +165,8 @@ pub struct ListenerConfig {
     pub max_connections: u32,
     /// From a request's first byte to its last header (HTTP.sys `HeaderWait`; never zero).
     pub header_wait: Duration,
+    /// Longest wait for the next piece of a request body (HTTP.sys `EntityBody`; never zero).
+    pub entity_body: Duration,
     /// HTTP/2 streams one connection may have open at once (never zero).
     pub max_concurrent_streams: u32,
 }
@@ -174,6 +176,9 @@ pub struct ListenerConfig {
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// HTTP.sys `HeaderWait` is 120 s; keel's is shorter, as nginx's `client_header_timeout` (60 s).
 pub const DEFAULT_HEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// HTTP.sys `EntityBody`.
+pub const DEFAULT_ENTITY_BODY: Duration = Duration::from_secs(120);
 
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` when keel.toml does not set it.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -562,6 +567,7 @@ impl Default for ListenerConfig {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_wait: DEFAULT_HEADER_WAIT,
+            entity_body: DEFAULT_ENTITY_BODY,
         }
     }
 }

@@ -270,6 +270,7 @@ impl Running {
                     error_log: error_log.clone(),
                     access_log: access_log.clone(),
                     max_connections: config.listener.max_connections as usize,
+                    entity_body: config.listener.entity_body,
                 })
             };
             match self.sockets.get_mut(&plan.addr) {

@@ -176,6 +176,8 @@ pub struct Endpoint {
     pub access_log: Option<crate::log::AccessLog>,
     /// `[listener] max_connections`, for all sockets together.
     pub max_connections: usize,
+    /// `[listener] entity_body`.
+    pub entity_body: Duration,
 }
 
 /// Client connections open now, on every socket.
@@ -282,6 +284,7 @@ pub async fn accept_loop(
                     routes: endpoint.routes.clone(),
                     error_log: endpoint.error_log.clone(),
                     access_log: endpoint.access_log.clone(),
+                    entity_body: endpoint.entity_body,
                     tls,
                     server_name,
                 })
