@@ -174,28 +174,7 @@ async fn an_upgrade_under_load_drops_nothing() {
 
     let done = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..32 {
-        let (done, served) = (done.clone(), served.clone());
-        let url = format!("http://127.0.0.1:{port}/pid");
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut failures = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => match r.bytes().await {
-                        Ok(_) => {
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.push(format!("body {e}")),
-                    },
-                    Ok(r) => failures.push(format!("status {}", r.status())),
-                    Err(e) => failures.push(format!("error {e:?}")),
-                }
-            }
-            failures
-        }));
-    }
+    let clients = keep_alive_clients(&format!("http://127.0.0.1:{port}/pid"), 32, &done, &served);
     tokio::time::sleep(Duration::from_millis(500)).await;
     d.signal(Signal::USR2);
     let d = tokio::task::spawn_blocking(move || {

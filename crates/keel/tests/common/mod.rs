@@ -815,3 +815,36 @@ pub fn node_worker() -> String {
         workspace_root().join("examples/node").display()
     )
 }
+
+/// `n` keep-alive clients that GET `url` until `done` is set, counting complete 200s in
+/// `served`; each returns a description of every request that did not end in one.
+pub fn keep_alive_clients(
+    url: &str,
+    n: usize,
+    done: &Arc<std::sync::atomic::AtomicBool>,
+    served: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    use std::sync::atomic::Ordering;
+    (0..n)
+        .map(|_| {
+            let (done, served, url) = (done.clone(), served.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut failures = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(_) => {
+                                served.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.push(format!("body {e}")),
+                        },
+                        Ok(r) => failures.push(format!("status {}", r.status())),
+                        Err(e) => failures.push(format!("error {e:?}")),
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
