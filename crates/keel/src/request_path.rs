@@ -72,7 +72,7 @@ pub struct ConnContext {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
 /// between the client and a worker.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -87,7 +87,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The fields a `Connection` header names (`Connection: close, X-Secret`): hop-by-hop as
 /// well, so they are dropped with the rest. Empty (no allocation) without the header.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -12,19 +12,6 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Fields that describe one connection, not the message (plus those `Connection` names).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// What the daemon knows of the client connection.
 #[derive(Clone, Debug, Default)]
@@ -34,16 +21,16 @@ pub struct ClientView {
     pub tls: bool,
 }
 
-/// Removes hop-by-hop fields, including those listed in `Connection`.
+/// Removes hop-by-hop fields, including those listed in `Connection` (the daemon's own
+/// list, as for requests to protocol workers).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let listed = crate::request_path::connection_listed(headers);
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| crate::request_path::is_hop_by_hop(n) || listed.contains(n))
+        .cloned()
         .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    for name in gone {
         headers.remove(name);
     }
 }
