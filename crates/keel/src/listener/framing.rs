@@ -281,9 +281,12 @@ fn request_line_end(line: &mut Line) -> Option<()> {
 }
 
 fn field_byte(line: &mut Line, b: u8) {
-    if b != b'\r' {
-        line.len += 1;
+    // A CR ends the line (the LF follows) or is one hyper refuses: either way it changes
+    // nothing here.
+    if b == b'\r' {
+        return;
     }
+    line.len += 1;
     if !line.in_value {
         if b == b':' {
             line.in_value = true;
@@ -323,7 +326,7 @@ fn field_byte(line: &mut Line, b: u8) {
                     ))
                 }
             }
-            b' ' | b'\t' | b'\r' => ValueScan::Length(n),
+            b' ' | b'\t' => ValueScan::Length(n),
             _ => ValueScan::Length(Some(u64::MAX)),
         },
         ValueScan::Coding {
@@ -336,7 +339,7 @@ fn field_byte(line: &mut Line, b: u8) {
                 ended: false,
                 spoiled: false,
             },
-            b' ' | b'\t' | b'\r' => ValueScan::Coding {
+            b' ' | b'\t' => ValueScan::Coding {
                 matched,
                 ended: matched > 0,
                 spoiled,
