@@ -116,3 +116,25 @@ fn a_response_after_the_daemons_abort_ends_that_worker_only() {
         d.log_lines().join("\n")
     );
 }
+
+/// A worker that answers before reading the request body discards the rest and grants the
+/// window back (the SDK does): its WINDOW frames cross the daemon's last DATA, which has
+/// already closed the stream. That is no breach of the protocol, and the worker stays.
+#[test]
+fn window_frames_crossing_the_daemons_end_do_not_end_the_worker() {
+    let d = Daemon::start(&demo_config(""));
+    let body = vec![b'x'; 600 * 1024];
+    for _ in 0..20 {
+        let mut head = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(&body);
+        // The demo worker has no POST /: it answers 404 at once, body unread.
+        let r = raw_request(d.addr(), &head);
+        assert_eq!(r.status, 404);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(protocol_breaks(&d), 0, "{}", d.log_lines().join("\n"));
+}
