@@ -193,6 +193,13 @@ impl Worker {
         }
     }
 
+    /// The connection itself, for a program that speaks the protocol on its own (with
+    /// `keel-proto`) instead of through [`Worker::serve`]: test workers that misbehave on
+    /// purpose, for one.
+    pub fn into_stream(self) -> UnixStream {
+        self.socket
+    }
+
     /// The process id HELLO announces (default: this process's). For a process that speaks
     /// the protocol on behalf of another one, e.g. an adapter in front of a plain HTTP server.
     pub fn announce_pid(mut self, pid: u32) -> Self {

@@ -404,12 +404,12 @@ impl Exchange {
                         body.pending.push_back(data);
                     }
                 }
-                Poll::Ready(Some(Err(_))) => {
-                    // The client's body broke off (disconnect, bad chunking): nothing to answer.
+                Poll::Ready(Some(Err(e))) => {
+                    // The client's body broke off (disconnect, bad chunking).
                     self.phase_abort(AbortCode::ClientGone);
                     return Err(Failure::new(
                         http::StatusCode::BAD_REQUEST,
-                        Reason::ClientReset,
+                        crate::request_check::body_error_reason(&e),
                     ));
                 }
             }

@@ -9,8 +9,14 @@
 
 use crate::config::RequestLimits;
 use crate::log::Reason;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{StatusCode, Version};
+
+/// A request extension set by the listener when the head carried both `Content-Length` and
+/// `Transfer-Encoding`: hyper drops the `Content-Length` of such a head before keel sees it
+/// (`listener/framing.rs` watches the bytes for it).
+#[derive(Clone, Copy, Debug)]
+pub struct LengthWithTransferEncoding;
 
 /// The parts of a request head the checks read.
 struct Head<'a> {
@@ -57,7 +63,15 @@ pub fn check<B>(req: &http::Request<B>, limits: &RequestLimits) -> Result<String
         ));
     }
     check_sizes(&parts, limits)?;
+    if req
+        .extensions()
+        .get::<LengthWithTransferEncoding>()
+        .is_some()
+    {
+        return Err(both_lengths());
+    }
     check_framing(parts.headers)?;
+    check_host(&parts)?;
     let target = parts
         .uri
         .path_and_query()
@@ -119,15 +133,35 @@ fn check_sizes(parts: &Head<'_>, limits: &RequestLimits) -> Result<(), Refusal> 
     Ok(())
 }
 
+fn both_lengths() -> Refusal {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        Reason::BadRequest,
+        "Bad Request (both Content-Length and Transfer-Encoding)\n",
+    )
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; HTTP/1.0 and HTTP/2 at most
+/// one (HTTP/2's `:authority` became a Host field before this).
+fn check_host(parts: &Head<'_>) -> Result<(), Refusal> {
+    let count = parts.headers.get_all(HOST).iter().count();
+    if count > 1 || (count == 0 && parts.version == Version::HTTP_11) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            Reason::Hostname,
+            "Bad Request (Invalid Hostname)\n",
+        ));
+    }
+    Ok(())
+}
+
 /// RFC 9112 §6.3 and §11.2: one unambiguous body length, or refuse.
 fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
     let bad = |message| refuse(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
     let te: Vec<&http::HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
     if !te.is_empty() {
         if headers.contains_key(CONTENT_LENGTH) {
-            return Err(bad(
-                "Bad Request (both Content-Length and Transfer-Encoding)\n",
-            ));
+            return Err(both_lengths());
         }
         // Only `chunked`, once, and last: anything else cannot be framed by keel.
         let codings: Vec<String> = te
@@ -182,6 +216,25 @@ pub fn check_declared_body(headers: &http::HeaderMap, max: u64) -> Result<(), Re
     }
 }
 
+/// Why a request body could not be read: its chunked framing was malformed (`Number`: a
+/// chunk size, its extensions or the CRLF after the data — hyper's decoder reports these as
+/// invalid input or data), or the client went away (`Client_Reset`).
+pub fn body_error_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        {
+            return Reason::Number;
+        }
+        source = err.source();
+    }
+    Reason::ClientReset
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,16 +260,15 @@ mod tests {
         target: &str,
         headers: &[(&str, &str)],
     ) -> Result<String, (u16, &'static str)> {
+        let mut headers = headers.to_vec();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            headers.push(("host", "x"));
+        }
         let limits = RequestLimits::default();
-        check(&head(method, target, Version::HTTP_11, headers), &limits)
+        let req = head(method, target, Version::HTTP_11, &headers);
+        check(&req, &limits)
             .and_then(|path| {
-                check_declared_body(
-                    &head(method, target, Version::HTTP_11, headers)
-                        .headers()
-                        .clone(),
-                    limits.max_body_bytes,
-                )
-                .map(|()| path)
+                check_declared_body(req.headers(), limits.max_body_bytes).map(|()| path)
             })
             .map_err(|r| (r.status.as_u16(), r.reason.phrase()))
     }
@@ -242,6 +294,9 @@ mod tests {
             ("GET", "/", vec![], Ok("/")),
             ("GET", "/a/./b/../c//d", vec![], Ok("/a/c/d")),
             ("GET", "/%61%62c", vec![], Ok("/abc")),
+            // Found by fuzzing (fuzz/README.md): `%3F` and `%23` decode to a plain `?` and
+            // `#` in the canonical path, which routing takes as path characters.
+            ("GET", "/a%3fb/%23c", vec![], Ok("/a?b/#c")),
             ("GET", "/a/..", vec![], Ok("/")),
             ("OPTIONS", "*", vec![], Ok("*")),
             ("GET", "/..", vec![], Err((400, "URL"))),
@@ -349,6 +404,38 @@ mod tests {
     }
 
     #[test]
+    fn host_fields() {
+        let one = [("host", "x")];
+        let two = [("host", "x"), ("host", "y")];
+        for (version, headers, ok) in [
+            (Version::HTTP_11, &one[..], true),
+            (Version::HTTP_11, &[][..], false),
+            (Version::HTTP_11, &two[..], false),
+            (Version::HTTP_10, &[][..], true),
+            (Version::HTTP_10, &two[..], false),
+            (Version::HTTP_2, &[][..], true),
+        ] {
+            let r = check(
+                &head("GET", "/", version, headers),
+                &RequestLimits::default(),
+            );
+            assert_eq!(r.is_ok(), ok, "{version:?} {headers:?}");
+            if let Err(r) = r {
+                assert_eq!((r.status.as_u16(), r.reason), (400, Reason::Hostname));
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_marked_by_the_listener_is_refused() {
+        let mut req = head("POST", "/", Version::HTTP_11, &[("host", "x")]);
+        assert!(check(&req, &RequestLimits::default()).is_ok());
+        req.extensions_mut().insert(LengthWithTransferEncoding);
+        let r = check(&req, &RequestLimits::default()).unwrap_err();
+        assert_eq!((r.status.as_u16(), r.reason), (400, Reason::BadRequest));
+    }
+
+    #[test]
     fn versions() {
         for (v, ok) in [
             (Version::HTTP_09, false),
@@ -357,7 +444,10 @@ mod tests {
             (Version::HTTP_2, true),
             (Version::HTTP_3, false),
         ] {
-            let r = check(&head("GET", "/", v, &[]), &RequestLimits::default());
+            let r = check(
+                &head("GET", "/", v, &[("host", "x")]),
+                &RequestLimits::default(),
+            );
             assert_eq!(r.is_ok(), ok, "{v:?}");
             if let Err(r) = r {
                 assert_eq!(r.status, StatusCode::HTTP_VERSION_NOT_SUPPORTED);

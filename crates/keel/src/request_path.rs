@@ -193,8 +193,11 @@ async fn serve_routed(
             Some(n) if n <= INLINE_BODY_MAX => {
                 match tokio::time::timeout(conn.entity_body, body.collect()).await {
                     Ok(Ok(collected)) => (collected.to_bytes(), None),
-                    Ok(Err(_)) => {
-                        meta.log(None, Reason::ClientReset, Some(pool.name()));
+                    Ok(Err(e)) => {
+                        // A malformed body is answered; a client that went away is not there to see it.
+                        let reason = crate::request_check::body_error_reason(&e);
+                        let status = (reason == Reason::Number).then_some(400);
+                        meta.log(status, reason, Some(pool.name()));
                         return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request (body)\n"));
                     }
                     Err(_) => {

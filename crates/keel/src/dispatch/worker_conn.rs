@@ -14,7 +14,7 @@ use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -27,13 +27,31 @@ struct StreamEntry {
     events: EventTx,
 }
 
+/// How many streams closed by the daemon's own last frame are remembered (see
+/// [`Streams::closed_by_us`]).
+const CLOSED_BY_US: usize = 256;
+
 #[derive(Default)]
 struct Streams {
     open: HashMap<StreamId, StreamEntry>,
     next_id: StreamId,
+    /// Streams the daemon's own frame closed (its request END_STREAM after the worker's
+    /// response had ended, or its ABORT then): the worker may have sent WINDOW or ABORT for
+    /// them before that frame reached it, and those are ignored, not taken for a breach. The
+    /// last [`CLOSED_BY_US`] only; ids grow, so none of them is reused meanwhile.
+    closed_by_us: VecDeque<StreamId>,
 }
 
 impl Streams {
+    /// Takes a stream the daemon's own frame just closed out of the table.
+    fn close_by_us(&mut self, id: StreamId) {
+        self.open.remove(&id);
+        if self.closed_by_us.len() == CLOSED_BY_US {
+            self.closed_by_us.pop_front();
+        }
+        self.closed_by_us.push_back(id);
+    }
+
     fn allocate_id(&mut self) -> StreamId {
         loop {
             self.next_id = self.next_id.wrapping_add(1);
@@ -237,7 +255,7 @@ impl WorkerConn {
         entry.state.send_request_data(n, last);
         let closed = entry.state.is_closed();
         if closed {
-            streams.open.remove(&id);
+            streams.close_by_us(id);
         }
         drop(streams);
         self.push_out(|out| keel_proto::encode_data(id, &data[..n], last, out));
@@ -276,7 +294,7 @@ impl WorkerConn {
         entry.state.abort_sent();
         let closed = entry.state.is_closed();
         if closed {
-            streams.open.remove(&id);
+            streams.close_by_us(id);
         } else {
             // Events for this stream have nowhere to go any more.
             let (tx, _) = tokio::sync::mpsc::unbounded_channel();
@@ -337,6 +355,11 @@ impl WorkerConn {
         }
         let mut streams = self.streams.lock();
         let Some(entry) = streams.open.get_mut(&id) else {
+            if matches!(frame, Frame::Window { .. } | Frame::Abort { .. })
+                && streams.closed_by_us.contains(&id)
+            {
+                return Ok(()); // crossed the daemon's last frame on the stream
+            }
             return Err(format!("frame for unknown stream {id}"));
         };
         entry

@@ -77,11 +77,13 @@ impl Protocols {
 }
 
 /// Serves one connection until it ends or one of its timers runs out; `watcher` makes it
-/// part of graceful shutdown.
+/// part of graceful shutdown, and `conflict` names the request whose head carried both
+/// `Content-Length` and `Transfer-Encoding` (see `framing.rs`).
 pub async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     ctx: Arc<ConnContext>,
+    conflict: Arc<super::framing::Conflict>,
     watcher: Watcher,
     clock: Arc<ConnClock>,
 ) where
@@ -89,10 +91,17 @@ pub async fn serve<I>(
 {
     let (error_log, local, client) = (ctx.error_log.clone(), ctx.local, ctx.peer);
     let requests = clock.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    // The index of each request on this connection, for `conflict`.
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
         let http1 = req.version() < http::Version::HTTP_2;
         let in_flight = requests.begin_request(!http1);
+        let index = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if conflict.is(index) {
+            req.extensions_mut()
+                .insert(crate::request_check::LengthWithTransferEncoding);
+        }
         async move {
             let mut resp = serve_logged(with_host(req), ctx).await?;
             if http1 && super::draining() {
@@ -108,29 +117,33 @@ pub async fn serve<I>(
         }
     });
     let conn = builder.serve_connection(io, service);
-    tokio::select! {
+    let (status, reason) = tokio::select! {
         ended = watcher.watch(conn) => {
-            if let Err(e) = ended {
-                tracing::debug!(peer = %client, "connection ended: {e}");
+            let Err(e) = ended else { return };
+            tracing::debug!(peer = %client, "connection ended: {e}");
+            match e.downcast_ref::<hyper::Error>().and_then(parse_refusal) {
+                Some(refused) => refused,
+                None => return,
             }
         }
         reason = clock.expired() => {
             // Dropping the connection closes it; HTTP.sys answers nothing either.
             tracing::debug!(peer = %client, "connection closed: {}", reason.phrase());
-            error_log.write(&crate::log::ErrorRecord {
-                time: std::time::SystemTime::now(),
-                client: Some(client),
-                server: Some(local),
-                version: None,
-                method: None,
-                uri: None,
-                status: None,
-                site: None,
-                reason,
-                queue: None,
-            });
+            (None, reason)
         }
-    }
+    };
+    error_log.write(&crate::log::ErrorRecord {
+        time: std::time::SystemTime::now(),
+        client: Some(client),
+        server: Some(local),
+        version: None,
+        method: None,
+        uri: None,
+        status,
+        site: None,
+        reason,
+        queue: None,
+    });
 }
 
 /// A response body that ends its request for the connection's clock when it is finished
@@ -160,15 +173,57 @@ impl Body for ClockedBody {
     }
 }
 
+/// A head hyper's parser refused before keel saw a request (hyper has answered it itself):
+/// the status hyper wrote (none for an HTTP/2 preface on an HTTP/1 connection) and the
+/// HTTP.sys reason for the log. hyper tells its parse errors apart only by their message;
+/// `tests/hardening.rs` sends one of each, so a change in hyper's wording shows there.
+fn parse_refusal(e: &hyper::Error) -> Option<(Option<u16>, crate::log::Reason)> {
+    use crate::log::Reason;
+    if !e.is_parse() {
+        return None;
+    }
+    if e.is_parse_version_h2() {
+        return Some((None, Reason::VersionNotSupported));
+    }
+    let message = e.to_string();
+    let table: [(&str, u16, Reason); 9] = [
+        ("invalid HTTP method", 400, Reason::Verb),
+        ("invalid HTTP version", 400, Reason::VersionNotSupported),
+        ("invalid URI", 400, Reason::Url),
+        ("URI too long", 414, Reason::UrlLength),
+        ("invalid HTTP header", 400, Reason::Header),
+        ("invalid content-length", 400, Reason::Number),
+        ("invalid transfer-encoding", 400, Reason::NotImplemented),
+        ("unexpected transfer-encoding", 400, Reason::Header),
+        ("message head is too large", 431, Reason::RequestLength),
+    ];
+    let found = table
+        .iter()
+        .find(|(prefix, _, _)| message.starts_with(prefix))
+        .map(|(_, status, reason)| (Some(*status), *reason));
+    Some(found.unwrap_or((Some(400), Reason::BadRequest)))
+}
+
 /// HTTP/2 carries the host in `:authority`, not in a Host header. Workers get the same
 /// request shape whatever the client's version, so the authority becomes a Host header
-/// (routing reads `uri().host()` first either way).
+/// (routing reads `uri().host()` first either way). An HTTP/1 request in absolute form
+/// (`GET http://x/ HTTP/1.1`) is routed by the target's host, which RFC 9112 §3.2.2 says
+/// wins over the Host field: the worker, and the cache key, see that same host.
 fn with_host(mut req: Request<Incoming>) -> Request<Incoming> {
-    if req.version() == http::Version::HTTP_2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-        && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
-    {
+    let Some(authority) = req.uri().authority() else {
+        return req;
+    };
+    let replace = match req.version() {
+        http::Version::HTTP_2 => !req.headers().contains_key(header::HOST),
+        // CONNECT's target is an authority and nothing else.
+        _ => req.method() != http::Method::CONNECT,
+    };
+    // Without any `user@` part.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    if replace && let Ok(value) = http::HeaderValue::from_str(&host) {
         req.headers_mut().insert(header::HOST, value);
     }
     req

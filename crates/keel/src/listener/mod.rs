@@ -6,6 +6,7 @@
 //! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
 
 pub mod conn_clock;
+pub mod framing;
 pub mod http;
 pub mod tls;
 
@@ -304,7 +305,8 @@ pub async fn accept_loop(
             let Some(acceptor) = &endpoint.tls else {
                 let builder = endpoint.protocols.plain();
                 let ctx = ctx(false, None);
-                http::serve(builder, TokioIo::new(stream), ctx, watcher, clock).await;
+                let (io, conflict) = framing::ScannedIo::new(stream);
+                http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
                 return;
             };
             let stream =
@@ -323,7 +325,8 @@ pub async fn accept_loop(
             let server_name = session.server_name().map(Arc::from);
             let builder = endpoint.protocols.for_alpn(session.alpn_protocol());
             let ctx = ctx(true, server_name);
-            http::serve(builder, TokioIo::new(stream), ctx, watcher, clock).await;
+            let (io, conflict) = framing::ScannedIo::new(stream);
+            http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
         });
     }
 }
