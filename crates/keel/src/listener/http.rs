@@ -91,7 +91,8 @@ pub async fn serve<I>(
         async move {
             let http1 = req.version() < http::Version::HTTP_2;
             let mut resp = serve_logged(with_host(req), ctx).await?;
-            if http1 && super::draining() {
+            if http1 && super::draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
                 // The client learns from this answer not to send another request on the
                 // connection, instead of racing keel's close of an idle one.
                 resp.headers_mut()
@@ -100,7 +101,8 @@ pub async fn serve<I>(
             Ok::<_, crate::request_path::ResetConnection>(resp)
         }
     });
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: a 101 hands the connection over to its tunnel (upgrade.rs).
+    let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "connection ended: {e}");
         // hyper's head timer also runs while a kept-alive connection waits for its next
