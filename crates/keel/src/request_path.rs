@@ -68,7 +68,8 @@ pub struct ConnContext {
     pub access_log: Option<AccessLog>,
     /// `[listener] entity_body`: the longest pause inside a request body.
     pub entity_body: Duration,
-    /// How long an upgraded connection may carry no byte either way.
+    /// `[listener] idle_connection`: how long an upgraded connection may carry no byte
+    /// either way.
     pub idle_connection: Duration,
     /// Keeps the connection counted while anything serving it lives (an upgraded
     /// connection outlives hyper's connection task).

@@ -11,7 +11,8 @@
 //!   way whatever either side does;
 //! - either side's end ends the other: the client's EOF becomes END on the stream; the
 //!   worker's END, ABORT or death shuts the client socket down; no byte moving either way
-//!   for `idle_connection` closes both (`Timer_ConnectionIdle`).
+//!   for `[listener] idle_connection` (HTTP.sys `IdleConnection`, 120 s) closes both
+//!   (`Timer_ConnectionIdle`).
 
 use crate::exchange::{Exchange, ResponseBroken};
 use crate::log::Reason;
@@ -32,10 +33,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::time::{Instant, Sleep};
-
-/// HTTP.sys `IdleConnection` (120 s): an upgraded connection on which no byte moved either
-/// way for this long is closed.
-pub const IDLE_CONNECTION: Duration = Duration::from_secs(120);
 
 /// How long closing the client side may take (a TLS close_notify to a client that does not
 /// read): then the socket is simply dropped.

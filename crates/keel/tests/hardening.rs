@@ -171,9 +171,9 @@ fn a_head_dribbled_past_header_wait_is_cut_off() {
 }
 
 #[test]
-fn an_idle_kept_alive_connection_is_closed_after_header_wait_as_idle() {
+fn an_idle_kept_alive_connection_is_closed_after_idle_connection() {
     let d = Daemon::start(&format!(
-        "[listener]\nheader_wait = \"1s\"\nshutdown_timeout = \"10s\"\n{}",
+        "[listener]\nidle_connection = \"1s\"\nshutdown_timeout = \"10s\"\n{}",
         demo_config("").replace("[listener]\nshutdown_timeout = \"10s\"\n", "")
     ));
     let mut s = TcpStream::connect(d.addr()).unwrap();

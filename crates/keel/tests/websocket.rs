@@ -224,6 +224,49 @@ async fn a_client_closing_closes_the_workers_side() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_is_closed_after_idle_connection_and_a_busy_one_is_not() {
+    let d = Daemon::start(
+        &demo_config("workers = 1")
+            .replace("[listener]\n", "[listener]\nidle_connection = \"1s\"\n"),
+    );
+    let mut idle = connect(d.addr(), "/ws").await;
+    let mut busy = connect(d.addr(), "/ws").await;
+    let started = Instant::now();
+    // The busy one exchanges a message every 300 ms, for twice the idle limit.
+    while started.elapsed() < Duration::from_millis(2000) {
+        busy.send(Message::text("ping")).await.unwrap();
+        assert_eq!(busy.next().await.unwrap().unwrap(), Message::text("ping"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The idle one was closed by then (cleanly: the client sees the end, not a reset).
+    let end = tokio::time::timeout(Duration::from_secs(1), idle.next())
+        .await
+        .expect("the idle WebSocket is still open");
+    assert!(
+        matches!(
+            end,
+            None | Some(Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            )))
+        ),
+        "{end:?}"
+    );
+    wait_ws_open(d.addr(), 1);
+    assert!(
+        d.error_lines()
+            .iter()
+            .any(|l| l.contains("/ws") && l.contains("Timer_ConnectionIdle")),
+        "{:?}",
+        d.error_lines()
+    );
+    busy.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        busy.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_worker_closes_the_websocket_and_a_new_worker_serves_the_next_request() {
     let d = Daemon::start(&demo_config("workers = 1"));
     let old: u32 = get(d.addr(), "/pid").text().trim().parse().unwrap();

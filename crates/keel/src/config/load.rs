@@ -58,6 +58,8 @@ const LISTENER_KEYS: &[&str] = &[
     "max_connections",
     "header_wait",
     "entity_body",
+    "idle_connection",
+    "min_send_rate",
 ];
 const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
 const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
@@ -379,6 +381,16 @@ fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {
         && let Some(d) = ck.duration(v, "listener.entity_body", false)
     {
         listener.entity_body = d;
+    }
+    if let Some(v) = t.get("idle_connection")
+        && let Some(d) = ck.duration(v, "listener.idle_connection", false)
+    {
+        listener.idle_connection = d;
+    }
+    if let Some(v) = t.get("min_send_rate")
+        && let Some(n) = ck.integer(v, "listener.min_send_rate", 0..=1_000_000_000)
+    {
+        listener.min_send_rate = u64::from(n);
     }
     listener
 }

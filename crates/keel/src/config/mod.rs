@@ -167,6 +167,12 @@ pub struct ListenerConfig {
     pub header_wait: Duration,
     /// Longest wait for the next piece of a request body (HTTP.sys `EntityBody`; never zero).
     pub entity_body: Duration,
+    /// Longest wait for the next request on a kept-alive connection (HTTP.sys
+    /// `IdleConnection`; never zero).
+    pub idle_connection: Duration,
+    /// Bytes per second a client must take a response at, averaged over the response
+    /// (HTTP.sys `MinSendRate`; 0 = off).
+    pub min_send_rate: u64,
     /// HTTP/2 streams one connection may have open at once (never zero).
     pub max_concurrent_streams: u32,
 }
@@ -179,6 +185,12 @@ pub const DEFAULT_HEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// HTTP.sys `EntityBody`.
 pub const DEFAULT_ENTITY_BODY: Duration = Duration::from_secs(120);
+
+/// HTTP.sys `IdleConnection`.
+pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(120);
+
+/// HTTP.sys `MinSendRate`, bytes per second.
+pub const DEFAULT_MIN_SEND_RATE: u64 = 150;
 
 /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` when keel.toml does not set it.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
@@ -568,6 +580,8 @@ impl Default for ListenerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_wait: DEFAULT_HEADER_WAIT,
             entity_body: DEFAULT_ENTITY_BODY,
+            idle_connection: DEFAULT_IDLE_CONNECTION,
+            min_send_rate: DEFAULT_MIN_SEND_RATE,
         }
     }
 }

@@ -929,6 +929,29 @@ fn durations_are_humane_strings() {
 }
 
 #[test]
+fn connection_timers_have_http_sys_defaults_and_are_checked() {
+    let defaults = load(MINIMAL).unwrap().listener;
+    assert_eq!(defaults.header_wait, Duration::from_secs(30));
+    assert_eq!(defaults.idle_connection, Duration::from_secs(120));
+    assert_eq!(defaults.min_send_rate, 150);
+    let set = load(&format!(
+        "[listener]\nidle_connection = \"5m\"\nmin_send_rate = 0\n{MINIMAL}"
+    ))
+    .unwrap()
+    .listener;
+    assert_eq!(set.idle_connection, Duration::from_secs(300));
+    assert_eq!(set.min_send_rate, 0);
+    assert_error(
+        &format!("[listener]\nidle_connection = \"0s\"\n{MINIMAL}"),
+        "keel.toml:2: listener.idle_connection: must be longer than zero (got \"0s\")",
+    );
+    assert_error(
+        &format!("[listener]\nmin_send_rate = -1\n{MINIMAL}"),
+        "keel.toml:2: listener.min_send_rate: must be at least 0 (got -1)",
+    );
+}
+
+#[test]
 fn retry_policy_names_are_checked() {
     assert_error(
         &format!("{MINIMAL}retry = \"always\"\n"),

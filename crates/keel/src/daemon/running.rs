@@ -271,6 +271,11 @@ impl Running {
                     access_log: access_log.clone(),
                     max_connections: config.listener.max_connections as usize,
                     entity_body: config.listener.entity_body,
+                    timers: crate::listener::ConnTimers {
+                        header_wait: config.listener.header_wait,
+                        idle_connection: config.listener.idle_connection,
+                        min_send_rate: config.listener.min_send_rate,
+                    },
                 })
             };
             match self.sockets.get_mut(&plan.addr) {

@@ -1,15 +1,18 @@
 //! HTTP on one accepted connection: HTTP/1.1, HTTP/2 chosen by ALPN on TLS, and HTTP/2 by
 //! prior knowledge (h2c) on cleartext when enabled; hyper-util's auto builder for all three.
 
+use super::conn_clock::{ConnClock, RequestGuard};
 use crate::config::ListenerConfig;
-use crate::request_path::{ConnContext, serve_logged};
+use crate::request_path::{ConnContext, LoggedBody, serve_logged};
 use http::{Request, header};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
-use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// HTTP.sys `MaxRequestBytes` (16 KiB) for HTTP/2's header list. h2 also counts CONTINUATION
 /// frames against it, so a CONTINUATION flood ends at this size.
@@ -41,7 +44,9 @@ impl Protocols {
             // head it cannot parse (the client saw the connection close without a status).
             .pipeline_flush(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(cfg.header_wait);
+            // keel's own clock (conn_clock.rs) times heads, idle connections and sends:
+            // hyper's head timer cannot tell an idle connection from a slow head.
+            .header_read_timeout(None);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(cfg.max_concurrent_streams)
@@ -71,25 +76,24 @@ impl Protocols {
     }
 }
 
-/// Serves one connection until it ends; `watcher` makes it part of graceful shutdown.
+/// Serves one connection until it ends or one of its timers runs out; `watcher` makes it
+/// part of graceful shutdown.
 pub async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     ctx: Arc<ConnContext>,
     watcher: Watcher,
-    peer: SocketAddr,
+    clock: Arc<ConnClock>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let log = (ctx.error_log.clone(), ctx.local, ctx.peer);
-    // Requests seen on this connection: tells an idle kept-alive connection from a slow head.
-    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = seen.clone();
+    let (error_log, local, client) = (ctx.error_log.clone(), ctx.local, ctx.peer);
+    let requests = clock.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http1 = req.version() < http::Version::HTTP_2;
+        let in_flight = requests.begin_request(!http1);
         async move {
-            let http1 = req.version() < http::Version::HTTP_2;
             let mut resp = serve_logged(with_host(req), ctx).await?;
             if http1 && super::draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
             {
@@ -98,39 +102,64 @@ pub async fn serve<I>(
                 resp.headers_mut()
                     .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             }
-            Ok::<_, crate::request_path::ResetConnection>(resp)
+            Ok::<_, crate::request_path::ResetConnection>(resp.map(|body| ClockedBody {
+                inner: body,
+                _in_flight: in_flight,
+            }))
         }
     });
-    // With upgrades: a 101 hands the connection over to its tunnel (upgrade.rs).
+    // With upgrades: a 101 hands the connection over to its tunnel (upgrade.rs), whose
+    // own idle timer then applies; this connection task (and its clock) ends there.
     let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, "connection ended: {e}");
-        // hyper's head timer also runs while a kept-alive connection waits for its next
-        // request: before any request it is a head that did not arrive within `header_wait`
-        // (slowloris, `Timer_HeaderWait`), after one an idle connection
-        // (`Timer_ConnectionIdle`, closed after the same `header_wait`).
-        let timed_out = e
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_timeout);
-        if timed_out {
-            let (error_log, local, client) = &log;
+    tokio::select! {
+        ended = watcher.watch(conn) => {
+            if let Err(e) = ended {
+                tracing::debug!(peer = %client, "connection ended: {e}");
+            }
+        }
+        reason = clock.expired() => {
+            // Dropping the connection closes it; HTTP.sys answers nothing either.
+            tracing::debug!(peer = %client, "connection closed: {}", reason.phrase());
             error_log.write(&crate::log::ErrorRecord {
                 time: std::time::SystemTime::now(),
-                client: Some(*client),
-                server: Some(*local),
+                client: Some(client),
+                server: Some(local),
                 version: None,
                 method: None,
                 uri: None,
                 status: None,
                 site: None,
-                reason: if seen.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                    crate::log::Reason::TimerHeaderWait
-                } else {
-                    crate::log::Reason::TimerConnectionIdle
-                },
+                reason,
                 queue: None,
             });
         }
+    }
+}
+
+/// A response body that ends its request for the connection's clock when it is finished
+/// or dropped.
+struct ClockedBody {
+    inner: LoggedBody,
+    _in_flight: RequestGuard,
+}
+
+impl Body for ClockedBody {
+    type Data = <LoggedBody as Body>::Data;
+    type Error = <LoggedBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -5,6 +5,7 @@
 //! Invariant: a connection task only parses HTTP and hands requests to
 //! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
 
+pub mod conn_clock;
 pub mod http;
 pub mod tls;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use conn_clock::ConnTimers;
 pub use http::Protocols;
 pub use tls::{CertStore, install_crypto_provider};
 
@@ -178,6 +180,8 @@ pub struct Endpoint {
     pub max_connections: usize,
     /// `[listener] entity_body`.
     pub entity_body: Duration,
+    /// `[listener] header_wait`, `idle_connection` and `min_send_rate`.
+    pub timers: ConnTimers,
 }
 
 /// Client connections open now, on every socket.
@@ -282,7 +286,9 @@ pub async fn accept_loop(
         };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = crate::metrics::CountedIo::new(stream);
+            let clock = conn_clock::ConnClock::new(endpoint.timers);
+            let stream =
+                conn_clock::ClockedIo::new(crate::metrics::CountedIo::new(stream), clock.clone());
             let ctx = |tls: bool, server_name: Option<Arc<str>>| {
                 Arc::new(ConnContext {
                     local: canonical(local),
@@ -291,7 +297,7 @@ pub async fn accept_loop(
                     error_log: endpoint.error_log.clone(),
                     access_log: endpoint.access_log.clone(),
                     entity_body: endpoint.entity_body,
-                    idle_connection: crate::upgrade::IDLE_CONNECTION,
+                    idle_connection: endpoint.timers.idle_connection,
                     open: counted,
                     tls,
                     server_name,
@@ -300,7 +306,7 @@ pub async fn accept_loop(
             let Some(acceptor) = &endpoint.tls else {
                 let builder = endpoint.protocols.plain();
                 let ctx = ctx(false, None);
-                http::serve(builder, TokioIo::new(stream), ctx, watcher, peer).await;
+                http::serve(builder, TokioIo::new(stream), ctx, watcher, clock).await;
                 return;
             };
             let stream =
@@ -319,7 +325,7 @@ pub async fn accept_loop(
             let server_name = session.server_name().map(Arc::from);
             let builder = endpoint.protocols.for_alpn(session.alpn_protocol());
             let ctx = ctx(true, server_name);
-            http::serve(builder, TokioIo::new(stream), ctx, watcher, peer).await;
+            http::serve(builder, TokioIo::new(stream), ctx, watcher, clock).await;
         });
     }
 }
