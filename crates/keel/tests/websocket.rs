@@ -309,3 +309,54 @@ async fn axum_websocket_upgrade_works_through_keel() {
     // Plain requests still go straight to the router.
     assert_eq!(get(d.addr(), "/").text(), "Hello from axum");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let pki = common::pki::Pki::new();
+    pki.leaf("ws.test");
+    let d = Daemon::start(&format!(
+        r#"
+[[site]]
+name = "ws"
+bindings = ["https://ws.test:0"]
+{tls}
+app = [{{ path = "/", pool = "demo" }}]
+
+[pool.demo]
+command = ["{{demo}}"]
+workers = 1
+"#,
+        tls = pki.tls("ws.test")
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // WebSocket runs over HTTP/1.1 (RFC 8441 over HTTP/2 is not carried).
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("ws.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async("wss://ws.test/ws", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let (mut tx, mut rx) = ws.split();
+    for i in 0..100 {
+        tx.send(message(i)).await.unwrap();
+        assert!(rx.next().await.unwrap().unwrap() == message(i), "echo {i}");
+    }
+    tx.send(Message::Close(None)).await.unwrap();
+    while let Some(Ok(_)) = rx.next().await {}
+}
