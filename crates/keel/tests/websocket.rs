@@ -360,3 +360,24 @@ workers = 1
     tx.send(Message::Close(None)).await.unwrap();
     while let Some(Ok(_)) = rx.next().await {}
 }
+
+#[test]
+fn a_worker_without_upgrades_sees_an_upgrade_requests_body_as_empty() {
+    // The Python SDK's ASGI demo reads the body of POST /echo; an upgrade request comes
+    // without END (the worker may answer 101), so reading it must not wait for one.
+    let d = Daemon::start(&worker_config(&python_demo_worker(), "workers = 1"));
+    let t = Instant::now();
+    let r = raw_request(
+        d.addr(),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The stream closed (the daemon ended its request direction): the worker serves on.
+    assert_eq!(get(d.addr(), "/").status, 200);
+}
