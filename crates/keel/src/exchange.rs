@@ -135,8 +135,19 @@ struct RequestBody {
     hold_end: bool,
     /// `[listener] entity_body`: the longest pause between two pieces from the client.
     stall_limit: Duration,
+    /// Bytes read from the client so far, and the most the site takes (`max_body_bytes`).
+    received: u64,
+    max_bytes: u64,
     /// Running while the client owes the next piece (reset by each piece).
     stall: Option<Pin<Box<Sleep>>>,
+}
+
+/// What a request body may do: pause (`[listener] entity_body`) and weigh (the site's
+/// `max_body_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    pub stall: Duration,
+    pub max_bytes: u64,
 }
 
 pub struct Exchange {
@@ -169,7 +180,7 @@ impl Exchange {
         events: EventRx,
         body: Option<Incoming>,
         meta: Arc<RequestMeta>,
-        entity_body: Duration,
+        limits: BodyLimits,
         upgrade: bool,
     ) -> Self {
         let idempotent = matches!(
@@ -200,7 +211,9 @@ impl Exchange {
                 exhausted,
                 sent_end: exhausted && !upgrade,
                 hold_end: upgrade,
-                stall_limit: entity_body,
+                stall_limit: limits.stall,
+                received: 0,
+                max_bytes: limits.max_bytes,
                 stall: None,
             },
             queue_timer: None,
@@ -405,9 +418,12 @@ impl Exchange {
                     }
                 }
             };
+            // Upgraded bytes are no request body: neither `entity_body` nor `max_body_bytes`
+            // applies to them.
+            let raw = matches!(source, Source::Raw { .. });
             match polled {
                 Poll::Pending => {
-                    if matches!(source, Source::Raw { .. }) {
+                    if raw {
                         // An upgraded connection may be quiet for as long as it likes: the
                         // tunnel's idle timer covers both directions.
                         return Ok(());
@@ -434,6 +450,17 @@ impl Exchange {
                 Poll::Ready(Some(Ok(data))) => {
                     body.stall = None;
                     if !data.is_empty() {
+                        if !raw {
+                            body.received += data.len() as u64;
+                            if body.received > body.max_bytes {
+                                // A body without a declared length ran past the site's limit.
+                                self.phase_abort(AbortCode::ClientGone);
+                                return Err(Failure::new(
+                                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                                    Reason::EntityTooLarge,
+                                ));
+                            }
+                        }
                         if body.replayable {
                             body.retained_len += data.len();
                             if body.retained_len > RETAIN_LIMIT {
@@ -479,8 +506,8 @@ impl Exchange {
             if !self.upgraded
                 && let Err(f) = self.pump_request_body(cx)
             {
-                if f.reason == Reason::TimerEntityBody {
-                    // The answer had begun: it is cut, and the stall is on record.
+                if matches!(f.reason, Reason::TimerEntityBody | Reason::EntityTooLarge) {
+                    // The answer had begun: it is cut, and the cause is on record.
                     self.meta.log(None, f.reason, Some(self.pool.name()));
                 }
                 return Poll::Ready(Some(Err(ResponseBroken)));

@@ -7,23 +7,10 @@
 //! Every refusal names its status and its HTTP.sys reason, and the connection is closed
 //! after it (a framing error leaves the rest of the byte stream meaningless).
 
+use crate::config::RequestLimits;
 use crate::log::Reason;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{StatusCode, Version};
-
-/// HTTP.sys `MaxFieldLength`: one header line (name, `: `, value).
-pub const MAX_FIELD_BYTES: usize = 16 * 1024;
-/// HTTP.sys `MaxRequestBytes`: request line and every header line.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
-/// The request target (path and query); HTTP.sys `MaxUrlLength` is 16 KiB, IIS
-/// `maxUrl` 4 KiB; keel takes 8 KiB, as nginx's default large header buffer.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
-/// HTTP.sys `UrlSegmentMaxCount`.
-pub const MAX_SEGMENTS: usize = 255;
-/// HTTP.sys `UrlSegmentMaxLength` (characters of one decoded segment).
-pub const MAX_SEGMENT_CHARS: usize = 260;
-/// IIS `maxAllowedContentLength`.
-pub const MAX_BODY_BYTES: u64 = 30_000_000;
 
 /// The parts of a request head the checks read.
 struct Head<'a> {
@@ -52,7 +39,7 @@ const fn refuse(status: StatusCode, reason: Reason, message: &'static str) -> Re
 
 /// Checks one head. `Ok` carries the canonical path (decoded, dot segments removed), which
 /// routing uses; the worker still gets the target as the client sent it.
-pub fn check<B>(req: &http::Request<B>) -> Result<String, Refusal> {
+pub fn check<B>(req: &http::Request<B>, limits: &RequestLimits) -> Result<String, Refusal> {
     let parts = Head {
         method: req.method(),
         uri: req.uri(),
@@ -69,13 +56,13 @@ pub fn check<B>(req: &http::Request<B>) -> Result<String, Refusal> {
             "HTTP Version Not Supported\n",
         ));
     }
-    check_sizes(&parts)?;
+    check_sizes(&parts, limits)?;
     check_framing(parts.headers)?;
     let target = parts
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    if target.len() > MAX_URL_BYTES {
+    if target.len() > limits.max_url_bytes {
         return Err(refuse(
             StatusCode::URI_TOO_LONG,
             Reason::UrlLength,
@@ -96,7 +83,7 @@ pub fn check<B>(req: &http::Request<B>) -> Result<String, Refusal> {
     let mut count = 0;
     for seg in segments {
         count += 1;
-        if count > MAX_SEGMENTS || seg.chars().count() > MAX_SEGMENT_CHARS {
+        if count > limits.max_segments || seg.chars().count() > limits.max_segment_chars {
             return Err(bad_url);
         }
     }
@@ -105,7 +92,7 @@ pub fn check<B>(req: &http::Request<B>) -> Result<String, Refusal> {
 
 /// HTTP.sys `MaxFieldLength` and `MaxRequestBytes`, counted as the bytes of the head on the
 /// wire would be (hyper has already bounded what it buffered).
-fn check_sizes(parts: &Head<'_>) -> Result<(), Refusal> {
+fn check_sizes(parts: &Head<'_>, limits: &RequestLimits) -> Result<(), Refusal> {
     let target = parts
         .uri
         .path_and_query()
@@ -113,20 +100,20 @@ fn check_sizes(parts: &Head<'_>) -> Result<(), Refusal> {
     let mut total = parts.method.as_str().len() + 1 + target + 1 + 8 + 2;
     for (name, value) in parts.headers {
         let line = name.as_str().len() + 2 + value.len() + 2;
-        if line > MAX_FIELD_BYTES {
+        if line > limits.max_field_bytes {
             return Err(refuse(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Reason::FieldLength,
-                "Request Header Fields Too Large (a header field is longer than 16 KiB)\n",
+                "Request Header Fields Too Large (a header field is too long)\n",
             ));
         }
         total += line;
     }
-    if total > MAX_REQUEST_BYTES {
+    if total > limits.max_request_bytes {
         return Err(refuse(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::RequestLength,
-            "Request Header Fields Too Large (the request head is longer than 16 KiB)\n",
+            "Request Header Fields Too Large (the request head is too long)\n",
         ));
     }
     Ok(())
@@ -170,15 +157,29 @@ fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
         if lengths.any(|v| parse(v) != Some(n)) {
             return Err(bad("Bad Request (conflicting Content-Length)\n"));
         }
-        if n > MAX_BODY_BYTES {
-            return Err(refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Reason::EntityTooLarge,
-                "Content Too Large (the body is longer than 30000000 bytes)\n",
-            ));
-        }
     }
     Ok(())
+}
+
+/// The answer to a body longer than the site's `max_body_bytes` (IIS
+/// `maxAllowedContentLength`), declared or found while it streams.
+pub const BODY_TOO_LARGE: Refusal = refuse(
+    StatusCode::PAYLOAD_TOO_LARGE,
+    Reason::EntityTooLarge,
+    "Content Too Large (the request body is longer than this site accepts)\n",
+);
+
+/// A declared `Content-Length` past `max` (checked once the site is known: the limit may
+/// be set per site). A body without one is counted as it streams.
+pub fn check_declared_body(headers: &http::HeaderMap, max: u64) -> Result<(), Refusal> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max => Err(BODY_TOO_LARGE),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +207,17 @@ mod tests {
         target: &str,
         headers: &[(&str, &str)],
     ) -> Result<String, (u16, &'static str)> {
-        check(&head(method, target, Version::HTTP_11, headers))
+        let limits = RequestLimits::default();
+        check(&head(method, target, Version::HTTP_11, headers), &limits)
+            .and_then(|path| {
+                check_declared_body(
+                    &head(method, target, Version::HTTP_11, headers)
+                        .headers()
+                        .clone(),
+                    limits.max_body_bytes,
+                )
+                .map(|()| path)
+            })
             .map_err(|r| (r.status.as_u16(), r.reason.phrase()))
     }
 
@@ -220,12 +231,13 @@ mod tests {
 
     #[test]
     fn the_table() {
-        let long_field = "a".repeat(MAX_FIELD_BYTES);
+        let limits = RequestLimits::default();
+        let long_field = "a".repeat(limits.max_field_bytes);
         let half = "b".repeat(9 * 1024);
-        let long_url = format!("/{}", "u".repeat(MAX_URL_BYTES));
-        let long_seg = format!("/{}", "s".repeat(MAX_SEGMENT_CHARS + 1));
-        let many_segs = "/s".repeat(MAX_SEGMENTS + 1);
-        let ok_segs = "/s".repeat(MAX_SEGMENTS);
+        let long_url = format!("/{}", "u".repeat(limits.max_url_bytes));
+        let long_seg = format!("/{}", "s".repeat(limits.max_segment_chars + 1));
+        let many_segs = "/s".repeat(limits.max_segments + 1);
+        let ok_segs = "/s".repeat(limits.max_segments);
         let cases: Vec<Case<'_>> = vec![
             ("GET", "/", vec![], Ok("/")),
             ("GET", "/a/./b/../c//d", vec![], Ok("/a/c/d")),
@@ -345,7 +357,7 @@ mod tests {
             (Version::HTTP_2, true),
             (Version::HTTP_3, false),
         ] {
-            let r = check(&head("GET", "/", v, &[]));
+            let r = check(&head("GET", "/", v, &[]), &RequestLimits::default());
             assert_eq!(r.is_ok(), ok, "{v:?}");
             if let Err(r) = r {
                 assert_eq!(r.status, StatusCode::HTTP_VERSION_NOT_SUPPORTED);

@@ -9,7 +9,7 @@ use crate::cache::{Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lo
 use crate::compress::{self, CompressBody};
 use crate::config::Unavailable;
 use crate::dispatch::Job;
-use crate::exchange::{Exchange, Failure, RequestMeta, ResponseBroken};
+use crate::exchange::{BodyLimits, Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{AccessLog, AccessRecord, CacheMark, ErrorLog, Reason};
 use crate::pool::Pool;
 use crate::routing::{RouteError, RouteTable};
@@ -41,6 +41,8 @@ pub struct AppTarget {
     pub backend: Backend,
     /// The site compresses compressible responses (`compression = true`).
     pub compression: bool,
+    /// The site's `max_body_bytes` (or `[listener]`'s).
+    pub max_body_bytes: u64,
 }
 
 /// Who answers an app's requests.
@@ -74,6 +76,8 @@ pub struct ConnContext {
     /// Keeps the connection counted while anything serving it lives (an upgraded
     /// connection outlives hyper's connection task).
     pub open: crate::listener::OpenConnection,
+    /// `[listener]` request limits, checked before routing.
+    pub request_limits: crate::config::RequestLimits,
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
@@ -235,7 +239,10 @@ async fn serve_routed(
         rx,
         stream,
         meta.clone(),
-        conn.entity_body,
+        BodyLimits {
+            stall: conn.entity_body,
+            max_bytes: target.max_body_bytes,
+        },
         upgrade,
     );
     if let Err(f) = exchange.submit() {
@@ -655,16 +662,19 @@ enum Unrouted {
 /// request routes once, by the table of the moment it arrived), found by its canonical path
 /// once its head has passed `request_check`.
 fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, Unrouted> {
-    let path = crate::request_check::check(req).map_err(Unrouted::Refused)?;
+    let path = crate::request_check::check(req, &conn.request_limits).map_err(Unrouted::Refused)?;
     let host = req
         .uri()
         .host()
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
     let table = conn.routes.read().clone();
-    table
+    let target = table
         .route(conn.local.ip(), host, &path)
         .cloned()
-        .map_err(Unrouted::NoRoute)
+        .map_err(Unrouted::NoRoute)?;
+    crate::request_check::check_declared_body(req.headers(), target.max_body_bytes)
+        .map_err(Unrouted::Refused)?;
+    Ok(target)
 }
 
 /// The REQUEST frame (stream id 0). `upgrade`: the request's `Upgrade` values and
@@ -742,11 +752,12 @@ fn failure_response(
         Reason::TimerReqQueue => "Service Unavailable (no worker took the request in time)\n",
         Reason::ClientReset => "Bad Request\n",
         Reason::TimerEntityBody => "Request Timeout (the request body stalled)\n",
+        Reason::EntityTooLarge => crate::request_check::BODY_TOO_LARGE.message,
         _ => "Bad Gateway (the application ended without answering)\n",
     };
     let mut resp = plain(f.status, text);
-    if f.reason == Reason::TimerEntityBody {
-        // The rest of the body never came: the connection's framing is lost.
+    if matches!(f.reason, Reason::TimerEntityBody | Reason::EntityTooLarge) {
+        // The rest of the body never came or was not read: the connection's framing is lost.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -90,14 +90,21 @@ impl AdminServer {
                     " only"
                 }
             );
-            self.tasks
-                .spawn(accept_tcp(tcp, ctx.clone(), self.stop.clone()));
+            self.tasks.spawn(accept_loop(
+                NetworkSocket(tcp),
+                ctx.clone(),
+                self.stop.clone(),
+            ));
         }
         self.tasks.spawn(super::history::sample_queues(
             ctx.clone(),
             self.stop.clone(),
         ));
-        self.tasks.spawn(accept_unix(unix, ctx, self.stop.clone()));
+        let local = LocalSocket {
+            listener: unix,
+            own_uid: rustix::process::geteuid().as_raw(),
+        };
+        self.tasks.spawn(accept_loop(local, ctx, self.stop.clone()));
     }
 
     /// Where the TCP listener is bound, if there is one.
@@ -198,60 +205,87 @@ fn bind_socket(path: &Path, take_over: bool) -> anyhow::Result<(UnixListener, u6
     Ok((UnixListener::from_std(listener)?, ino))
 }
 
-async fn accept_unix(listener: UnixListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
-    let own_uid = rustix::process::geteuid().as_raw();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Some(slot) = take_slot(&slots, &stop).await else {
-            return;
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("admin socket: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+/// What the two admin listeners differ in: how a connection is accepted, what it may do,
+/// and who may connect at all. One accept loop ([`accept_loop`]) serves both.
+trait AdminSocket: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// For log lines.
+    const NAME: &'static str;
+    const ACCESS: Access;
+    fn accept(&self) -> impl std::future::Future<Output = io::Result<Self::Stream>> + Send;
+    /// Whether this peer may use the API (a refusal is logged here).
+    fn admits(&self, _stream: &Self::Stream) -> bool {
+        true
+    }
+}
+
+/// The unix socket: the operator's own uid (or root) only, checked by `SO_PEERCRED`.
+struct LocalSocket {
+    listener: UnixListener,
+    own_uid: u32,
+}
+
+impl AdminSocket for LocalSocket {
+    type Stream = tokio::net::UnixStream;
+    const NAME: &'static str = "admin socket";
+    const ACCESS: Access = Access::Local;
+
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        self.listener.accept().await.map(|(s, _)| s)
+    }
+
+    fn admits(&self, stream: &Self::Stream) -> bool {
         match stream.peer_cred() {
-            Ok(cred) if cred.uid() == own_uid || cred.uid() == 0 => {}
+            Ok(cred) if cred.uid() == self.own_uid || cred.uid() == 0 => true,
             Ok(cred) => {
                 tracing::warn!(
                     "admin socket: refused a client running as uid {}",
                     cred.uid()
                 );
-                continue;
+                false
             }
             Err(e) => {
                 tracing::warn!("admin socket: cannot tell who connected ({e}): refused");
-                continue;
+                false
             }
         }
-        tokio::spawn(serve(stream, ctx.clone(), Access::Local, slot));
     }
 }
 
-async fn accept_tcp(listener: TcpListener, ctx: Arc<AdminContext>, stop: CancellationToken) {
+/// The optional TCP listener: anyone may connect; routes check the bearer token.
+struct NetworkSocket(TcpListener);
+
+impl AdminSocket for NetworkSocket {
+    type Stream = tokio::net::TcpStream;
+    const NAME: &'static str = "admin listener";
+    const ACCESS: Access = Access::Network;
+
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        self.0.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Accepts admin connections until `stop`, at most [`MAX_CONNECTIONS`] at once.
+async fn accept_loop<L: AdminSocket>(socket: L, ctx: Arc<AdminContext>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Some(slot) = take_slot(&slots, &stop).await else {
             return;
         };
         let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
+            r = socket.accept() => match r {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("admin listener: accept failed: {e}");
+                    tracing::warn!("{}: accept failed: {e}", L::NAME);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
             _ = stop.cancelled() => return,
         };
-        tokio::spawn(serve(stream, ctx.clone(), Access::Network, slot));
+        if socket.admits(&stream) {
+            tokio::spawn(serve(stream, ctx.clone(), L::ACCESS, slot));
+        }
     }
 }
 

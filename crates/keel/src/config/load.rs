@@ -20,8 +20,8 @@ use super::{
     DEFAULT_PING_TIMEOUT, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, HttpListen, HttpWorkerConfig,
     Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
-    RecycleConfig, RetryPolicy, Scheme, SiteConfig, StartMode, StaticConfig, TlsFiles, Unavailable,
-    WorkerProtocol, default_runtime_dir, resolve_program,
+    RecycleConfig, RequestLimits, RetryPolicy, Scheme, SiteConfig, StartMode, StaticConfig,
+    TlsFiles, Unavailable, WorkerProtocol, default_runtime_dir, resolve_program,
 };
 use crate::log::AccessFormat;
 
@@ -60,9 +60,22 @@ const LISTENER_KEYS: &[&str] = &[
     "entity_body",
     "idle_connection",
     "min_send_rate",
+    "max_field_bytes",
+    "max_request_bytes",
+    "max_url_bytes",
+    "max_segments",
+    "max_segment_chars",
+    "max_body_bytes",
 ];
 const LOG_KEYS: &[&str] = &["error_log", "access_log", "access_format"];
-const SITE_KEYS: &[&str] = &["name", "bindings", "app", "tls", "compression"];
+const SITE_KEYS: &[&str] = &[
+    "name",
+    "bindings",
+    "app",
+    "tls",
+    "compression",
+    "max_body_bytes",
+];
 const TLS_KEYS: &[&str] = &["cert", "key"];
 const APP_KEYS: &[&str] = &["path", "pool", "root", "list", "follow_symlinks"];
 const POOL_KEYS: &[&str] = &[
@@ -392,7 +405,47 @@ fn read_listener(ck: &mut Checker<'_>, v: &Value<'_>) -> ListenerConfig {
     {
         listener.min_send_rate = u64::from(n);
     }
+    read_request_limits(ck, t, &mut listener.request_limits);
     listener
+}
+
+/// Largest head limit keel accepts: hyper buffers at most about 400 KiB of a head.
+const MAX_HEAD_LIMIT: u64 = 256 * 1024;
+
+fn read_request_limits(ck: &mut Checker<'_>, t: &DeTable<'_>, limits: &mut RequestLimits) {
+    let head_size = |ck: &mut Checker<'_>, name: &str, value: &mut usize| {
+        if let Some(v) = t.get(name)
+            && let Some(n) = ck.size(v, &format!("listener.{name}"), false)
+        {
+            if n > MAX_HEAD_LIMIT {
+                ck.report(
+                    &v.span(),
+                    &format!("listener.{name}"),
+                    format!("must be at most 256 KiB (got {n} bytes)"),
+                );
+            } else {
+                *value = n as usize;
+            }
+        }
+    };
+    head_size(ck, "max_field_bytes", &mut limits.max_field_bytes);
+    head_size(ck, "max_request_bytes", &mut limits.max_request_bytes);
+    head_size(ck, "max_url_bytes", &mut limits.max_url_bytes);
+    if let Some(v) = t.get("max_segments")
+        && let Some(n) = ck.integer(v, "listener.max_segments", 1..=65_535)
+    {
+        limits.max_segments = n as usize;
+    }
+    if let Some(v) = t.get("max_segment_chars")
+        && let Some(n) = ck.integer(v, "listener.max_segment_chars", 1..=65_535)
+    {
+        limits.max_segment_chars = n as usize;
+    }
+    if let Some(v) = t.get("max_body_bytes")
+        && let Some(n) = ck.size(v, "listener.max_body_bytes", true)
+    {
+        limits.max_body_bytes = n;
+    }
 }
 
 const CACHE_ADMISSIONS: [(&str, CacheAdmission); 3] = [
@@ -1059,6 +1112,7 @@ struct SiteDraft {
     apps: Vec<AppDraft>,
     tls: Option<Located<TlsFiles>>,
     compression: bool,
+    max_body_bytes: Option<u64>,
 }
 
 struct AppDraft {
@@ -1103,6 +1157,7 @@ impl SiteDraft {
                 .collect(),
             tls: self.tls.map(|t| t.value),
             compression: self.compression,
+            max_body_bytes: self.max_body_bytes,
         }
     }
 }
@@ -1165,7 +1220,11 @@ fn read_site(
         apps: Vec::new(),
         tls: None,
         compression: false,
+        max_body_bytes: None,
     };
+    if let Some(v) = t.get("max_body_bytes") {
+        site.max_body_bytes = ck.size(v, &format!("{key}.max_body_bytes"), true);
+    }
     if let Some(v) = t.get("compression") {
         site.compression = ck
             .boolean(v, &format!("{key}.compression"))

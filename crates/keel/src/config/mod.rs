@@ -175,6 +175,41 @@ pub struct ListenerConfig {
     pub min_send_rate: u64,
     /// HTTP/2 streams one connection may have open at once (never zero).
     pub max_concurrent_streams: u32,
+    /// HTTP.sys's request limits; `max_body_bytes` may be raised or lowered per site.
+    pub request_limits: RequestLimits,
+}
+
+/// What one request may bring: HTTP.sys `MaxFieldLength`, `MaxRequestBytes`,
+/// `UrlSegmentMaxCount`, `UrlSegmentMaxLength`, IIS `maxUrl` and `maxAllowedContentLength`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// One header line (name, `: `, value) → 431 `FieldLength`.
+    pub max_field_bytes: usize,
+    /// Request line and every header line → 431 `RequestLength`.
+    pub max_request_bytes: usize,
+    /// The request target (path and query) → 414 `URL_Length`.
+    pub max_url_bytes: usize,
+    /// Segments of the path → 400 `URL`.
+    pub max_segments: usize,
+    /// Characters of one decoded segment → 400 `URL`.
+    pub max_segment_chars: usize,
+    /// Bytes of a request body, declared or streamed → 413 `EntityTooLarge`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_field_bytes: 16 * 1024,
+            max_request_bytes: 16 * 1024,
+            // HTTP.sys `MaxUrlLength` is 16 KiB, IIS `maxUrl` 4 KiB; keel takes 8 KiB, as
+            // nginx's default large header buffer.
+            max_url_bytes: 8 * 1024,
+            max_segments: 255,
+            max_segment_chars: 260,
+            max_body_bytes: 30_000_000,
+        }
+    }
 }
 
 /// Client connections open at once (HTTP.sys's default is unlimited; 10 000 as IIS's
@@ -279,6 +314,8 @@ pub struct SiteConfig {
     /// `compression = true`: compressible responses go out with brotli or gzip as the client
     /// prefers (IIS static/dynamic compression, nginx gzip).
     pub compression: bool,
+    /// `max_body_bytes` for this site's requests, when it differs from `[listener]`'s.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -582,6 +619,7 @@ impl Default for ListenerConfig {
             entity_body: DEFAULT_ENTITY_BODY,
             idle_connection: DEFAULT_IDLE_CONNECTION,
             min_send_rate: DEFAULT_MIN_SEND_RATE,
+            request_limits: RequestLimits::default(),
         }
     }
 }

@@ -276,6 +276,7 @@ impl Running {
                         idle_connection: config.listener.idle_connection,
                         min_send_rate: config.listener.min_send_rate,
                     },
+                    request_limits: config.listener.request_limits,
                 })
             };
             match self.sockets.get_mut(&plan.addr) {

@@ -149,6 +149,22 @@ impl WorkerConn {
         self.streams.lock().open.len()
     }
 
+    /// The open streams' states, for a log line about a worker that left them open.
+    pub fn open_streams(&self) -> Vec<String> {
+        let streams = self.streams.lock();
+        streams
+            .open
+            .values()
+            .map(|e| {
+                let s = &e.state;
+                format!(
+                    "{}: request_open={} response={:?} started={}",
+                    s.id, s.request_open, s.response, s.started
+                )
+            })
+            .collect()
+    }
+
     pub fn has_room(&self) -> bool {
         !self.closed.load(Ordering::Acquire) && self.in_flight() < self.capacity
     }

@@ -128,6 +128,9 @@ pub fn plan(
                             site: site_name.clone(),
                             backend,
                             compression: site.compression,
+                            max_body_bytes: site
+                                .max_body_bytes
+                                .unwrap_or(config.listener.request_limits.max_body_bytes),
                         },
                     });
                 }
@@ -182,6 +185,8 @@ pub struct Endpoint {
     pub entity_body: Duration,
     /// `[listener] header_wait`, `idle_connection` and `min_send_rate`.
     pub timers: ConnTimers,
+    /// `[listener]` request limits (a site's own `max_body_bytes` is in its routes).
+    pub request_limits: crate::config::RequestLimits,
 }
 
 /// Client connections open now, on every socket.
@@ -299,6 +304,7 @@ pub async fn accept_loop(
                     entity_body: endpoint.entity_body,
                     idle_connection: endpoint.timers.idle_connection,
                     open: counted,
+                    request_limits: endpoint.request_limits,
                     tls,
                     server_name,
                 })

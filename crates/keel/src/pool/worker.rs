@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 
 /// How long a worker may stay alive after closing its socket before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long an exited worker's socket is read for the frames it wrote before exiting.
+const EXIT_READ_GRACE: Duration = Duration::from_millis(500);
 
 /// The timers a worker runs under (from the pool's config).
 #[derive(Clone, Debug)]
@@ -308,7 +310,20 @@ pub async fn run(
                 }
                 break if attached { None } else { exit.wait().await };
             }
-            status = exit.wait() => break status,
+            status = exit.wait() => {
+                // The process is gone, but what it wrote just before exiting (a drained
+                // worker's last responses) may still be in the socket: read to its EOF
+                // before deciding which streams it left open. The kernel closed the
+                // worker's end at exit, so EOF follows at once, unless a child of the
+                // worker inherited the socket; hence the bound.
+                if !http
+                    && let Ok(ReadEnd::Protocol(why)) =
+                        tokio::time::timeout(EXIT_READ_GRACE, &mut reader).await
+                {
+                    tracing::warn!(pool = %pool.name(), pid, "after its exit: broke the protocol: {why}");
+                }
+                break status;
+            }
             ctl = control.recv(), if control_open => match ctl {
                 Some(WorkerControl::Drain) => {
                     pool.worker_gone(&conn);
@@ -372,7 +387,8 @@ pub async fn run(
     if open > 0 && matches!(ending, Ending::Drained) {
         // A drained worker should have finished every stream before exiting; those left
         // get 502 (a drained exit is not a kill from outside). Logged to find out why.
-        tracing::warn!(pool = %pool.name(), pid, open, "drained worker exited with streams still open");
+        let streams = conn.open_streams().join("; ");
+        tracing::warn!(pool = %pool.name(), pid, open, streams, "drained worker exited with streams still open");
     }
     conn.fail_all(ending.killed_from_outside());
     writer.abort();
