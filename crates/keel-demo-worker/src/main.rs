@@ -9,6 +9,10 @@
 //! `KEEL_DEMO_START_DELAY_MS=N` sleeps N ms; `KEEL_DEMO_FAIL_FILE=PATH`, if that file holds
 //! `fail`, exits with status 1, and if it holds `hang`, sleeps for ever (never says HELLO).
 //!
+//! `/ws` is a WebSocket echo (text and binary messages up to 1 MiB); `/ws?flood=N` instead
+//! sends N bytes in 64 KiB binary messages without reading, then closes; `/ws-open` tells how
+//! many WebSocket sessions this process has open.
+//!
 //! Started by hand, it joins a pool with `attach = true` through
 //! `KEEL_ATTACH=<runtime_dir>/attach/<pool>/worker.sock` (see the keel-worker SDK).
 
@@ -206,6 +210,11 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
             text(StatusCode::OK, n.to_string().into())
         }
         (&Method::GET, "/invalidate") => invalidate(&req, query),
+        (&Method::GET, "/ws") => websocket(req),
+        (&Method::GET, "/ws-open") => text(
+            StatusCode::OK,
+            WS_OPEN.load(Ordering::Relaxed).to_string().into(),
+        ),
         (&Method::GET, p) if CACHE_ROUTES.contains(&p) => cache_route(&req, p, query).await,
         (&Method::GET, "/env") => match param(query, "name").and_then(|n| std::env::var(n).ok()) {
             Some(value) => text(StatusCode::OK, value.into()),
@@ -408,6 +417,97 @@ fn invalidate(req: &Request<Body>, query: &str) -> Response<DemoBody> {
         HeaderValue::from_static("no-store"),
     );
     res
+}
+
+/// WebSocket sessions open in this process (`/ws-open`).
+static WS_OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Largest WebSocket message (and frame) `/ws` takes.
+const WS_MAX_MESSAGE: usize = 1 << 20;
+
+/// `/ws`: the opening handshake of RFC 6455 §4.2 answered with 101, then an echo session
+/// (or a flood, with `flood=N`) on the upgraded stream, in a task of its own.
+fn websocket(mut req: Request<Body>) -> Response<DemoBody> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if !header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        let mut res = text(
+            StatusCode::UPGRADE_REQUIRED,
+            Bytes::from_static(b"a WebSocket client is expected here"),
+        );
+        res.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        return res;
+    }
+    let Some(key) =
+        header("sec-websocket-key").filter(|_| header("sec-websocket-version") == Some("13"))
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required"),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let flood = param(req.uri().query().unwrap_or(""), "flood").and_then(|v| v.parse::<u64>().ok());
+    let on_upgrade = keel_worker::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => ws_session(io, flood).await,
+            Err(e) => eprintln!("keel-demo-worker: /ws not upgraded: {e}"),
+        }
+    });
+    let mut res = Response::new(DemoBody::Full(None));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", accept);
+    }
+    res
+}
+
+/// One WebSocket session, counted in [`WS_OPEN`] while it lasts.
+async fn ws_session(io: keel_worker::upgrade::Upgraded, flood: Option<u64>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            WS_OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    WS_OPEN.fetch_add(1, Ordering::Relaxed);
+    let _open = Open;
+
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(WS_MAX_MESSAGE);
+    config.max_frame_size = Some(WS_MAX_MESSAGE);
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    if let Some(mut left) = flood {
+        while left > 0 {
+            let n = left.min(CHUNK.len() as u64) as usize;
+            left -= n as u64;
+            let chunk = Message::Binary(Bytes::from_static(&CHUNK[..n]));
+            if ws.send(chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws.close(None).await;
+    }
+    // Echo until the client closes (its Close is answered by the library on the next read).
+    while let Some(message) = ws.next().await {
+        let echo = match message {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
+            Ok(_) => continue,
+            Err(_) => break,
+        };
+        if ws.send(echo).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// The demo's response bodies, without boxing: a fixed text, an echo, or generated bytes.

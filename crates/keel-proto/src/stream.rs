@@ -256,6 +256,54 @@ mod tests {
     }
 
     #[test]
+    fn an_upgraded_stream_carries_raw_bytes_both_ways_and_closes_when_both_end() {
+        let mut s = StreamState::opened(1, 100, 0, false);
+        s.recv_from_worker(&response(1, 101, b"", false)).unwrap();
+        // The client's bytes, under the request window.
+        assert!(s.send_request_data(60, false));
+        assert!(!s.send_request_data(41, false));
+        s.recv_from_worker(&Frame::Window {
+            id: 1,
+            increment: 60,
+        })
+        .unwrap();
+        assert!(s.send_request_data(100, false));
+        // The worker's bytes, under the response window.
+        let data = |n: usize, end| Frame::Data {
+            id: 1,
+            data: Bytes::from(vec![0u8; n]),
+            end,
+        };
+        s.recv_from_worker(&data(100, false)).unwrap();
+        assert!(s.recv_from_worker(&data(1, false)).is_err());
+        let mut s = StreamState::opened(2, 100, 0, false);
+        s.recv_from_worker(&response(2, 101, b"", false)).unwrap();
+        // The worker ends its side: the client's side is still open.
+        s.recv_from_worker(&Frame::Data {
+            id: 2,
+            data: Bytes::new(),
+            end: true,
+        })
+        .unwrap();
+        assert!(!s.is_closed());
+        assert!(s.send_request_data(0, true));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn an_abort_ends_both_directions_of_an_upgraded_stream() {
+        let mut s = StreamState::opened(1, 100, 0, false);
+        s.recv_from_worker(&response(1, 101, b"", false)).unwrap();
+        s.recv_from_worker(&Frame::Abort {
+            id: 1,
+            code: crate::frame::AbortCode::HandlerFailed,
+        })
+        .unwrap();
+        assert!(s.is_closed());
+        assert!(!s.send_request_data(1, false));
+    }
+
+    #[test]
     fn request_window_is_enforced_and_granted() {
         let mut s = StreamState::opened(1, 10, 4, false);
         assert!(!s.send_request_data(7, false));

@@ -38,7 +38,7 @@ struct Streaming {
 }
 
 /// Request-window credit owed to the daemon for bytes the handler consumed.
-struct Credit {
+pub(crate) struct Credit {
     conn: Arc<Conn>,
     id: StreamId,
     ungranted: u32,
@@ -48,7 +48,17 @@ struct Credit {
 }
 
 impl Credit {
-    fn consumed(&mut self, n: usize, more_to_come: bool) {
+    pub(crate) fn new(conn: Arc<Conn>, id: StreamId) -> Self {
+        let threshold = (conn.initial_window / 2).max(1);
+        Credit {
+            conn,
+            id,
+            ungranted: 0,
+            threshold,
+        }
+    }
+
+    pub(crate) fn consumed(&mut self, n: usize, more_to_come: bool) {
         self.ungranted = self.ungranted.saturating_add(n as u32);
         if more_to_come && self.ungranted >= self.threshold {
             self.conn
@@ -81,7 +91,6 @@ impl Body {
         content_length: Option<u64>,
     ) -> (Self, mpsc::UnboundedSender<BodyChunk>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let threshold = (conn.initial_window / 2).max(1);
         let remaining = content_length.map(|n| n.saturating_sub(first.len() as u64));
         let body = Body {
             inner: Inner::Streaming(Streaming {
@@ -89,12 +98,7 @@ impl Body {
                 rx,
                 done: false,
                 remaining,
-                credit: Credit {
-                    conn,
-                    id,
-                    ungranted: 0,
-                    threshold,
-                },
+                credit: Credit::new(conn, id),
             }),
         };
         (body, tx)

@@ -184,18 +184,24 @@ impl Conn {
     }
 
     /// ABORT from the daemon. Answers it (unless the response was already complete) and
-    /// returns the task to cancel.
+    /// returns the task to cancel. A writer waiting for credit on the stream (an upgraded
+    /// stream's, in a task of the application's own) is woken to find it gone.
     pub(crate) fn on_abort(&self, id: StreamId, code: AbortCode) -> Option<AbortHandle> {
-        self.with_state(|st| {
-            let entry = st.streams.remove(&id)?;
+        let (task, waker) = self.with_state(|st| {
+            let mut entry = st.streams.remove(&id)?;
+            let waker = entry.waker.take();
             if entry.response == ResponsePhase::Done {
-                return None;
+                return Some((None, waker));
             }
             if !st.closing {
                 encode_control(&Frame::Abort { id, code }, &mut st.out);
             }
-            entry.task
-        })
+            Some((entry.task, waker))
+        })?;
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        task
     }
 
     /// DRAIN: from now on the connection ends when its last stream closes. True when that is
@@ -219,9 +225,11 @@ impl Conn {
     /// (`None`: the daemon is gone, tell nobody), and closes the table. Returns the tasks to
     /// cancel; the caller cancels them outside the lock.
     pub(crate) fn abort_all(&self, code: Option<AbortCode>) -> Vec<AbortHandle> {
-        self.with_state(|st| {
+        let (tasks, wakers) = self.with_state(|st| {
             let mut tasks = Vec::new();
-            for (id, entry) in st.streams.drain() {
+            let mut wakers = Vec::new();
+            for (id, mut entry) in st.streams.drain() {
+                wakers.extend(entry.waker.take());
                 if entry.response == ResponsePhase::Done {
                     continue;
                 }
@@ -230,8 +238,12 @@ impl Conn {
                 }
                 tasks.extend(entry.task);
             }
-            tasks
-        })
+            (tasks, wakers)
+        });
+        for waker in wakers {
+            waker.wake();
+        }
+        tasks
     }
 
     /// Accepts no more frames; the writer exits once the buffer is written.
@@ -277,6 +289,11 @@ impl Conn {
     }
 
     // ---- called by request tasks and request bodies ---------------------------------------
+
+    /// The buffer holds more than [`OUTBOX_LIMIT`] bytes: body senders should wait.
+    pub(crate) fn outbox_full(&self) -> bool {
+        self.state.lock().out.len() > OUTBOX_LIMIT
+    }
 
     /// Waits while the buffer holds more than [`OUTBOX_LIMIT`] bytes.
     pub(crate) async fn wait_space(&self) {

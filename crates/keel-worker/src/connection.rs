@@ -44,6 +44,8 @@ pub(crate) struct Options {
     /// The handler sends STARTED through a [`crate::StartSignal`].
     pub started_by_handler: bool,
     pub health: Option<HealthCheck>,
+    /// How requests that ask to upgrade reach the service.
+    pub upgrades: handler::Upgrades,
 }
 
 /// How the reading loop ended without an error.
@@ -251,13 +253,18 @@ where
     /// REQUEST: one new stream, one new task.
     fn open_stream(&mut self, head: RequestHead) -> Result<(), Error> {
         let id = head.id;
-        let (request, body_tx) = request::build(self.conn, head, self.options.started_by_handler);
+        let request::Built {
+            request,
+            body_tx,
+            upgrade,
+        } = request::build(self.conn, head, self.options.started_by_handler);
         let service = self.service.clone();
         let conn = self.conn;
+        let upgrades = self.options.upgrades;
         let refused = conn.with_state(move |st| {
             if st.streams.contains_key(&id) || st.closing {
                 // Handed back so the request (and its body) is dropped outside the lock.
-                return Some((request, service, !st.closing));
+                return Some((request, service, upgrade, !st.closing));
             }
             // Spawned under the lock so the task cannot look for its entry before it exists.
             let task = tokio::spawn(handler::run_stream(
@@ -266,6 +273,8 @@ where
                 request,
                 service,
                 !self.options.started_by_handler,
+                upgrade,
+                upgrades,
             ));
             st.streams.insert(
                 id,
@@ -281,11 +290,11 @@ where
             None
         });
         match refused {
-            Some((_, _, true)) => Err(Error::Protocol(
+            Some((_, _, _, true)) => Err(Error::Protocol(
                 "REQUEST for a stream id that is still open",
             )),
             // The socket failed: the loop sees EOF next.
-            Some((_, _, false)) | None => Ok(()),
+            Some((_, _, _, false)) | None => Ok(()),
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::body::Body;
 use crate::conn::Conn;
 use crate::request::Rejected;
 use crate::response::{self, BoxError, Failure};
+use crate::upgrade::Pending;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
@@ -16,6 +17,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tower_service::Service;
 
+/// How requests that ask to upgrade reach the service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Upgrades {
+    /// With the SDK's own `OnUpgrade` ([`crate::serve`]).
+    #[default]
+    Native,
+    /// Through a hyper connection, with hyper's `OnUpgrade` ([`crate::serve_service`]).
+    ThroughHyper,
+}
+
 /// The task of one stream. Cancelled (dropped) when the daemon aborts the stream or goes away.
 pub(crate) async fn run_stream<S, B>(
     conn: Arc<Conn>,
@@ -23,10 +34,13 @@ pub(crate) async fn run_stream<S, B>(
     request: Result<Request<Body>, Rejected>,
     mut service: S,
     send_started: bool,
+    upgrade: Option<Pending>,
+    upgrades: Upgrades,
 ) where
-    S: Service<Request<Body>, Response = Response<B>>,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: Into<BoxError>,
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let request = match request {
@@ -37,7 +51,7 @@ pub(crate) async fn run_stream<S, B>(
             tracing::warn!(id, what, "request refused before the handler");
             let mut bad = Response::new(Body::from("bad request"));
             *bad.status_mut() = StatusCode::BAD_REQUEST;
-            let _ = response::send(&conn, id, bad).await;
+            let _ = response::send(&conn, id, bad, None).await;
             return;
         }
     };
@@ -45,14 +59,21 @@ pub(crate) async fn run_stream<S, B>(
         if send_started {
             conn.started(id).await?;
         }
-        poll_fn(|cx| service.poll_ready(cx))
-            .await
-            .map_err(|e| Failure::App(e.into()))?;
-        let response = service
-            .call(request)
-            .await
-            .map_err(|e| Failure::App(e.into()))?;
-        response::send(&conn, id, response).await
+        match (upgrade, upgrades) {
+            (Some(upgrade), Upgrades::ThroughHyper) => {
+                crate::hyper_upgrade::serve(&conn, id, request, service, upgrade).await
+            }
+            (upgrade, _) => {
+                poll_fn(|cx| service.poll_ready(cx))
+                    .await
+                    .map_err(|e| Failure::App(e.into()))?;
+                let response = service
+                    .call(request)
+                    .await
+                    .map_err(|e| Failure::App(e.into()))?;
+                response::send(&conn, id, response, upgrade).await
+            }
+        }
     })
     .catch_unwind()
     .await;

@@ -16,6 +16,7 @@
 //! ```
 //!
 //! and [`serve_service`], which runs any `tower::Service` — an axum `Router` unchanged.
+//! Upgrades (WebSocket): see [`upgrade`].
 //!
 //! Inside: one reading loop per connection dispatches frames (`connection.rs`), one task per
 //! request runs the application (`handler.rs`), and one writer task batches every outgoing
@@ -28,8 +29,10 @@ mod conn;
 mod connection;
 mod error;
 mod handler;
+mod hyper_upgrade;
 mod request;
 mod response;
+pub mod upgrade;
 mod writer;
 
 pub use body::{Body, BodyError};
@@ -233,7 +236,8 @@ impl Worker {
         self
     }
 
-    /// Serves a plain async function until keel drains the worker or goes away.
+    /// Serves a plain async function until keel drains the worker or goes away. A request
+    /// that asks to upgrade carries an [`upgrade::OnUpgrade`] (see [`upgrade`]).
     pub async fn serve<F, Fut, B>(self, handler: F) -> Result<(), Error>
     where
         F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
@@ -241,11 +245,26 @@ impl Worker {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.serve_service(handler::FnService::new(handler)).await
+        self.run(handler::FnService::new(handler), handler::Upgrades::Native)
+            .await
     }
 
-    /// Serves a `tower::Service` until keel drains the worker or goes away.
+    /// Serves a `tower::Service` until keel drains the worker or goes away. A request that
+    /// asks to upgrade reaches the service through a hyper HTTP/1.1 connection (in memory),
+    /// so it carries hyper's `OnUpgrade` as under `axum::serve`: axum's `WebSocketUpgrade`
+    /// and `hyper::upgrade::on` work unchanged.
     pub async fn serve_service<S, B>(self, service: S) -> Result<(), Error>
+    where
+        S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.run(service, handler::Upgrades::ThroughHyper).await
+    }
+
+    async fn run<S, B>(mut self, service: S, upgrades: handler::Upgrades) -> Result<(), Error>
     where
         S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -257,6 +276,7 @@ impl Worker {
             Some(n) => n,
             None => capacity_from_env()?,
         };
+        self.options.upgrades = upgrades;
         connection::run(self.socket, capacity, self.options, service).await
     }
 }

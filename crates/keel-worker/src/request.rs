@@ -2,6 +2,7 @@
 
 use crate::body::Body;
 use crate::conn::{BodyChunk, Conn};
+use crate::upgrade::Pending;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri, Version};
@@ -96,16 +97,20 @@ impl StartSignal {
 /// A REQUEST frame the http crate refuses (the daemon validates less strictly than `http`).
 pub(crate) type Rejected = &'static str;
 
+/// A REQUEST frame made ready for its stream.
+pub(crate) struct Built {
+    pub request: Result<Request<Body>, Rejected>,
+    /// Where the reading loop sends the request direction's DATA, when more is to come.
+    pub body_tx: Option<mpsc::UnboundedSender<BodyChunk>>,
+    /// The request asked to upgrade: resolved when its 101 is sent.
+    pub upgrade: Option<Pending>,
+}
+
 /// Builds the request and, when more body is to come, the sender the reading loop feeds it
-/// through. Header bytes are shared with the frame, not copied.
-pub(crate) fn build(
-    conn: &Arc<Conn>,
-    head: RequestHead,
-    started_by_handler: bool,
-) -> (
-    Result<Request<Body>, Rejected>,
-    Option<mpsc::UnboundedSender<BodyChunk>>,
-) {
+/// through. Header bytes are shared with the frame, not copied. A request that asks to
+/// upgrade has no body (the daemon sends none): its request direction is kept for the
+/// upgraded bytes, behind an [`crate::upgrade::OnUpgrade`] in its extensions.
+pub(crate) fn build(conn: &Arc<Conn>, head: RequestHead, started_by_handler: bool) -> Built {
     let RequestHead {
         id,
         method,
@@ -138,20 +143,33 @@ pub(crate) fn build(
         headers.append(name, value);
     }
 
-    let (body, body_tx) = if end {
-        (Body::from(first), None)
+    let mut on_upgrade = None;
+    let (body, body_tx, upgrade) = if end {
+        (Body::from(first), None, None)
+    } else if crate::upgrade::requested(&headers) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pending, on) = crate::upgrade::pending(rx);
+        on_upgrade = Some(on);
+        (Body::from(first), Some(tx), Some(pending))
     } else {
         let (body, tx) = Body::streaming(conn.clone(), id, first, content_length);
-        (body, Some(tx))
+        (body, Some(tx), None)
+    };
+    // The sender stays with the stream even when the request is refused, so DATA already
+    // on its way is granted back and the stream can close.
+    let refused = |what, body_tx| Built {
+        request: Err(what),
+        body_tx,
+        upgrade: None,
     };
     if let Some(what) = rejected {
-        return (Err(what), body_tx);
+        return refused(what, body_tx);
     }
     let Ok(method) = Method::from_bytes(&method) else {
-        return (Err("a method the http crate does not accept"), body_tx);
+        return refused("a method the http crate does not accept", body_tx);
     };
     let Ok(uri) = Uri::from_maybe_shared(target) else {
-        return (Err("a target the http crate does not accept"), body_tx);
+        return refused("a target the http crate does not accept", body_tx);
     };
 
     let mut request = Request::new(body);
@@ -175,7 +193,14 @@ pub(crate) fn build(
         tls,
         server_name: server_name_of(&server_name),
     });
-    (Ok(request), body_tx)
+    if let Some(on) = on_upgrade {
+        request.extensions_mut().insert(on);
+    }
+    Built {
+        request: Ok(request),
+        body_tx,
+        upgrade,
+    }
 }
 
 fn http_version(v: HttpVersion) -> Version {

@@ -4,16 +4,21 @@
 //! RESPONSE frame with END set: the fast path for small answers. Anything else sends the
 //! head with whatever body was ready, then DATA frames of at most `MAX_DATA_CHUNK` bytes,
 //! never more than the stream's window allows.
+//!
+//! A 101 to a request that asked to upgrade leaves as a RESPONSE without END (its body, if
+//! any, is dropped) and hands the stream to the handler's `OnUpgrade`.
 
 use crate::conn::{Conn, Ended};
+use crate::upgrade::Pending;
 use bytes::{Bytes, BytesMut};
-use http::Response;
 use http::header::{CONNECTION, HeaderMap, TRANSFER_ENCODING};
+use http::{Response, StatusCode};
 use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use keel_proto::{CachePolicy, Header, ResponseHead, StreamId};
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::Poll;
 
 /// Largest body sent inline in the RESPONSE frame.
@@ -35,7 +40,12 @@ impl From<Ended> for Failure {
     }
 }
 
-pub(crate) async fn send<B>(conn: &Conn, id: StreamId, response: Response<B>) -> Result<(), Failure>
+pub(crate) async fn send<B>(
+    conn: &Arc<Conn>,
+    id: StreamId,
+    response: Response<B>,
+    upgrade: Option<Pending>,
+) -> Result<(), Failure>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -47,6 +57,26 @@ where
         .copied()
         .unwrap_or(CachePolicy::None);
     let headers = wire_headers(&parts.headers);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The daemon would take a 101 to a request that cannot upgrade for a broken
+        // protocol: the handler's mistake ends only this stream.
+        let Some(upgrade) = upgrade else {
+            let why = String::from("a 101 answer to a request that did not ask to upgrade");
+            return Err(Failure::App(why.into()));
+        };
+        conn.send_head(ResponseHead {
+            id,
+            status: parts.status.as_u16(),
+            cache: CachePolicy::None,
+            headers,
+            body: Bytes::new(),
+            end: false,
+        })?;
+        upgrade.resolve(conn.clone(), id);
+        return Ok(());
+    }
+    // Not upgraded: the handler's `OnUpgrade` fails, the request direction is discarded.
+    drop(upgrade);
     let mut body = pin!(body);
 
     let limit = (conn.window(id)? as usize).min(INLINE_LIMIT);

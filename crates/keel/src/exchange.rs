@@ -12,7 +12,10 @@
 //! - response-body credit is given back to the worker only as bytes are handed to the
 //!   client connection, so a slow client stalls only its own stream;
 //! - when the client goes away, a queued request leaves the queue and an assigned one is
-//!   aborted on its worker (`Drop`).
+//!   aborted on its worker (`Drop`);
+//! - a request that may be upgraded keeps its request direction open until the answer: END
+//!   follows a non-101 head; after a 101 the client connection itself is the source
+//!   ([`Exchange::upgrade`]) and the request is never replayed.
 
 use crate::config::RetryPolicy;
 use crate::dispatch::{Event, EventRx, Job, WorkerConn};
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use std::time::SystemTime;
+use tokio::io::AsyncRead;
 use tokio::time::Sleep;
 
 /// Request-body bytes kept for a replay. Beyond this a request that lost its worker after
@@ -100,9 +104,23 @@ enum Phase {
     Done,
 }
 
+/// Largest read from an upgraded client connection: one DATA frame's worth.
+const RAW_READ: usize = keel_proto::MAX_DATA_CHUNK;
+
+/// Where the bytes of the request direction come from.
+enum Source {
+    /// The request's HTTP body.
+    Body(Incoming),
+    /// The client connection itself, after a 101 (the tunnel of `upgrade.rs`).
+    Raw {
+        io: Pin<Box<dyn AsyncRead + Send>>,
+        buf: bytes::BytesMut,
+    },
+}
+
 /// The request body as it flows from the client to whichever worker has the request.
 struct RequestBody {
-    source: Option<Incoming>,
+    source: Option<Source>,
     /// Read from the client but not yet sent to the current worker.
     pending: VecDeque<Bytes>,
     /// Everything read from the client so far, for a replay (until RETAIN_LIMIT).
@@ -113,6 +131,8 @@ struct RequestBody {
     exhausted: bool,
     /// END went to the current worker.
     sent_end: bool,
+    /// The request may be upgraded: its END waits for the answer (none after a 101).
+    hold_end: bool,
     /// `[listener] entity_body`: the longest pause between two pieces from the client.
     stall_limit: Duration,
     /// Bytes read from the client so far, and the most the site takes (`max_body_bytes`).
@@ -145,10 +165,15 @@ pub struct Exchange {
     meta: Arc<RequestMeta>,
     /// When the request was put into its pool; taken at its first assignment (queue wait).
     submitted: Option<std::time::Instant>,
+    /// Answered 101: the stream carries raw bytes, the tunnel gives response credit back as
+    /// it writes to the client, and counts what the client sent in `raw_received`.
+    upgraded: bool,
+    raw_received: u64,
 }
 
 impl Exchange {
-    /// `body` is `None` when the whole body travels inline in the job's head.
+    /// `body` is `None` when the whole body travels inline in the job's head. `upgrade`: the
+    /// request asked to switch protocols, so its END waits for a non-101 answer.
     pub fn new(
         pool: Arc<Pool>,
         job: Job,
@@ -156,6 +181,7 @@ impl Exchange {
         body: Option<Incoming>,
         meta: Arc<RequestMeta>,
         limits: BodyLimits,
+        upgrade: bool,
     ) -> Self {
         let idempotent = matches!(
             meta.method,
@@ -177,13 +203,14 @@ impl Exchange {
             response_started: false,
             response_done: false,
             body: RequestBody {
-                source: body,
+                source: body.map(Source::Body),
                 pending: VecDeque::new(),
                 retained: Vec::new(),
                 retained_len: 0,
                 replayable: true,
                 exhausted,
-                sent_end: exhausted,
+                sent_end: exhausted && !upgrade,
+                hold_end: upgrade,
                 stall_limit: limits.stall,
                 received: 0,
                 max_bytes: limits.max_bytes,
@@ -192,6 +219,8 @@ impl Exchange {
             queue_timer: None,
             meta,
             submitted: None,
+            upgraded: false,
+            raw_received: 0,
         }
     }
 
@@ -234,6 +263,13 @@ impl Exchange {
                     Event::Response(head) => {
                         self.response_started = true;
                         self.response_done = head.end;
+                        if head.status != 101 && self.body.hold_end {
+                            // Not upgraded: the request direction ends like any other.
+                            self.body.hold_end = false;
+                            if let Err(f) = self.pump_request_body(cx) {
+                                return Poll::Ready(Err(f));
+                            }
+                        }
                         return Poll::Ready(Ok(head));
                     }
                     Event::WindowOpened | Event::Data { .. } => {}
@@ -333,7 +369,7 @@ impl Exchange {
         let (worker, id) = (worker.clone(), *id);
         let body = &mut self.body;
         while !body.sent_end {
-            let last = body.exhausted && body.pending.len() == 1;
+            let last = body.exhausted && !body.hold_end && body.pending.len() == 1;
             if let Some(chunk) = body.pending.front_mut() {
                 match worker.send_request_data(id, chunk, last) {
                     // The stream is gone (worker lost or aborted): its event will tell.
@@ -348,6 +384,9 @@ impl Exchange {
                 continue;
             }
             if body.exhausted {
+                if body.hold_end {
+                    return Ok(());
+                }
                 match worker.send_request_data(id, &Bytes::new(), true) {
                     Some(_) | None => body.sent_end = true,
                 }
@@ -357,8 +396,40 @@ impl Exchange {
                 body.exhausted = true;
                 continue;
             };
-            match Pin::new(source).poll_frame(cx) {
+            let polled = match source {
+                Source::Body(incoming) => match Pin::new(incoming).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        Poll::Ready(Some(Ok(frame.into_data().unwrap_or_default())))
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        Poll::Ready(Some(Err(crate::request_check::body_error_reason(&e))))
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                },
+                Source::Raw { io, buf } => {
+                    buf.reserve(RAW_READ);
+                    match tokio_util::io::poll_read_buf(io.as_mut(), cx, buf) {
+                        Poll::Ready(Ok(0)) => Poll::Ready(None),
+                        Poll::Ready(Ok(n)) => {
+                            self.raw_received += n as u64;
+                            Poll::Ready(Some(Ok(buf.split().freeze())))
+                        }
+                        Poll::Ready(Err(_)) => Poll::Ready(Some(Err(Reason::ClientReset))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            };
+            // Upgraded bytes are no request body: neither `entity_body` nor `max_body_bytes`
+            // applies to them.
+            let raw = matches!(source, Source::Raw { .. });
+            match polled {
                 Poll::Pending => {
+                    if raw {
+                        // An upgraded connection may be quiet for as long as it likes: the
+                        // tunnel's idle timer covers both directions.
+                        return Ok(());
+                    }
                     // The client owes the next piece: HTTP.sys EntityBody.
                     let limit = body.stall_limit;
                     let stall = body
@@ -378,19 +449,19 @@ impl Exchange {
                     body.exhausted = true;
                     body.source = None;
                 }
-                Poll::Ready(Some(Ok(frame))) => {
+                Poll::Ready(Some(Ok(data))) => {
                     body.stall = None;
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        body.received += data.len() as u64;
-                        if body.received > body.max_bytes {
-                            // A body without a declared length ran past the site's limit.
-                            self.phase_abort(AbortCode::ClientGone);
-                            return Err(Failure::new(
-                                http::StatusCode::PAYLOAD_TOO_LARGE,
-                                Reason::EntityTooLarge,
-                            ));
+                    if !data.is_empty() {
+                        if !raw {
+                            body.received += data.len() as u64;
+                            if body.received > body.max_bytes {
+                                // A body without a declared length ran past the site's limit.
+                                self.phase_abort(AbortCode::ClientGone);
+                                return Err(Failure::new(
+                                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                                    Reason::EntityTooLarge,
+                                ));
+                            }
                         }
                         if body.replayable {
                             body.retained_len += data.len();
@@ -404,13 +475,10 @@ impl Exchange {
                         body.pending.push_back(data);
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(reason))) => {
                     // The client's body broke off (disconnect, bad chunking).
                     self.phase_abort(AbortCode::ClientGone);
-                    return Err(Failure::new(
-                        http::StatusCode::BAD_REQUEST,
-                        crate::request_check::body_error_reason(&e),
-                    ));
+                    return Err(Failure::new(http::StatusCode::BAD_REQUEST, reason));
                 }
             }
         }
@@ -432,8 +500,11 @@ impl Exchange {
             if self.response_done {
                 return Poll::Ready(None);
             }
-            // The request body may still be flowing (full-duplex streaming).
-            if let Err(f) = self.pump_request_body(cx) {
+            // The request body may still be flowing (full-duplex streaming). An upgraded
+            // stream's tunnel pumps the client's bytes itself.
+            if !self.upgraded
+                && let Err(f) = self.pump_request_body(cx)
+            {
                 if matches!(f.reason, Reason::TimerEntityBody | Reason::EntityTooLarge) {
                     // The answer had begun: it is cut, and the cause is on record.
                     self.meta.log(None, f.reason, Some(self.pool.name()));
@@ -443,7 +514,9 @@ impl Exchange {
             let event = ready!(self.events.poll_recv(cx));
             match event {
                 Some(Event::Data { data, end }) => {
-                    if let Phase::Assigned { worker, id } = &self.phase {
+                    if !self.upgraded
+                        && let Phase::Assigned { worker, id } = &self.phase
+                    {
                         worker.grant(*id, data.len());
                     }
                     if end {
@@ -481,6 +554,60 @@ impl Exchange {
 
     pub fn is_response_done(&self) -> bool {
         self.response_done
+    }
+
+    /// The worker answered 101: from now on the client connection's bytes are the request
+    /// direction (read by [`Exchange::pump_upgraded`]), and the request can never be
+    /// replayed.
+    pub fn upgrade(&mut self, client: Pin<Box<dyn AsyncRead + Send>>) {
+        self.upgraded = true;
+        let body = &mut self.body;
+        body.replayable = false;
+        body.retained = Vec::new();
+        body.hold_end = false;
+        body.exhausted = false;
+        body.stall = None;
+        body.source = Some(Source::Raw {
+            io: client,
+            buf: bytes::BytesMut::new(),
+        });
+    }
+
+    /// Moves the upgraded client's bytes to the worker as far as the window allows; at its
+    /// EOF, END. `Err` when the client connection failed (the stream is then aborted).
+    pub fn pump_upgraded(&mut self, cx: &mut Context<'_>) -> Result<(), Failure> {
+        self.pump_request_body(cx)
+    }
+
+    /// Bytes the upgraded client has sent so far.
+    pub fn raw_received(&self) -> u64 {
+        self.raw_received
+    }
+
+    /// Ends the request direction at once (an upgraded stream whose worker side has ended:
+    /// the client connection is closed, nothing more will come from it).
+    pub fn end_request(&mut self) {
+        if let Phase::Assigned { worker, id } = &self.phase
+            && !self.body.sent_end
+        {
+            worker.send_request_data(*id, &Bytes::new(), true);
+        }
+        self.body.sent_end = true;
+        self.body.pending.clear();
+        self.body.source = None;
+        if self.response_done {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// Gives up on the stream: ABORT with `code` to the worker.
+    pub fn abort(&mut self, code: AbortCode) {
+        self.phase_abort(code);
+    }
+
+    /// An error-log line for this request, naming its pool.
+    pub fn log(&self, reason: Reason) {
+        self.meta.log(None, reason, Some(self.pool.name()));
     }
 
     pub fn pool_name(&self) -> &str {

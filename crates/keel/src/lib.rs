@@ -18,3 +18,4 @@ pub mod request_check;
 pub mod request_path;
 pub mod routing;
 pub mod static_files;
+pub mod upgrade;

@@ -70,6 +70,12 @@ pub struct ConnContext {
     pub access_log: Option<AccessLog>,
     /// `[listener] entity_body`: the longest pause inside a request body.
     pub entity_body: Duration,
+    /// `[listener] idle_connection`: how long an upgraded connection may carry no byte
+    /// either way.
+    pub idle_connection: Duration,
+    /// Keeps the connection counted while anything serving it lives (an upgraded
+    /// connection outlives hyper's connection task).
+    pub open: crate::listener::OpenConnection,
     /// `[listener]` request limits, checked before routing.
     pub request_limits: crate::config::RequestLimits,
 }
@@ -124,7 +130,7 @@ pub async fn serve_request(
 
 /// [`serve_request`] after the route lookup (which the access log also needs: done once).
 async fn serve_routed(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: Arc<ConnContext>,
     routed: Result<AppTarget, Unrouted>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
@@ -170,9 +176,13 @@ async fn serve_routed(
         Backend::Static(root) => return Ok(serve_static(req, root, &target).await),
     };
 
+    // An upgrade (WebSocket) goes to its pool like any request, but never through the cache.
+    let upgrade = crate::upgrade::requested(&req);
+
     // cache: a fresh entry answers at once; concurrent misses wait for one fetch
     let mut cached = None;
     if let Some(cache) = crate::cache::installed()
+        && !upgrade
         && policy::request_may_use_cache(req.method())
         && req.body().is_end_stream()
     {
@@ -183,6 +193,7 @@ async fn serve_routed(
     }
     // Only requests that go on to a pool need what the error log records.
     let meta = meta(target.site.clone());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // read small body
     let (parts, body) = req.into_parts();
@@ -214,14 +225,15 @@ async fn serve_routed(
         }
     };
 
-    // enqueue
-    let head = encode_head(&parts, &conn, &inline, stream.is_none(), &pool);
+    // enqueue (an upgrade's request direction stays open: the worker may answer 101)
+    let end = stream.is_none() && !upgrade;
+    let head = encode_head(&parts, &conn, &inline, end, upgrade, &pool);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         key: pool.next_key(),
         head,
         inline_len: inline.len(),
-        end: stream.is_none(),
+        end,
         events: tx,
     };
     let mut exchange = Exchange::new(
@@ -234,6 +246,7 @@ async fn serve_routed(
             stall: conn.entity_body,
             max_bytes: target.max_body_bytes,
         },
+        upgrade,
     );
     if let Err(f) = exchange.submit() {
         if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
@@ -265,6 +278,20 @@ async fn serve_routed(
         && let Some(stale) = cached.as_ref().and_then(CacheCtx::stale)
     {
         return Ok(stale);
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(on_upgrade) = on_upgrade else {
+            // A 101 nobody asked for: the stream is aborted (the exchange is dropped).
+            let f = Failure::new(
+                StatusCode::BAD_GATEWAY,
+                Reason::ConnectionAbandonedByAppPool,
+            );
+            return failure_response(f, &meta, &pool);
+        };
+        let requested = parts.headers.get(header::UPGRADE).cloned();
+        return Ok(crate::upgrade::switch(
+            head, exchange, on_upgrade, requested, conn,
+        ));
     }
     let end = head.end;
     let mut resp = Response::new(if head.end {
@@ -653,11 +680,14 @@ fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, Unrou
     Ok(target)
 }
 
+/// The REQUEST frame (stream id 0). `upgrade`: the request's `Upgrade` values and
+/// `Connection: upgrade` go along, the only hop-by-hop fields a worker ever sees.
 fn encode_head(
     parts: &http::request::Parts,
     conn: &ConnContext,
     inline: &[u8],
     end: bool,
+    upgrade: bool,
     pool: &Pool,
 ) -> Bytes {
     let target = parts
@@ -678,7 +708,13 @@ fn encode_head(
         .headers
         .iter()
         .filter(|(n, _)| !is_hop_by_hop(n) && !listed.contains(n))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(
+            upgrade
+                .then(|| crate::upgrade::worker_fields(&parts.headers))
+                .into_iter()
+                .flatten(),
+        );
     let encoded = keel_proto::encode_request(
         RequestParts {
             id: 0,
@@ -757,6 +793,9 @@ pub enum ResponseBody {
     Compressed(Box<CompressBody<ResponseBody>>),
     /// A body that failed before its first byte: the connection is closed.
     Broken,
+    /// A 101: the tunnel that carries the upgraded connection. Taken out and started by
+    /// [`serve_logged`] before the response reaches hyper (which sends no body with a 101).
+    Upgrade(Box<crate::upgrade::Tunnel>),
     /// Chunks already read from `rest`, sent first.
     Prefixed {
         chunks: std::collections::VecDeque<Bytes>,
@@ -786,6 +825,7 @@ impl Body for ResponseBody {
                 .map(|o| o.map(|r| r.map_err(|_| ResponseBroken))),
             ResponseBody::Compressed(c) => Pin::new(&mut **c).poll_frame(cx),
             ResponseBody::Broken => Poll::Ready(Some(Err(ResponseBroken))),
+            ResponseBody::Upgrade(_) => Poll::Ready(None),
             ResponseBody::Prefixed { chunks, rest } => match chunks.pop_front() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None => Pin::new(&mut **rest).poll_frame(cx),
@@ -833,6 +873,7 @@ impl Body for ResponseBody {
             ResponseBody::File(f) => f.is_end_stream(),
             ResponseBody::Compressed(c) => c.is_end_stream(),
             ResponseBody::Broken => false,
+            ResponseBody::Upgrade(_) => true,
             ResponseBody::Prefixed { chunks, rest } => chunks.is_empty() && rest.is_end_stream(),
         }
     }
@@ -842,6 +883,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            ResponseBody::Upgrade(_) => SizeHint::with_exact(0),
             ResponseBody::File(f) => f.size_hint(),
             ResponseBody::Streaming { .. }
             | ResponseBody::Compressed(_)
@@ -875,8 +917,9 @@ pub async fn serve_logged(
         crate::metrics::request_done(&site, &pool, status.as_u16(), arrived.elapsed());
     };
     let Some(log) = conn.access_log.clone() else {
-        let resp = serve_routed(req, conn, routed).await?;
+        let mut resp = serve_routed(req, conn, routed).await?;
         counted(resp.status());
+        start_tunnel(&mut resp, None);
         return Ok(resp.map(|inner| LoggedBody {
             inner,
             pending: None,
@@ -915,7 +958,7 @@ pub async fn serve_logged(
         bytes_sent: 0,
     });
     match serve_routed(req, conn, routed).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
             counted(resp.status());
             pending.status = resp.status().as_u16();
             pending.cache = match resp.extensions().get::<CacheStatus>() {
@@ -924,10 +967,8 @@ pub async fn serve_logged(
                 Some(CacheStatus::Stale) => CacheMark::Stale,
                 None => CacheMark::None,
             };
-            Ok(resp.map(|inner| LoggedBody {
-                inner,
-                pending: Some(pending),
-            }))
+            let pending = start_tunnel(&mut resp, Some(pending));
+            Ok(resp.map(|inner| LoggedBody { inner, pending }))
         }
         Err(reset) => {
             // The connection is reset: the client got no status at all.
@@ -937,8 +978,26 @@ pub async fn serve_logged(
     }
 }
 
+/// A 101 goes to hyper with an empty body; its tunnel runs on a task of its own, waits for
+/// hyper to hand over the connection, and writes the access-log line when it ends. Returns
+/// the log line when the response is not an upgrade.
+fn start_tunnel(
+    resp: &mut Response<ResponseBody>,
+    log: Option<Box<PendingLog>>,
+) -> Option<Box<PendingLog>> {
+    if !matches!(resp.body(), ResponseBody::Upgrade(_)) {
+        return log;
+    }
+    if let ResponseBody::Upgrade(tunnel) =
+        std::mem::replace(resp.body_mut(), ResponseBody::Full(None))
+    {
+        tokio::spawn(tunnel.run(log));
+    }
+    None
+}
+
 /// What the access log needs to know about a request until its response is done.
-struct PendingLog {
+pub(crate) struct PendingLog {
     log: AccessLog,
     time: SystemTime,
     start: Instant,
@@ -952,14 +1011,14 @@ struct PendingLog {
     host: Option<String>,
     user_agent: Option<String>,
     referer: Option<String>,
-    bytes_received: u64,
+    pub(crate) bytes_received: u64,
     status: u16,
     cache: CacheMark,
-    bytes_sent: u64,
+    pub(crate) bytes_sent: u64,
 }
 
 impl PendingLog {
-    fn write(&self) {
+    pub(crate) fn write(&self) {
         self.log.log(&AccessRecord {
             time: self.time,
             site: &self.site,

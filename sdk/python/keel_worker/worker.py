@@ -44,6 +44,13 @@ class Aborted(Exception):
         self.code = code
 
 
+def _asks_upgrade(headers: list[Header]) -> bool:
+    """``upgrade`` and ``connection: upgrade``, as the daemon sends them (§11)."""
+    upgrade = any(n == b"upgrade" for n, _ in headers)
+    connection = any(n == b"connection" and b"upgrade" in v.lower() for n, v in headers)
+    return upgrade and connection
+
+
 class Exchange:
     """One request stream as the application sees it: the request head, the request body
     (``receive`` / ``read_body``), and the response (``start_response`` / ``send`` /
@@ -69,6 +76,10 @@ class Exchange:
             path = rest[slash:] if slash >= 0 else b"/"
         self.raw_path: bytes = path
         self.query_string: bytes = query
+        # A request that asks to switch protocols comes without END_STREAM and has no body
+        # (worker protocol §11): its request direction carries bytes only after a 101. Until
+        # the handler answers 101, `receive()` sees an empty body.
+        self.upgrade_request: bool = not req.end_stream and _asks_upgrade(req.headers)
 
     # ---- request head
 
@@ -124,7 +135,7 @@ class Exchange:
                 chunk = self._chunks.popleft()
                 self._conn.consumed(self, len(chunk))
                 return chunk
-            if self.state.request_ended:
+            if self.state.request_ended or (self.upgrade_request and self._head_status != 101):
                 return b""
             loop = asyncio.get_running_loop()
             self._waiter = loop.create_future()

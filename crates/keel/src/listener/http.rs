@@ -3,13 +3,14 @@
 
 use super::conn_clock::{ConnClock, RequestGuard};
 use crate::config::ListenerConfig;
+use crate::log::Reason;
 use crate::request_path::{ConnContext, LoggedBody, serve_logged};
 use http::{Request, header};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulConnection, Watcher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -104,7 +105,8 @@ pub async fn serve<I>(
         }
         async move {
             let mut resp = serve_logged(with_host(req), ctx).await?;
-            if http1 && super::draining() {
+            if http1 && super::draining() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
                 // The client learns from this answer not to send another request on the
                 // connection, instead of racing keel's close of an idle one.
                 resp.headers_mut()
@@ -116,17 +118,40 @@ pub async fn serve<I>(
             }))
         }
     });
-    let conn = builder.serve_connection(io, service);
-    let (status, reason) = tokio::select! {
-        ended = watcher.watch(conn) => {
-            let Err(e) = ended else { return };
+    // With upgrades: a 101 hands the connection over to its tunnel (upgrade.rs), whose own
+    // idle timer then applies; this connection task (and its clock) ends there. hyper-util's
+    // upgradeable connection sniffs for the HTTP/2 preface whatever the builder allows, so
+    // where only HTTP/1.1 is allowed the preface is refused by `NoHttp2Preface` (as an
+    // HTTP/1-only connection refuses it), and HTTP/2-only connections (ALPN h2), which have
+    // no upgrades, are served without them.
+    let expired = if !builder.is_http1_available() {
+        watch(builder.serve_connection(io, service), watcher, &clock).await
+    } else if builder.is_http2_available() {
+        watch(
+            builder.serve_connection_with_upgrades(io, service),
+            watcher,
+            &clock,
+        )
+        .await
+    } else {
+        let io = NoHttp2Preface::new(io);
+        watch(
+            builder.serve_connection_with_upgrades(io, service),
+            watcher,
+            &clock,
+        )
+        .await
+    };
+    let (status, reason) = match expired {
+        Ok(()) => return,
+        Err(Ended::Error(e)) => {
             tracing::debug!(peer = %client, "connection ended: {e}");
             match e.downcast_ref::<hyper::Error>().and_then(parse_refusal) {
                 Some(refused) => refused,
                 None => return,
             }
         }
-        reason = clock.expired() => {
+        Err(Ended::Timer(reason)) => {
             // Dropping the connection closes it; HTTP.sys answers nothing either.
             tracing::debug!(peer = %client, "connection closed: {}", reason.phrase());
             (None, reason)
@@ -144,6 +169,108 @@ pub async fn serve<I>(
         reason,
         queue: None,
     });
+}
+
+/// Why a connection ended other than by closing normally.
+enum Ended {
+    Error(Box<dyn std::error::Error + Send + Sync>),
+    /// One of the connection's own timers ran out.
+    Timer(Reason),
+}
+
+/// Drives a connection until it ends, graceful shutdown included, or its clock runs out.
+async fn watch<C>(conn: C, watcher: Watcher, clock: &ConnClock) -> Result<(), Ended>
+where
+    C: GracefulConnection,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::select! {
+        ended = watcher.watch(conn) => ended.map_err(|e| Ended::Error(e.into())),
+        reason = clock.expired() => Err(Ended::Timer(reason)),
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection on which only HTTP/1.1 is allowed: its first bytes are checked against the
+/// HTTP/2 preface, and a client that sends the whole preface gets the connection closed
+/// (h2c prior knowledge is off). Past the first bytes that differ, a plain pass-through.
+struct NoHttp2Preface<I> {
+    inner: I,
+    /// Preface bytes matched so far; `None` once the bytes differ.
+    matched: Option<usize>,
+}
+
+impl<I> NoHttp2Preface<I> {
+    fn new(inner: I) -> Self {
+        NoHttp2Preface {
+            inner,
+            matched: Some(0),
+        }
+    }
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for NoHttp2Preface<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(matched) = this.matched else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        // Read into a small buffer of our own to look at the bytes, then hand them on.
+        let mut first = [0u8; 512];
+        let want = buf.remaining().min(first.len());
+        let mut read = hyper::rt::ReadBuf::new(&mut first[..want]);
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, read.unfilled()))?;
+        let got = read.filled();
+        let n = got.len().min(HTTP2_PREFACE.len() - matched);
+        if got[..n] != HTTP2_PREFACE[matched..matched + n] {
+            this.matched = None;
+        } else if matched + n == HTTP2_PREFACE.len() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "an HTTP/2 preface, and h2c is off",
+            )));
+        } else if n > 0 {
+            this.matched = Some(matched + n);
+        }
+        buf.put_slice(got);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for NoHttp2Preface<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// A response body that ends its request for the connection's clock when it is finished

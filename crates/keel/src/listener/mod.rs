@@ -193,8 +193,12 @@ pub struct Endpoint {
 /// Client connections open now, on every socket.
 static OPEN_CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// One open client connection, counted until it is dropped.
-struct OpenConnection;
+/// One open client connection, counted (against `max_connections`, and in the metrics)
+/// until it is dropped. Held by the connection's [`ConnContext`], so an upgraded connection
+/// stays counted after hyper has handed it over.
+pub struct OpenConnection {
+    _metric: crate::metrics::ConnectionGuard,
+}
 
 impl OpenConnection {
     /// Counts a new connection, unless `max` are open already.
@@ -211,7 +215,11 @@ impl OpenConnection {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(OpenConnection),
+                Ok(_) => {
+                    return Some(OpenConnection {
+                        _metric: crate::metrics::connection_opened(),
+                    });
+                }
                 Err(now) => open = now,
             }
         }
@@ -284,8 +292,6 @@ pub async fn accept_loop(
         };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _counted = counted;
-            let _open = crate::metrics::connection_opened();
             let clock = conn_clock::ConnClock::new(endpoint.timers);
             let stream =
                 conn_clock::ClockedIo::new(crate::metrics::CountedIo::new(stream), clock.clone());
@@ -297,6 +303,8 @@ pub async fn accept_loop(
                     error_log: endpoint.error_log.clone(),
                     access_log: endpoint.access_log.clone(),
                     entity_body: endpoint.entity_body,
+                    idle_connection: endpoint.timers.idle_connection,
+                    open: counted,
                     request_limits: endpoint.request_limits,
                     tls,
                     server_name,
