@@ -66,7 +66,12 @@ fn serve_without_config_runs_the_embedded_default_demo() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start_with(dir, &["serve"]);
+    // Its own runtime directory (as systemd's RuntimeDirectory= gives one), so that a keel
+    // already running here with the default /run/keel/admin.sock does not stop this one.
+    let runtime = dir.path().join("run");
+    let d = Daemon::start_custom(dir, &["serve"], |cmd| {
+        cmd.env("RUNTIME_DIRECTORY", &runtime);
+    });
     let r = get("127.0.0.1:8080".parse().unwrap(), "/");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "Hello from keel");

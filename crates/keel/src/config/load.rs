@@ -123,6 +123,8 @@ pub(super) struct Host {
     pub euid: u32,
     pub egid: u32,
     pub xdg_runtime_dir: Option<OsString>,
+    /// `RUNTIME_DIRECTORY`, set by systemd for a unit with `RuntimeDirectory=`.
+    pub systemd_runtime_dir: Option<OsString>,
 }
 
 impl Host {
@@ -131,6 +133,7 @@ impl Host {
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             xdg_runtime_dir: std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()),
+            systemd_runtime_dir: std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()),
         }
     }
 }
@@ -281,8 +284,13 @@ fn read_daemon(
         }
     }
     DaemonConfig {
-        runtime_dir: runtime_dir
-            .unwrap_or_else(|| default_runtime_dir(host.euid, host.xdg_runtime_dir.as_deref())),
+        runtime_dir: runtime_dir.unwrap_or_else(|| {
+            default_runtime_dir(
+                host.euid,
+                host.xdg_runtime_dir.as_deref(),
+                host.systemd_runtime_dir.as_deref(),
+            )
+        }),
     }
 }
 

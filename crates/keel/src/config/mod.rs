@@ -132,9 +132,23 @@ pub struct AdminConfig {
 /// The admin socket's file name in `runtime_dir` when `[admin] socket` is not set.
 pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
 
-/// `runtime_dir` when keel.toml does not set it: `/run/keel` for root, else
-/// `$XDG_RUNTIME_DIR/keel` when that is set to an absolute path, else `/tmp/keel-<uid>`.
-pub fn default_runtime_dir(euid: u32, xdg_runtime_dir: Option<&OsStr>) -> PathBuf {
+/// `runtime_dir` when keel.toml does not set it: the directory systemd made for the unit
+/// (`RUNTIME_DIRECTORY`, from `RuntimeDirectory=`; the first one if it lists several), else
+/// `/run/keel` for root, else `$XDG_RUNTIME_DIR/keel` when that is set to an absolute path,
+/// else `/tmp/keel-<uid>`.
+pub fn default_runtime_dir(
+    euid: u32,
+    xdg_runtime_dir: Option<&OsStr>,
+    systemd_runtime_dir: Option<&OsStr>,
+) -> PathBuf {
+    if let Some(first) = systemd_runtime_dir
+        .and_then(OsStr::to_str)
+        .and_then(|dirs| dirs.split(':').next())
+        .map(Path::new)
+        .filter(|dir| dir.is_absolute())
+    {
+        return first.to_path_buf();
+    }
     if euid == 0 {
         return PathBuf::from("/run/keel");
     }

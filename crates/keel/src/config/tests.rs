@@ -31,6 +31,7 @@ fn host(euid: u32, egid: u32, xdg_runtime_dir: Option<&str>) -> load::Host {
         euid,
         egid,
         xdg_runtime_dir: xdg_runtime_dir.map(Into::into),
+        systemd_runtime_dir: None,
     }
 }
 
@@ -38,6 +39,7 @@ const ROOT: load::Host = load::Host {
     euid: 0,
     egid: 0,
     xdg_runtime_dir: None,
+    systemd_runtime_dir: None,
 };
 
 /// The full error text for `text`, which must be invalid.
@@ -142,6 +144,18 @@ fn runtime_dir_defaults_by_who_keel_runs_as() {
         Path::new("/tmp/keel-1000")
     );
     assert_eq!(dir(&host(1000, 1000, None)), Path::new("/tmp/keel-1000"));
+    // systemd's RuntimeDirectory= (RUNTIME_DIRECTORY) wins for anyone; a relative one is
+    // ignored.
+    let systemd = |euid, value: &str| load::Host {
+        systemd_runtime_dir: Some(value.into()),
+        ..host(euid, euid, Some("/run/user/1000"))
+    };
+    assert_eq!(
+        dir(&systemd(0, "/run/keel-a:/run/b")),
+        Path::new("/run/keel-a")
+    );
+    assert_eq!(dir(&systemd(1000, "/srv/run")), Path::new("/srv/run"));
+    assert_eq!(dir(&systemd(0, "run")), Path::new("/run/keel"));
     let config = load(MINIMAL).unwrap();
     assert!(config.daemon.runtime_dir.is_absolute());
 }
