@@ -436,6 +436,13 @@ impl WorkerConn {
                         return;
                     }
                     self.out_ready.notified().await;
+                    // Woken by the first frame queued, this task would run right after the
+                    // connection task that queued it (tokio's LIFO slot) and send every
+                    // REQUEST in its own syscall, waking the worker each time. Yielding
+                    // once lets every ready connection task queue its frames first: one
+                    // send per batch (measured 0.08 sends per request instead of 1.0, and
+                    // 18 % less daemon CPU per request, with a Python worker under load).
+                    tokio::task::yield_now().await;
                 }
             }
         }
