@@ -23,14 +23,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
 /// Histogram buckets for request durations and queue waits, in seconds (1 ms to 2 min: the
 /// default `queue_timeout` is the longest a queued request waits).
 const SECONDS_BUCKETS: [f64; 16] = [
@@ -338,70 +333,14 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A client connection's socket, counting the bytes that cross it.
-pub struct CountedIo<S> {
-    inner: S,
+/// Bytes read from client connections (`keel_bytes_received_total`).
+pub fn bytes_received(n: usize) {
+    METRICS.bytes_received.inc_by(n as u64);
 }
 
-impl<S> CountedIo<S> {
-    pub fn new(inner: S) -> Self {
-        CountedIo { inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for CountedIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.get_mut().inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            METRICS.bytes_received.inc_by(read as u64);
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for CountedIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        count_written(Pin::new(&mut self.get_mut().inner).poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        count_written(Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-fn count_written(polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-    if let Poll::Ready(Ok(n)) = &polled
-        && *n > 0
-    {
-        METRICS.bytes_sent.inc_by(*n as u64);
-    }
-    polled
+/// Bytes written to client connections (`keel_bytes_sent_total`).
+pub fn bytes_sent(n: usize) {
+    METRICS.bytes_sent.inc_by(n as u64);
 }
 
 /// Reads what other parts own at scrape time: pools (queue depth, state, workers) and the

@@ -124,6 +124,7 @@ impl ConnClock {
         if n == 0 {
             return;
         }
+        crate::metrics::bytes_received(n);
         let mut s = self.state.lock();
         if s.in_flight == 0 && s.head_since.is_none() && !s.http2 {
             s.head_since = Some(Instant::now());
@@ -136,6 +137,7 @@ impl ConnClock {
         let mut s = self.state.lock();
         match polled {
             Poll::Ready(Ok(n)) => {
+                crate::metrics::bytes_sent(*n);
                 s.write_blocked = false;
                 if s.in_flight > 0 {
                     s.sending_since.get_or_insert_with(Instant::now);
@@ -204,7 +206,8 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A connection's socket, reporting its reads and writes to the clock.
+/// A client connection's socket, reporting its reads and writes to the clock (and the bytes
+/// that cross it to the metrics).
 pub struct ClockedIo<S> {
     inner: S,
     clock: Arc<ConnClock>,

@@ -293,8 +293,7 @@ pub async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let clock = conn_clock::ConnClock::new(endpoint.timers);
-            let stream =
-                conn_clock::ClockedIo::new(crate::metrics::CountedIo::new(stream), clock.clone());
+            let stream = conn_clock::ClockedIo::new(stream, clock.clone());
             let ctx = |tls: bool, server_name: Option<Arc<str>>| {
                 Arc::new(ConnContext {
                     local: canonical(local),
