@@ -545,6 +545,20 @@ def decode_welcome(payload: bytes) -> Welcome:
 
 _REQ_HEAD = struct.Struct(">BBIH")  # http_version, req_flags, deadline_ms, method length
 _HTTP_VERSIONS: Final = frozenset((10, 11, 20, 30))
+# Methods and header names already checked to be tokens (they repeat); bounded.
+_GOOD_TOKENS: set[bytes] = set()
+_GOOD_TOKENS_MAX: Final = 4096
+
+
+def _good_token(b: bytes) -> bool:
+    if b in _GOOD_TOKENS:
+        return True
+    if not b or b.translate(None, _TCHAR_BYTES):
+        return False
+    if len(_GOOD_TOKENS) >= _GOOD_TOKENS_MAX:
+        _GOOD_TOKENS.clear()
+    _GOOD_TOKENS.add(b)
+    return True
 
 
 def decode_request(frame: Frame) -> Request:
@@ -555,6 +569,7 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
     """A REQUEST payload, with the §4.1 checks; the worker's hot path (one pass, no
     per-field calls)."""
     u16 = _U16.unpack_from
+    good = _GOOD_TOKENS
     try:
         http_version, req_flags, deadline_ms, n = _REQ_HEAD.unpack_from(b, 0)
         pos = 8 + n
@@ -588,7 +603,7 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
             pos += 2
             value = b[pos:pos + n]
             pos += n
-            if not name or name.translate(None, _TCHAR_BYTES):
+            if name not in good and not _good_token(name):
                 raise ProtocolError(f"REQUEST: header name {name!r} is not a token")
             if b"\r" in value or b"\n" in value or b"\x00" in value:
                 raise ProtocolError(f"REQUEST: header {name!r} value holds CR, LF or NUL")
@@ -599,7 +614,7 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
         raise ProtocolError("REQUEST: payload too short")
     if http_version not in _HTTP_VERSIONS:
         raise ProtocolError(f"REQUEST: bad http_version {http_version}")
-    if not method or method.translate(None, _TCHAR_BYTES):
+    if method not in good and not _good_token(method):
         raise ProtocolError(f"REQUEST: method {method!r} is not a token")
     if not target or target.translate(None, _URL_BYTES):
         raise ProtocolError(f"REQUEST: bad target {target!r}")

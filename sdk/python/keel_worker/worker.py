@@ -270,8 +270,23 @@ class Exchange:
         out = conn.out
         size = len(data)
         chunk_max = conn.chunk_max
+        head = self._head
+        if (end and head is not None and size <= chunk_max and size <= st.response_window
+                and size + len(head) <= conn.peer_max_payload and self._head_status != 101):
+            # The common case: the whole response in one RESPONSE frame.
+            out += _HDR_PACK(len(head) + size, _RESPONSE, _END, 0, sid)
+            out += head
+            if size:
+                out += data
+            st.responded = True
+            st.started = True
+            self._head = None
+            st.response_window -= size
+            st.sent += size
+            conn.wrote()
+            conn.response_ended(self)
+            return
         if not st.responded:
-            head = self._head
             if head is None:
                 raise RuntimeError("send() before start_response()")
             room = conn.peer_max_payload - len(head)

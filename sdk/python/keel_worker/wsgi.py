@@ -88,28 +88,64 @@ def _head(status: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
     return hit
 
 
-def build_environ(ex: Exchange, body: IO[bytes], base: dict[str, Any]) -> dict[str, Any]:
-    """The PEP 3333 environ of one request (``base`` holds the keys that never change)."""
+ServerKeys = dict[tuple[bytes, bytes, int, bool], dict[str, Any]]
+# client addr -> (REMOTE_ADDR, REMOTE_PORT); bounded.
+_REMOTE: dict[bytes, tuple[str, str] | None] = {}
+_CACHE_MAX = 4096
+
+
+def _server_keys(req: p.Request, base: dict[str, Any], cache: ServerKeys) -> dict[str, Any]:
+    """``base`` with the keys that the local address, server name, HTTP version and TLS
+    decide; ``cache`` remembers them (bounded: listening addresses are few)."""
+    tls = bool(req.req_flags & p.REQ_FLAG_TLS)
+    key = (req.local_raw, req.server_name, req.http_version, tls)
+    env = cache.get(key)
+    if env is None:
+        local = req.local
+        env = dict(base)
+        env["SERVER_NAME"] = (req.server_name.decode("latin-1") if req.server_name
+                              else local.host or "localhost")
+        env["SERVER_PORT"] = str(local.port) if local.port else ("443" if tls else "80")
+        env["SERVER_PROTOCOL"] = _SERVER_PROTOCOL.get(req.http_version, "HTTP/1.1")
+        env["wsgi.url_scheme"] = "https" if tls else "http"
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = env
+    return env
+
+
+def _remote(raw: bytes) -> tuple[str, str] | None:
+    hit = _REMOTE.get(raw, False)
+    if hit is False:
+        a = p.addr_from_bytes(raw)
+        hit = (a.host, str(a.port)) if a.family else None
+        if len(_REMOTE) >= _CACHE_MAX:
+            _REMOTE.clear()
+        _REMOTE[raw] = hit
+    return hit  # type: ignore[return-value]
+
+
+def build_environ(ex: Exchange, body: IO[bytes], base: dict[str, Any],
+                  server_keys: ServerKeys | None = None) -> dict[str, Any]:
+    """The PEP 3333 environ of one request (``base`` holds the keys that never change;
+    ``server_keys``, when given, caches the keys that depend on the listening address)."""
     req = ex.request
-    env = base.copy()
+    env = _server_keys(req, base, {} if server_keys is None else server_keys).copy()
     method = req.method
     env["REQUEST_METHOD"] = _METHODS.get(method) or method.decode("latin-1")
-    path, query = ex.raw_path, ex.query_string
+    target = req.target
+    if b"?" in target or not target.startswith(b"/"):
+        path, query = ex.raw_path, ex.query_string
+        env["QUERY_STRING"] = query.decode("latin-1")
+    else:
+        path = target
+        env["QUERY_STRING"] = ""
     if b"%" in path:
         path = unquote_to_bytes(path)
     env["PATH_INFO"] = path.decode("latin-1")
-    env["QUERY_STRING"] = query.decode("latin-1") if query else ""
-    env["SERVER_PROTOCOL"] = _SERVER_PROTOCOL.get(req.http_version, "HTTP/1.1")
-    if req.req_flags & p.REQ_FLAG_TLS:
-        env["wsgi.url_scheme"] = "https"
-    local = req.local
-    env["SERVER_NAME"] = (req.server_name.decode("latin-1") if req.server_name
-                          else local.host or "localhost")
-    env["SERVER_PORT"] = str(local.port) if local.port else "80"
-    client = req.client
-    if client.family:
-        env["REMOTE_ADDR"] = client.host
-        env["REMOTE_PORT"] = str(client.port)
+    remote = _REMOTE.get(req.client_raw) or _remote(req.client_raw)
+    if remote is not None:
+        env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
     env["wsgi.input"] = body
     keys = _ENV_KEYS
     for name, value in req.headers:
@@ -177,11 +213,12 @@ def wsgi_handler(app: WSGIApp, *, spool_bytes: int = _SPOOL_BYTES,
         "wsgi.input_terminated": True,
         "keel.exchange": None,
     }
+    server_keys: ServerKeys = {}
 
     def call(ex: Exchange, body: IO[bytes]) -> Any:
         """Calls the application; answers at once when its whole response fits the
         window, else returns a coroutine that streams the rest."""
-        env = build_environ(ex, body, base)
+        env = build_environ(ex, body, base, server_keys)
         env["keel.exchange"] = ex
         resp = _Response()
         result = app(env, resp.start_response)

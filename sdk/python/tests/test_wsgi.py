@@ -116,7 +116,7 @@ class PlainFunctionHandlers(unittest.IsolatedAsyncioTestCase):
 
         d, task = await session(handler)
         d.send(p.encode_request(1, b"GET", b"/raise") + p.encode_request(2, b"GET", b"/none"))
-        got = {}
+        got: dict[int, int] = {}
         while len(got) < 2:
             f = await d.next()
             if f.kind == Kind.ABORT:
@@ -246,7 +246,7 @@ class WSGI(unittest.IsolatedAsyncioTestCase):
         d, task = await session(wsgi_handler(app))
         d.send(p.encode_request(1, b"GET", b"/raise") + p.encode_request(2, b"GET", b"/nostart")
                + p.encode_request(3, b"GET", b"/iter"))
-        got = {}
+        got: dict[int, int] = {}
         while len(got) < 3:
             f = await d.next()
             self.assertNotEqual(f.kind, Kind.RESPONSE)
