@@ -628,7 +628,9 @@ class _Connection(asyncio.Protocol):
             return
         self.flush()
         t = self.transport
-        if self.paused or self.blocked or t is None or t.get_write_buffer_size():
+        if t is None or t.is_closing():
+            return
+        if self.paused or self.blocked or t.get_write_buffer_size():
             self.blocked += run
             return
         self.run_handlers(run)

@@ -246,7 +246,8 @@ def wsgi_handler(app: WSGIApp, *, spool_bytes: int = _SPOOL_BYTES,
         except BaseException:
             _close(result)
             raise
-        _close(result)
+        if type(result) is not list:
+            _close(result)
         return None
 
     async def _stream(ex: Exchange, resp: _Response, chunks: list[bytes],

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from keel_worker import protocol as p  # noqa: E402
 from keel_worker.demo import wsgi_app as demo_wsgi  # noqa: E402
 from keel_worker.protocol import Addr, Kind  # noqa: E402
-from keel_worker.worker import Exchange  # noqa: E402
+from keel_worker.worker import Exchange, Worker, _Connection  # noqa: E402
 from keel_worker.wsgi import wsgi_handler  # noqa: E402
 from test_worker import FakeDaemon, session  # noqa: E402
 
@@ -142,6 +142,50 @@ class PlainFunctionHandlers(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(calls, [2])
         d.send(p.encode_drain(1000))
         self.assertEqual(await asyncio.wait_for(task, 5), 0)
+
+    async def test_handlers_wait_until_started_is_in_the_kernel(self) -> None:
+        """With the socket full (bytes left in the transport's buffer), no handler runs
+        until the buffer has drained into the kernel."""
+        class Transport(asyncio.Transport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.buffered = 0
+                self.data = bytearray()
+
+            def write(self, data: Any) -> None:
+                self.data += data
+
+            def get_write_buffer_size(self) -> int:
+                return self.buffered
+
+            def set_write_buffer_limits(self, high: int | None = None,
+                                        low: int | None = None) -> None:
+                pass
+
+            def is_closing(self) -> bool:
+                return False
+
+        calls: list[int] = []
+
+        def handler(ex: Exchange) -> None:
+            calls.append(ex.stream_id)
+            ex.reply(200, (), b"ok")
+
+        conn = _Connection(Worker(handler, capacity=4))
+        t = Transport()
+        conn.connection_made(t)
+        conn.data_received(p.encode_welcome(1 << 20, 1000, 4, b"t"))
+        t.buffered = 5
+        conn.pause_writing()
+        conn.data_received(p.encode_request(1, b"GET", b"/"))
+        self.assertIn(p.encode_started(1), bytes(t.data))
+        self.assertEqual(calls, [])
+        t.buffered = 0
+        conn.resume_writing()
+        self.assertEqual(calls, [1])
+        await asyncio.sleep(0)
+        kinds = [f.kind for f in p.FrameReader().feed(bytes(t.data))]
+        self.assertEqual(kinds, [Kind.HELLO, Kind.STARTED, Kind.RESPONSE])
 
 
 class WSGI(unittest.IsolatedAsyncioTestCase):
