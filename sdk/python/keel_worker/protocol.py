@@ -550,6 +550,19 @@ _GOOD_TOKENS: set[bytes] = set()
 _GOOD_TOKENS_MAX: Final = 4096
 
 
+# Header values and targets already checked (short ones; they repeat); bounded.
+_GOOD_VALUES: set[bytes] = set()
+_GOOD_TARGETS: set[bytes] = set()
+_GOOD_MAX_LEN: Final = 256
+
+
+def _remember(good: set[bytes], b: bytes) -> None:
+    if len(b) <= _GOOD_MAX_LEN:
+        if len(good) >= _GOOD_TOKENS_MAX:
+            good.clear()
+        good.add(b)
+
+
 def _good_token(b: bytes) -> bool:
     if b in _GOOD_TOKENS:
         return True
@@ -570,6 +583,7 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
     per-field calls)."""
     u16 = _U16.unpack_from
     good = _GOOD_TOKENS
+    good_values = _GOOD_VALUES
     try:
         http_version, req_flags, deadline_ms, n = _REQ_HEAD.unpack_from(b, 0)
         pos = 8 + n
@@ -605,8 +619,10 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
             pos += n
             if name not in good and not _good_token(name):
                 raise ProtocolError(f"REQUEST: header name {name!r} is not a token")
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
-                raise ProtocolError(f"REQUEST: header {name!r} value holds CR, LF or NUL")
+            if value not in good_values:
+                if b"\r" in value or b"\n" in value or b"\x00" in value:
+                    raise ProtocolError(f"REQUEST: header {name!r} value holds CR, LF or NUL")
+                _remember(good_values, value)
             headers.append((name, value))
     except (struct.error, IndexError):
         raise ProtocolError("REQUEST: payload too short") from None
@@ -616,8 +632,10 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
         raise ProtocolError(f"REQUEST: bad http_version {http_version}")
     if method not in good and not _good_token(method):
         raise ProtocolError(f"REQUEST: method {method!r} is not a token")
-    if not target or target.translate(None, _URL_BYTES):
-        raise ProtocolError(f"REQUEST: bad target {target!r}")
+    if target not in _GOOD_TARGETS:
+        if not target or target.translate(None, _URL_BYTES):
+            raise ProtocolError(f"REQUEST: bad target {target!r}")
+        _remember(_GOOD_TARGETS, target)
     return Request(stream_id, http_version, req_flags, deadline_ms, method, target,
                    server_name, client, local, headers, b[pos:] if pos < len(b) else b"",
                    bool(flags & END_STREAM))

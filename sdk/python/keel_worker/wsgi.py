@@ -26,7 +26,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import IO, Any, NoReturn, Protocol
+from typing import IO, Any, NoReturn, Protocol, cast
 from urllib.parse import unquote_to_bytes
 
 from . import protocol as p
@@ -157,6 +157,28 @@ def build_environ(ex: Exchange, body: IO[bytes], base: dict[str, Any],
         else:
             env[key] = v
     return env
+
+
+class _EmptyInput(io.RawIOBase):
+    """``wsgi.input`` of a request without a body: always at its end, shared (stateless)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:  # shared: never closed
+        pass
+
+
+_EMPTY_INPUT = cast(IO[bytes], _EmptyInput())
 
 
 class _Response:
@@ -295,7 +317,7 @@ def wsgi_handler(app: WSGIApp, *, spool_bytes: int = _SPOOL_BYTES,
         if max_body is not None and len(body) > max_body:
             ex.reply(413, [(b"content-type", b"text/plain")], b"request body too large\n")
             return None
-        return call(ex, io.BytesIO(body))
+        return call(ex, io.BytesIO(body) if body else _EMPTY_INPUT)
 
     return handler
 

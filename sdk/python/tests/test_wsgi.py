@@ -216,6 +216,11 @@ class WSGI(unittest.IsolatedAsyncioTestCase):
             "wsgi.multithread": False, "body": b"hello",
         }
         self.assertEqual({k: seen.get(k) for k in expect}, expect)
+        # No body: wsgi.input is at its end at once.
+        d.send(p.encode_request(5, b"GET", b"/x"))
+        r, body = await collect(d, 5, 1000)
+        self.assertEqual((r.status, body, seen["body"], seen["QUERY_STRING"]), (201, b"abc", b"", ""))
+        self.assertEqual(seen["wsgi.input"].readlines(), [])
         d.send(p.encode_drain(1000))
         self.assertEqual(await asyncio.wait_for(task, 5), 0)
 
