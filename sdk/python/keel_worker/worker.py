@@ -318,7 +318,9 @@ class Exchange:
         while pos < size:
             n = min(size - pos, st.response_window, chunk_max)
             if n == 0:
-                self._pending = view[pos:]
+                rest = view[pos:]
+                # Kept past this call: a copy, unless the bytes cannot change.
+                self._pending = rest if isinstance(rest.obj, bytes) else memoryview(bytes(rest))
                 self._pending_end = end
                 conn.wrote()
                 return
