@@ -1,6 +1,8 @@
 //! The Python worker SDK (`sdk/python`, written from docs/worker-protocol.md alone) under a
 //! real daemon: the same checks as the Rust demo worker's, through `python3 -m
-//! keel_worker.demo` (an ASGI app behind the SDK's ASGI adapter).
+//! keel_worker.demo` (an ASGI app behind the SDK's ASGI adapter, one task per request) and
+//! `python3 -m keel_worker.demo wsgi` (the same routes as a WSGI app behind the WSGI
+//! adapter, answered inline by the read loop).
 
 mod common;
 use common::*;
@@ -18,6 +20,11 @@ fn python_available() -> bool {
 fn py() -> String {
     assert!(python_available(), "python3 is needed for these tests");
     python_demo_worker()
+}
+
+fn wsgi() -> String {
+    assert!(python_available(), "python3 is needed for these tests");
+    python_wsgi_demo_worker()
 }
 
 #[test]
@@ -77,4 +84,36 @@ fn python_stats_counts_requests_and_big_is_whole() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 3_000_000);
     assert_eq!(get(d.addr(), "/stats").text(), "requests 3");
+}
+
+// ---- the WSGI adapter
+
+#[test]
+fn python_wsgi_get_is_answered() {
+    check_get_root(&wsgi());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_wsgi_one_mib_post_is_echoed() {
+    check_one_mib_post_is_echoed(&wsgi()).await;
+}
+
+#[test]
+fn python_wsgi_hundred_pipelined_requests_are_answered_in_order() {
+    check_hundred_pipelined_requests_in_order(&wsgi());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_wsgi_worker_killed_every_200ms_loses_no_request() {
+    check_worker_killed_every_200ms_loses_no_request(&wsgi(), true).await;
+}
+
+#[test]
+fn python_wsgi_slow_reader_of_a_big_response_does_not_delay_other_requests() {
+    check_slow_reader_does_not_delay_other_requests(&wsgi());
+}
+
+#[test]
+fn python_wsgi_crashing_request_gets_502_and_the_next_one_succeeds() {
+    check_crashing_request_gets_502_and_the_next_one_succeeds(&wsgi());
 }

@@ -1,6 +1,8 @@
-"""The keel demo worker's routes as an ASGI application, served through the ASGI adapter.
+"""The keel demo worker's routes as an ASGI application, served through the ASGI adapter,
+and as a WSGI application, served through the WSGI adapter.
 
-    python3 -m keel_worker.demo
+    python3 -m keel_worker.demo          # ASGI
+    python3 -m keel_worker.demo wsgi     # WSGI
 
 Routes (HEAD is answered like GET; every response carries ``x-keel-pool: $KEEL_POOL``):
 ``GET /`` "Hello from keel"; ``GET /pid``; ``GET|POST /sleep?ms=N`` "slept N ms";
@@ -13,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .asgi import Message, Receive, Scope, Send, serve_asgi
+from .wsgi import StartResponse, serve_wsgi
 
 _CHUNK = b"x" * 65536
 _handled = 0
@@ -132,9 +137,94 @@ async def _big(send: Send, n: int) -> None:
     await send({"type": "http.response.body", "body": _CHUNK[:n]})
 
 
+# ---- the same routes in WSGI
+
+
+def _wsgi_text(start: StartResponse, status: str, body: bytes) -> list[bytes]:
+    start(status, [("Content-Type", "text/plain; charset=utf-8"),
+                   ("Content-Length", str(len(body)))] + _wsgi_pool_header())
+    return [body]
+
+
+def _wsgi_pool_header() -> list[tuple[str, str]]:
+    pool = os.environ.get("KEEL_POOL")
+    return [("X-Keel-Pool", pool)] if pool is not None else []
+
+
+def _wsgi_param(environ: dict[str, Any], name: str) -> str | None:
+    values = urllib.parse.parse_qs(environ["QUERY_STRING"]).get(name)
+    return values[0] if values else None
+
+
+def _wsgi_int_param(environ: dict[str, Any], name: str) -> int:
+    try:
+        return max(0, int(_wsgi_param(environ, name) or 0))
+    except ValueError:
+        return 0
+
+
+def _wsgi_big(n: int) -> Iterator[bytes]:
+    while n > len(_CHUNK):
+        yield _CHUNK
+        n -= len(_CHUNK)
+    yield _CHUNK[:n]
+
+
+def _wsgi_echo(environ: dict[str, Any]) -> Iterator[bytes]:
+    body = environ["wsgi.input"]
+    while chunk := body.read(65536):
+        yield chunk
+
+
+def wsgi_app(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+    global _handled
+    _handled += 1
+    handled = _handled
+    method: str = environ["REQUEST_METHOD"]
+    if method == "HEAD":
+        method = "GET"
+    path: str = environ["PATH_INFO"]
+
+    if method == "GET" and path == "/":
+        return _wsgi_text(start, "200 OK", b"Hello from keel")
+    if method == "GET" and path == "/pid":
+        return _wsgi_text(start, "200 OK", str(os.getpid()).encode())
+    if method == "GET" and path == "/stats":
+        return _wsgi_text(start, "200 OK", f"requests {handled}".encode())
+    if path == "/sleep":
+        ms = _wsgi_int_param(environ, "ms")
+        time.sleep(ms / 1000)
+        return _wsgi_text(start, "200 OK", f"slept {ms} ms".encode())
+    if method == "POST" and path == "/echo":
+        headers = [(k.replace("_", "-").title(), environ[k])
+                   for k in ("CONTENT_TYPE", "CONTENT_LENGTH") if k in environ]
+        start("200 OK", headers + _wsgi_pool_header())
+        return _wsgi_echo(environ)
+    if method == "GET" and path == "/crash":
+        os.abort()
+    if method == "GET" and path == "/big":
+        n = _wsgi_int_param(environ, "bytes")
+        start("200 OK", [("Content-Type", "application/octet-stream"),
+                         ("Content-Length", str(n))] + _wsgi_pool_header())
+        return _wsgi_big(n)
+    if method == "GET" and path == "/env":
+        name = _wsgi_param(environ, "name")
+        value = os.environ.get(name) if name else None
+        if value is None:
+            return _wsgi_text(start, "404 Not Found", b"not set")
+        return _wsgi_text(start, "200 OK", value.encode())
+    return _wsgi_text(start, "404 Not Found", b"not found")
+
+
 def main() -> None:
     print(f"keel_worker.demo pid {os.getpid()} ready", file=sys.stderr, flush=True)
-    serve_asgi(app)
+    mode = sys.argv[1] if len(sys.argv) > 1 else "asgi"
+    if mode == "wsgi":
+        serve_wsgi(wsgi_app)
+    elif mode == "asgi":
+        serve_asgi(app)
+    else:
+        sys.exit("usage: python3 -m keel_worker.demo [asgi|wsgi]")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ one stream.
 from __future__ import annotations
 
 import enum
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Final
@@ -25,7 +26,8 @@ __all__ = [
     "Invalidate", "Header", "encode_frame", "encode_hello", "encode_welcome",
     "encode_request", "encode_data", "encode_started", "encode_response", "encode_window",
     "encode_ping", "encode_pong", "encode_drain", "encode_abort", "encode_invalidate",
-    "decode_hello", "decode_welcome", "decode_request", "decode_response", "decode_window",
+    "decode_hello", "decode_welcome", "decode_request", "decode_request_payload",
+    "addr_from_bytes", "decode_response", "decode_window",
     "decode_nonce", "decode_drain", "decode_abort", "decode_invalidate", "check_started",
     "response_head_payload", "STREAM_KINDS",
     "StreamState", "is_token", "check_header_value", "clamp_max_payload",
@@ -213,18 +215,42 @@ class Addr:
     port: int = 0
 
     def encode(self) -> bytes:
-        import ipaddress
-
         if self.family == 0:
             return b"\x00"
         if self.family == 4:
-            return b"\x04" + ipaddress.IPv4Address(self.host).packed + _U16.pack(self.port)
+            return b"\x04" + socket.inet_pton(socket.AF_INET, self.host) + _U16.pack(self.port)
         if self.family == 6:
-            return b"\x06" + ipaddress.IPv6Address(self.host).packed + _U16.pack(self.port)
+            return b"\x06" + socket.inet_pton(socket.AF_INET6, self.host) + _U16.pack(self.port)
         raise ValueError(f"bad address family {self.family}")
 
     def as_tuple(self) -> tuple[str, int] | None:
         return None if self.family == 0 else (self.host, self.port)
+
+
+# The encoded size of an ``addr`` field by its family byte.
+_ADDR_LEN: Final = {0: 1, 4: 7, 6: 19}
+_ADDR_UNKNOWN: Final = Addr(0)
+_addr_cache: dict[bytes, Addr] = {}
+_ADDR_CACHE_MAX: Final = 4096
+
+
+def addr_from_bytes(raw: bytes) -> Addr:
+    """An ``addr`` field's bytes (family byte first, already checked) as an :class:`Addr`.
+    Decoded addresses are remembered (a bounded cache): clients come back."""
+    a = _addr_cache.get(raw)
+    if a is not None:
+        return a
+    fam = raw[0]
+    if fam == 4:
+        a = Addr(4, socket.inet_ntop(socket.AF_INET, raw[1:5]), _U16.unpack_from(raw, 5)[0])
+    elif fam == 6:
+        a = Addr(6, socket.inet_ntop(socket.AF_INET6, raw[1:17]), _U16.unpack_from(raw, 17)[0])
+    else:
+        return _ADDR_UNKNOWN
+    if len(_addr_cache) >= _ADDR_CACHE_MAX:
+        _addr_cache.clear()
+    _addr_cache[raw] = a
+    return a
 
 
 class _Cursor:
@@ -269,18 +295,12 @@ class _Cursor:
         return self.take(self.u16())
 
     def addr(self) -> Addr:
-        import ipaddress
-
         fam = self.u8()
-        if fam == 0:
-            return Addr(0)
-        if fam == 4:
-            host = str(ipaddress.IPv4Address(self.take(4)))
-            return Addr(4, host, self.u16())
-        if fam == 6:
-            host = str(ipaddress.IPv6Address(self.take(16)))
-            return Addr(6, host, self.u16())
-        raise ProtocolError(f"{self.what}: bad address family {fam}")
+        n = _ADDR_LEN.get(fam)
+        if n is None:
+            raise ProtocolError(f"{self.what}: bad address family {fam}")
+        self.pos -= 1
+        return addr_from_bytes(self.take(n))
 
     def headers(self) -> list[Header]:
         n = self.u16()
@@ -346,24 +366,53 @@ class Welcome:
     pool: bytes
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
-    stream_id: int
-    http_version: int
-    req_flags: int
-    deadline_ms: int
-    method: bytes
-    target: bytes
-    server_name: bytes
-    client: Addr
-    local: Addr
-    headers: list[Header]
-    body: bytes
-    end_stream: bool
+    """A decoded REQUEST frame. ``client`` and ``local`` are decoded from their bytes when
+    first read (``client_raw`` / ``local_raw`` hold the ``addr`` fields as sent)."""
+
+    __slots__ = ("stream_id", "http_version", "req_flags", "deadline_ms", "method", "target",
+                 "server_name", "client_raw", "local_raw", "headers", "body", "end_stream")
+
+    def __init__(self, stream_id: int, http_version: int, req_flags: int, deadline_ms: int,
+                 method: bytes, target: bytes, server_name: bytes, client: Addr | bytes,
+                 local: Addr | bytes, headers: list[Header], body: bytes,
+                 end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.http_version = http_version
+        self.req_flags = req_flags
+        self.deadline_ms = deadline_ms
+        self.method = method
+        self.target = target
+        self.server_name = server_name
+        self.client_raw = client.encode() if isinstance(client, Addr) else client
+        self.local_raw = local.encode() if isinstance(local, Addr) else local
+        self.headers = headers
+        self.body = body
+        self.end_stream = end_stream
+
+    @property
+    def client(self) -> Addr:
+        return addr_from_bytes(self.client_raw)
+
+    @property
+    def local(self) -> Addr:
+        return addr_from_bytes(self.local_raw)
 
     @property
     def tls(self) -> bool:
         return bool(self.req_flags & REQ_FLAG_TLS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in Request.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Request(stream_id={self.stream_id}, method={self.method!r}, "
+                f"target={self.target!r}, headers={self.headers!r}, body={self.body!r}, "
+                f"end_stream={self.end_stream})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,26 +543,102 @@ def decode_welcome(payload: bytes) -> Welcome:
     return Welcome(version, max_payload, initial_window, capacity, pool)  # trailing ignored
 
 
+_REQ_HEAD = struct.Struct(">BBIH")  # http_version, req_flags, deadline_ms, method length
+_HTTP_VERSIONS: Final = frozenset((10, 11, 20, 30))
+# Methods and header names already checked to be tokens (they repeat); bounded.
+_GOOD_TOKENS: set[bytes] = set()
+_GOOD_TOKENS_MAX: Final = 4096
+
+
+# Header values and targets already checked (short ones; they repeat); bounded.
+_GOOD_VALUES: set[bytes] = set()
+_GOOD_TARGETS: set[bytes] = set()
+_GOOD_MAX_LEN: Final = 256
+
+
+def _remember(good: set[bytes], b: bytes) -> None:
+    if len(b) <= _GOOD_MAX_LEN:
+        if len(good) >= _GOOD_TOKENS_MAX:
+            good.clear()
+        good.add(b)
+
+
+def _good_token(b: bytes) -> bool:
+    if b in _GOOD_TOKENS:
+        return True
+    if not b or b.translate(None, _TCHAR_BYTES):
+        return False
+    if len(_GOOD_TOKENS) >= _GOOD_TOKENS_MAX:
+        _GOOD_TOKENS.clear()
+    _GOOD_TOKENS.add(b)
+    return True
+
+
 def decode_request(frame: Frame) -> Request:
-    c = _Cursor(frame.payload, "REQUEST")
-    http_version = c.u8()
-    if http_version not in (10, 11, 20, 30):
+    return decode_request_payload(frame.stream_id, frame.flags, frame.payload)
+
+
+def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
+    """A REQUEST payload, with the §4.1 checks; the worker's hot path (one pass, no
+    per-field calls)."""
+    u16 = _U16.unpack_from
+    good = _GOOD_TOKENS
+    good_values = _GOOD_VALUES
+    try:
+        http_version, req_flags, deadline_ms, n = _REQ_HEAD.unpack_from(b, 0)
+        pos = 8 + n
+        method = b[8:pos]
+        (n,) = u16(b, pos)
+        pos += 2
+        target = b[pos:pos + n]
+        pos += n
+        (n,) = u16(b, pos)
+        pos += 2
+        server_name = b[pos:pos + n]
+        pos += n
+        n = _ADDR_LEN.get(b[pos], 0)
+        client = b[pos:pos + n]
+        pos += n
+        if n:
+            n = _ADDR_LEN.get(b[pos], 0)
+            local = b[pos:pos + n]
+            pos += n
+        if not n:
+            raise ProtocolError("REQUEST: bad address family")
+        (count,) = u16(b, pos)
+        pos += 2
+        headers: list[Header] = []
+        for _ in range(count):
+            (n,) = u16(b, pos)
+            pos += 2
+            name = b[pos:pos + n]
+            pos += n
+            (n,) = u16(b, pos)
+            pos += 2
+            value = b[pos:pos + n]
+            pos += n
+            if name not in good and not _good_token(name):
+                raise ProtocolError(f"REQUEST: header name {name!r} is not a token")
+            if value not in good_values:
+                if b"\r" in value or b"\n" in value or b"\x00" in value:
+                    raise ProtocolError(f"REQUEST: header {name!r} value holds CR, LF or NUL")
+                _remember(good_values, value)
+            headers.append((name, value))
+    except (struct.error, IndexError):
+        raise ProtocolError("REQUEST: payload too short") from None
+    if pos > len(b):
+        raise ProtocolError("REQUEST: payload too short")
+    if http_version not in _HTTP_VERSIONS:
         raise ProtocolError(f"REQUEST: bad http_version {http_version}")
-    req_flags = c.u8()
-    deadline_ms = c.u32()
-    method = c.str16()
-    if not is_token(method):
+    if method not in good and not _good_token(method):
         raise ProtocolError(f"REQUEST: method {method!r} is not a token")
-    target = c.str16()
-    if not _check_url_bytes(target):
-        raise ProtocolError(f"REQUEST: bad target {target!r}")
-    server_name = c.str16()
-    client = c.addr()
-    local = c.addr()
-    headers = c.headers()
-    body = c.rest()
-    return Request(frame.stream_id, http_version, req_flags, deadline_ms, method, target,
-                   server_name, client, local, headers, body, frame.end_stream)
+    if target not in _GOOD_TARGETS:
+        if not target or target.translate(None, _URL_BYTES):
+            raise ProtocolError(f"REQUEST: bad target {target!r}")
+        _remember(_GOOD_TARGETS, target)
+    return Request(stream_id, http_version, req_flags, deadline_ms, method, target,
+                   server_name, client, local, headers, b[pos:] if pos < len(b) else b"",
+                   bool(flags & END_STREAM))
 
 
 def decode_response(frame: Frame) -> Response:

@@ -526,6 +526,12 @@ pub fn python_demo_worker() -> String {
     )
 }
 
+/// The same routes as a WSGI app behind the SDK's WSGI adapter (`keel_worker.wsgi`):
+/// `python3 -m keel_worker.demo wsgi`.
+pub fn python_wsgi_demo_worker() -> String {
+    python_demo_worker().replace("\"keel_worker.demo\"]", "\"keel_worker.demo\", \"wsgi\"]")
+}
+
 /// `demo_config`, with the worker given by `worker` (a fragment as above).
 pub fn worker_config(worker: &str, pool_extra: &str) -> String {
     format!(
