@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, demo_config, get, raw_request};
+use common::{Daemon, demo_config, get, raw_request, rss_kib};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -228,15 +228,6 @@ fn stale_if_error_answers_while_the_pool_is_offline_then_503() {
     std::thread::sleep(Duration::from_millis(4500).saturating_sub(stored.elapsed()));
     let r = get(a, "/cached?ttl=1&id=stale");
     assert_eq!(r.status, 503, "{r:?}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// Margin over `max_bytes` the daemon's resident set may grow by while the cache fills and

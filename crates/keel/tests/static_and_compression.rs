@@ -141,15 +141,7 @@ fn a_hundred_megabyte_file_streams_with_flat_memory() {
     let d = start("", &[]);
     let big = std::fs::File::create(public(&d).join("big.bin")).unwrap();
     big.set_len(100 * 1024 * 1024).unwrap();
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
+    let rss = || common::rss_kib(d.pid()) * 1024;
     let before = rss();
     let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
     std::io::Write::write_all(

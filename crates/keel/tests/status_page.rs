@@ -48,21 +48,6 @@ start = "always"
     )
 }
 
-/// The TCP listener's address, from the daemon's log.
-fn admin_tcp_addr(d: &Daemon) -> std::net::SocketAddr {
-    let line = d.wait_for_line("admin API on http://", Duration::from_secs(5));
-    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-fn tcp_get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> RawResponse {
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    raw_request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: keel\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
-    )
-}
-
 /// Every worker pid of `pool`, from `GET /status` on the unix socket.
 fn pids_of(d: &Daemon, pool: &str) -> Vec<u64> {
     let status = d.admin_json("GET", "/status");

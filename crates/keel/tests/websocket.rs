@@ -84,16 +84,6 @@ fn wait_ws_open(addr: SocketAddr, want: u64) {
     }
 }
 
-/// The daemon's resident set, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echoes_a_thousand_messages_up_to_one_mib() {
     let d = Daemon::start(&format!(

@@ -269,6 +269,32 @@ pub fn kill(pid: u32) {
     }
 }
 
+/// The admin API's TCP listener (`[admin] listen`), from the daemon's log.
+pub fn admin_tcp_addr(d: &Daemon) -> SocketAddr {
+    let line = d.wait_for_line("admin API on http://", Duration::from_secs(5));
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A GET to the admin API over TCP, with `Authorization: AUTH` when given.
+pub fn tcp_get(addr: SocketAddr, path: &str, auth: Option<&str>) -> RawResponse {
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    raw_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: keel\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// A process's resident set (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie ('Z') has exited.
