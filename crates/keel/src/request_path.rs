@@ -483,6 +483,58 @@ struct CacheCtx {
     flight: Option<FlightGuard>,
 }
 
+/// The cache key's URL for a request.
+fn cache_url<B>(req: &Request<B>) -> Arc<str> {
+    let host = req
+        .uri()
+        .host()
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        .unwrap_or("");
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    Cache::url("http", host, pq)
+}
+
+/// An HTTP/1.1 GET or HEAD without a body that a connection's hit path read itself
+/// (`listener/hit_path.rs`): when a fresh cache entry answers it, the answer is appended to
+/// `out` (with `Connection: close` when `close`), and the request is counted and logged as
+/// any hit is (its access-log line is written as the answer is queued, so its time taken
+/// leaves out the write). `false`: nothing was written or counted, and the request goes on
+/// to hyper and [`serve_logged`] like any other.
+pub fn answer_from_cache(
+    req: &Request<()>,
+    conn: &ConnContext,
+    close: bool,
+    out: &mut BytesMut,
+) -> bool {
+    let Some(cache) = crate::cache::installed() else {
+        return false;
+    };
+    let arrived = Instant::now();
+    let Ok(target) = route(req, conn) else {
+        return false;
+    };
+    let pool = match &target.backend {
+        Backend::Pool(p) => Some(p.settings.name.clone()),
+        // As `serve_static`: a range of a static file is read from the file.
+        Backend::Static(_) if req.headers().contains_key(header::RANGE) => return false,
+        Backend::Static(_) => None,
+    };
+    let Some(entry) = cache.peek_fresh(&cache_url(req), req.headers(), &target.site) else {
+        return false;
+    };
+    let written = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
+    let pool_label = pool.clone().unwrap_or_else(crate::metrics::none_label);
+    crate::metrics::request_done(&target.site, &pool_label, written.status, arrived.elapsed());
+    if let Some(log) = &conn.access_log {
+        let mut line = PendingLog::new(req, conn, log.clone(), target.site.clone(), pool);
+        line.status = written.status;
+        line.cache = CacheMark::Hit;
+        line.bytes_sent = written.body_bytes;
+        line.write();
+    }
+    true
+}
+
 impl CacheCtx {
     /// Looks the request up. `Err` is the answer from the cache (fresh hit, or the response
     /// a concurrent request fetched); `Ok` means the request goes to its pool.
@@ -492,13 +544,7 @@ impl CacheCtx {
         site: &Arc<str>,
         collapse_wait: Duration,
     ) -> Result<CacheCtx, Response<ResponseBody>> {
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
-            .unwrap_or("");
-        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let url = Cache::url("http", host, pq);
+        let url = cache_url(req);
         let method = req.method();
         let stale = match cache.lookup(&url, req.headers(), site) {
             Lookup::Fresh(entry) => {
@@ -664,7 +710,7 @@ enum Unrouted {
 /// The request's app in the socket's current route table (a reload swaps the table; a
 /// request routes once, by the table of the moment it arrived), found by its canonical path
 /// once its head has passed `request_check`.
-fn route(req: &Request<Incoming>, conn: &ConnContext) -> Result<AppTarget, Unrouted> {
+fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted> {
     let path = crate::request_check::check(req, &conn.request_limits).map_err(Unrouted::Refused)?;
     let host = req
         .uri()
@@ -925,38 +971,8 @@ pub async fn serve_logged(
             pending: None,
         }));
     };
-    let text = |name: header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let mut pending = Box::new(PendingLog {
-        log,
-        time: SystemTime::now(),
-        start: Instant::now(),
-        site: site.clone(),
-        pool: pool.clone(),
-        client: conn.peer,
-        server: conn.local,
-        method: req.method().to_string(),
-        uri: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
-        version: req.version(),
-        host: req
-            .uri()
-            .host()
-            .map(str::to_owned)
-            .or_else(|| text(header::HOST)),
-        user_agent: text(header::USER_AGENT),
-        referer: text(header::REFERER),
-        bytes_received: req.body().size_hint().exact().unwrap_or(0),
-        status: 0,
-        cache: CacheMark::None,
-        bytes_sent: 0,
-    });
+    let mut pending = PendingLog::new(&req, &conn, log, site.clone(), pool.clone());
+    pending.bytes_received = req.body().size_hint().exact().unwrap_or(0);
     match serve_routed(req, conn, routed).await {
         Ok(mut resp) => {
             counted(resp.status());
@@ -1018,6 +1034,47 @@ pub(crate) struct PendingLog {
 }
 
 impl PendingLog {
+    fn new<B>(
+        req: &Request<B>,
+        conn: &ConnContext,
+        log: AccessLog,
+        site: Arc<str>,
+        pool: Option<Arc<str>>,
+    ) -> Box<PendingLog> {
+        let text = |name: header::HeaderName| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Box::new(PendingLog {
+            log,
+            time: SystemTime::now(),
+            start: Instant::now(),
+            site,
+            pool,
+            client: conn.peer,
+            server: conn.local,
+            method: req.method().to_string(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
+            version: req.version(),
+            host: req
+                .uri()
+                .host()
+                .map(str::to_owned)
+                .or_else(|| text(header::HOST)),
+            user_agent: text(header::USER_AGENT),
+            referer: text(header::REFERER),
+            bytes_received: 0,
+            status: 0,
+            cache: CacheMark::None,
+            bytes_sent: 0,
+        })
+    }
+
     pub(crate) fn write(&self) {
         self.log.log(&AccessRecord {
             time: self.time,

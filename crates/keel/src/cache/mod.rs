@@ -7,8 +7,11 @@
 //! - `serve.rs` builds the response for a hit (Age, HEAD, 304, 206).
 //!
 //! Invariants:
-//! - an entry holds a response ready to serve: a hit is one lookup, one `HeaderMap` clone and
-//!   a `Bytes` clone of the body, never a body copy, and never touches a queue or a worker;
+//! - an entry holds a response ready to serve: its HTTP/1.1 status line and fields as
+//!   prepared bytes (`Entry::prepared`) beside the parsed fields conditionals need, so a
+//!   plain HTTP/1.1 hit is one lookup and one write (`listener/hit_path.rs`); other hits
+//!   are one lookup, one `HeaderMap` clone and a `Bytes` clone of the body. Never a body
+//!   copy, and never a queue or a worker;
 //! - stored bytes are owned by the entry (copied once when stored), so the weight of an entry
 //!   is what it really keeps alive, and the sum of weights never exceeds `max_bytes` once the
 //!   store's pending work has run (it runs after every insert);
@@ -18,7 +21,7 @@
 pub mod policy;
 mod serve;
 
-pub use serve::respond;
+pub use serve::{Written, respond, write_http1};
 
 use crate::config::{CacheAdmission, CacheCollapse, CacheConfig};
 use bytes::{Bytes, BytesMut};
@@ -120,6 +123,10 @@ pub struct Entry {
     pub status: StatusCode,
     /// Without hop-by-hop fields, `Content-Length` (the body says it), `Age` and `x-cache`.
     pub headers: HeaderMap,
+    /// `status` and `headers` as HTTP/1.1 bytes (`HTTP/1.1 200 OK\r\nname: value\r\n…`,
+    /// without the blank line): what a plain hit writes before `Age`, `x-cache`,
+    /// `Content-Length` and `Date`.
+    pub prepared: Bytes,
     pub body: Bytes,
     pub etag: Option<HeaderValue>,
     pub last_modified: Option<SystemTime>,
@@ -482,6 +489,32 @@ impl Cache {
         }
     }
 
+    /// A fresh entry for `url` and a request with headers `req`, counted as a hit for
+    /// `site`; `None` (counting nothing, remembering nothing for admission) otherwise, so
+    /// that the request's own [`Cache::lookup`] later counts it once.
+    pub fn peek_fresh(
+        &self,
+        url: &Arc<str>,
+        req: &HeaderMap,
+        site: &Arc<str>,
+    ) -> Option<Arc<Entry>> {
+        let entry = match self.get(url, None)? {
+            Slot::Response(e) => e,
+            Slot::Vary(spec) => match self.get(url, Some(spec.variant(req)))? {
+                Slot::Response(e) => e,
+                Slot::Vary(_) => return None,
+            },
+        };
+        if !entry.is_fresh(Instant::now()) {
+            return None;
+        }
+        self.counters
+            .site(site)
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
+        Some(entry)
+    }
+
     /// Counts an answer given from an entry other than a fresh lookup hit.
     pub fn count(&self, site: &Arc<str>, status: CacheStatus) {
         let c = self.counters.site(site);
@@ -621,10 +654,14 @@ impl Cache {
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
         let variant_bytes = c.vary.as_ref().map_or(0, |(_, v)| v.len());
-        let weight = u32::try_from(ENTRY_OVERHEAD + header_bytes + body.len() + variant_bytes)
-            .unwrap_or(u32::MAX);
+        let prepared = serve::prepare_head(c.status, &c.headers);
+        let weight = u32::try_from(
+            ENTRY_OVERHEAD + header_bytes + prepared.len() + body.len() + variant_bytes,
+        )
+        .unwrap_or(u32::MAX);
         let entry = Arc::new(Entry {
             status: c.status,
+            prepared,
             etag: c.headers.get(header::ETAG).cloned(),
             last_modified: c
                 .headers

@@ -17,9 +17,14 @@
 //! ([`RequestGuard`]); [`ConnClock::expired`] resolves with the reason once a timer runs out,
 //! and the connection task then drops the connection.
 //!
-//! Known imprecision: bytes of a pipelined next request that arrive while a response is
-//! still in flight get `idle_connection`, not `header_wait`, for the rest of their head (the
-//! clock cannot tell them from the current request's body).
+//! Known imprecision: under hyper, bytes of a pipelined next request that arrive while a
+//! response is still in flight get `idle_connection`, not `header_wait`, for the rest of
+//! their head (the clock cannot tell them from the current request's body). The hit path
+//! (`hit_path.rs`) knows where its heads end and starts `header_wait` for them.
+//!
+//! Wake-ups: [`ConnClock::expired`] sleeps until the earliest deadline that may apply and
+//! is woken by a change of phase only when that change brings a deadline earlier, so the
+//! requests of a busy connection cost the clock no wake-up (see `State::wake_at`).
 
 use crate::log::Reason;
 use parking_lot::Mutex;
@@ -41,7 +46,7 @@ pub struct ConnTimers {
     pub min_send_rate: u64,
 }
 
-/// How often a busy connection re-checks its send rate while the client is not reading.
+/// The shortest time a response may stall before its send rate is judged.
 const SEND_RATE_CHECK: Duration = Duration::from_secs(1);
 
 /// What the connection is doing now, as far as its timers care.
@@ -62,6 +67,49 @@ struct State {
     sent: u64,
     /// The last write found the socket full: the client is not taking bytes.
     write_blocked: bool,
+    /// When [`ConnClock::expired`] looks next (`None`: not before a change). A change of
+    /// phase wakes it only when it must look earlier, so a busy connection's requests cost
+    /// the clock no wake-up (see [`State::wake_at`]).
+    armed: Option<Instant>,
+}
+
+impl State {
+    /// When a timer may next run out, as far as waking the clock goes. Idle, that is the
+    /// earlier of `idle_connection` and `header_wait` from `idle_since`, so that the head
+    /// that ends the idle time (due `header_wait` after its first byte) never has an
+    /// earlier deadline than the one armed: the clock looks once more, finds the connection
+    /// still idle, and waits out the rest. In flight, only a blocked write has a deadline.
+    fn wake_at(&self, limits: &ConnTimers) -> Option<Instant> {
+        if let Some(since) = self.head_since {
+            return Some(since + limits.header_wait);
+        }
+        if self.in_flight == 0 {
+            return Some(self.idle_since + limits.idle_connection.min(limits.header_wait));
+        }
+        self.send_rate_due(limits)
+    }
+
+    /// While the client takes no bytes: when the bytes sent fall below the minimum rate.
+    fn send_rate_due(&self, limits: &ConnTimers) -> Option<Instant> {
+        let rate = limits.min_send_rate;
+        if rate == 0 || !self.write_blocked {
+            return None;
+        }
+        let since = self.sending_since?;
+        // The time these bytes were allowed at the minimum rate.
+        let allowed = Duration::from_secs_f64(self.sent as f64 / rate as f64);
+        Some(since + allowed.max(SEND_RATE_CHECK))
+    }
+
+    /// Whether a change of phase must wake the clock: its new deadline comes before the
+    /// one the clock waits for.
+    fn must_wake(&self, limits: &ConnTimers) -> bool {
+        match (self.wake_at(limits), self.armed) {
+            (Some(due), Some(armed)) => due < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 /// Shared by a connection's socket wrapper, its service and its connection task.
@@ -87,6 +135,7 @@ impl ConnClock {
                 sending_since: None,
                 sent: 0,
                 write_blocked: false,
+                armed: None,
             }),
             changed: Notify::new(),
         })
@@ -104,8 +153,11 @@ impl ConnClock {
         }
         s.in_flight += 1;
         s.head_since = None;
+        let wake = s.must_wake(&self.limits);
         drop(s);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
         RequestGuard(self.clone())
     }
 
@@ -115,8 +167,11 @@ impl ConnClock {
         if s.in_flight == 0 {
             s.idle_since = Instant::now();
             s.sending_since = None;
+            let wake = s.must_wake(&self.limits);
             drop(s);
-            self.changed.notify_one();
+            if wake {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -125,11 +180,21 @@ impl ConnClock {
             return;
         }
         crate::metrics::bytes_received(n);
+        self.head_started();
+    }
+
+    /// Bytes of a head are in: the head is timed from now, unless a request is in flight
+    /// (they may be its body) or one is timed already. Also called by the hit path for the
+    /// part of a pipelined head it read before it finished the answer ahead of it.
+    pub fn head_started(&self) {
         let mut s = self.state.lock();
         if s.in_flight == 0 && s.head_since.is_none() && !s.http2 {
             s.head_since = Some(Instant::now());
+            let wake = s.must_wake(&self.limits);
             drop(s);
-            self.changed.notify_one();
+            if wake {
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -145,53 +210,51 @@ impl ConnClock {
                 }
             }
             Poll::Ready(Err(_)) => s.write_blocked = false,
-            Poll::Pending => s.write_blocked = true,
+            Poll::Pending => {
+                let was = std::mem::replace(&mut s.write_blocked, true);
+                if !was && s.must_wake(&self.limits) {
+                    drop(s);
+                    self.changed.notify_one();
+                }
+            }
         }
     }
 
-    /// What has run out at `now`, or when to look again.
-    fn check(&self, now: Instant) -> Result<Instant, Reason> {
-        let s = self.state.lock();
+    /// What has run out at `now`, or when to look again (`None`: not before a change).
+    fn check(&self, now: Instant) -> Result<Option<Instant>, Reason> {
+        let mut s = self.state.lock();
         if let Some(since) = s.head_since {
-            let due = since + self.limits.header_wait;
-            return if now >= due {
-                Err(Reason::TimerHeaderWait)
-            } else {
-                Ok(due)
-            };
-        }
-        if s.in_flight == 0 {
-            let due = s.idle_since + self.limits.idle_connection;
-            return if now >= due {
-                Err(Reason::TimerConnectionIdle)
-            } else {
-                Ok(due)
-            };
-        }
-        let rate = self.limits.min_send_rate;
-        if rate > 0
-            && s.write_blocked
-            && let Some(since) = s.sending_since
-        {
-            // The time these bytes were allowed at the minimum rate.
-            let allowed = Duration::from_secs_f64(s.sent as f64 / rate as f64);
-            if now >= since + allowed.max(SEND_RATE_CHECK) {
-                return Err(Reason::TimerMinBytesPerSecond);
+            if now >= since + self.limits.header_wait {
+                return Err(Reason::TimerHeaderWait);
             }
+        } else if s.in_flight == 0 {
+            if now >= s.idle_since + self.limits.idle_connection {
+                return Err(Reason::TimerConnectionIdle);
+            }
+        } else if s.send_rate_due(&self.limits).is_some_and(|due| now >= due) {
+            return Err(Reason::TimerMinBytesPerSecond);
         }
-        Ok(now + SEND_RATE_CHECK)
+        let mut due = s.wake_at(&self.limits);
+        if let Some(d) = due
+            && d <= now
+        {
+            // Idle past `header_wait` (the early look): the idle deadline itself.
+            due = Some(s.idle_since + self.limits.idle_connection);
+        }
+        s.armed = due;
+        Ok(due)
     }
 
     /// Resolves with the timer that ran out; never, while the connection keeps within them.
     pub async fn expired(&self) -> Reason {
         loop {
-            let due = match self.check(Instant::now()) {
-                Ok(due) => due,
+            match self.check(Instant::now()) {
                 Err(reason) => return reason,
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                _ = self.changed.notified() => {}
+                Ok(Some(due)) => tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = self.changed.notified() => {}
+                },
+                Ok(None) => self.changed.notified().await,
             }
         }
     }

@@ -90,7 +90,7 @@ pub async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (error_log, local, client) = (ctx.error_log.clone(), ctx.local, ctx.peer);
+    let (ctx_for_log, client) = (ctx.clone(), ctx.peer);
     let requests = clock.clone();
     // The index of each request on this connection, for `conflict`.
     let seen = std::sync::atomic::AtomicU64::new(0);
@@ -157,10 +157,16 @@ pub async fn serve<I>(
             (None, reason)
         }
     };
-    error_log.write(&crate::log::ErrorRecord {
+    log_connection_end(&ctx_for_log, status, reason);
+}
+
+/// The error-log line of a connection that ended without a request to blame: a timer ran
+/// out, or hyper refused a head (with the status it answered).
+pub fn log_connection_end(ctx: &ConnContext, status: Option<u16>, reason: Reason) {
+    ctx.error_log.write(&crate::log::ErrorRecord {
         time: std::time::SystemTime::now(),
-        client: Some(client),
-        server: Some(local),
+        client: Some(ctx.peer),
+        server: Some(ctx.local),
         version: None,
         method: None,
         uri: None,

@@ -7,6 +7,7 @@
 
 pub mod conn_clock;
 pub mod framing;
+pub mod hit_path;
 pub mod http;
 pub mod tls;
 
@@ -236,9 +237,13 @@ impl Drop for OpenConnection {
 /// `Connection: close`, so clients leave kept-alive connections on their own.
 static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Wakes the connections waiting for a request on the hit path when the drain begins.
+static DRAIN_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Starts the drain of kept-alive connections (see [`DRAINING`]).
 pub fn begin_drain() {
     DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+    DRAIN_STARTED.notify_waiters();
 }
 
 pub fn draining() -> bool {
@@ -312,6 +317,9 @@ pub async fn accept_loop(
             let Some(acceptor) = &endpoint.tls else {
                 let builder = endpoint.protocols.plain();
                 let ctx = ctx(false, None);
+                let Some(stream) = answer_hits(stream, &ctx, &clock).await else {
+                    return;
+                };
                 let (io, conflict) = framing::ScannedIo::new(stream);
                 http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
                 return;
@@ -330,11 +338,46 @@ pub async fn accept_loop(
                 };
             let session = stream.get_ref().1;
             let server_name = session.server_name().map(Arc::from);
-            let builder = endpoint.protocols.for_alpn(session.alpn_protocol());
+            let alpn = session.alpn_protocol();
+            let builder = endpoint.protocols.for_alpn(alpn);
+            let http2 = alpn == Some(b"h2".as_slice());
             let ctx = ctx(true, server_name);
+            if http2 {
+                let (io, conflict) =
+                    framing::ScannedIo::new(hit_path::Prepend::new(bytes::BytesMut::new(), stream));
+                http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
+                return;
+            }
+            let Some(stream) = answer_hits(stream, &ctx, &clock).await else {
+                return;
+            };
             let (io, conflict) = framing::ScannedIo::new(stream);
             http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
         });
+    }
+}
+
+/// An HTTP/1.1 connection's cache hits (`hit_path.rs`), while the daemon has a cache:
+/// `None` when the connection ended there, otherwise the socket for hyper, with the bytes
+/// read but not answered in front.
+async fn answer_hits<S>(
+    mut stream: S,
+    ctx: &Arc<ConnContext>,
+    clock: &Arc<conn_clock::ConnClock>,
+) -> Option<hit_path::Prepend<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if crate::cache::installed().is_none() {
+        return Some(hit_path::Prepend::new(bytes::BytesMut::new(), stream));
+    }
+    match hit_path::answer_hits(&mut stream, ctx, clock).await {
+        hit_path::Front::HandOff(read) => Some(hit_path::Prepend::new(read, stream)),
+        hit_path::Front::Closed => None,
+        hit_path::Front::Expired(reason) => {
+            http::log_connection_end(ctx, None, reason);
+            None
+        }
     }
 }
 

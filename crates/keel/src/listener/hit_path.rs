@@ -1,0 +1,306 @@
+//! HTTP/1.1 cache hits answered before hyper: "one lookup and one write of prepared bytes"
+//! (DESIGN §7).
+//!
+//! An HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here while the
+//! daemon has a response cache. Each request head is parsed with httparse; a GET or HEAD
+//! without a body whose answer is a fresh cache entry is answered from the entry's prepared
+//! bytes (`request_path::answer_from_cache`), counted and logged like any hit, and the next
+//! head is read. The first request that is anything else (a miss, a body, an upgrade, a head
+//! httparse or keel's rules refuse, an HTTP/2 preface, an absolute-form target, HTTP/1.0)
+//! hands the connection over to hyper for the rest of its life: hyper gets the bytes read
+//! so far first ([`Prepend`]), and everything (the framing scanner, the error answers, the
+//! queue) goes on from that head exactly as for a connection that never came here.
+//!
+//! Invariants:
+//! - nothing here answers an error or reads a body: a request it does not answer from the
+//!   cache reaches hyper byte for byte, so hyper and `framing.rs` stay the only judges of
+//!   malformed input;
+//! - the connection clock sees every byte (the socket below is the `ClockedIo`) and every
+//!   answered request (a `RequestGuard` while its answer is written), so `header_wait`,
+//!   `idle_connection` and `min_send_rate` apply here as they do under hyper;
+//! - when the daemon drains, an idle connection here is closed and an answer carries
+//!   `Connection: close`, as under hyper.
+
+use super::conn_clock::ConnClock;
+use crate::log::Reason;
+use crate::request_path::ConnContext;
+use bytes::{Buf, BytesMut};
+use http::{Method, Request, Version};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Fields a head may have and still be answered here (more: hyper takes it).
+const MAX_FIELDS: usize = 32;
+/// Bytes of unanswered head kept before hyper takes the connection (its own limits apply
+/// from there).
+const MAX_BUFFERED: usize = 16 * 1024;
+
+/// How the connection's time here ended.
+pub enum Front {
+    /// The client closed the connection, or the daemon drained it.
+    Closed,
+    /// One of the connection's timers ran out.
+    Expired(Reason),
+    /// A request this path does not answer: hyper serves the connection from here, reading
+    /// these bytes first.
+    HandOff(BytesMut),
+}
+
+/// Answers cache hits on `io` until a request that is not one (or the end of the
+/// connection).
+pub async fn answer_hits<S>(io: &mut S, ctx: &ConnContext, clock: &Arc<ConnClock>) -> Front
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(4096);
+    let expired = clock.expired();
+    tokio::pin!(expired);
+    // The daemon's drain closes a connection between requests (as hyper's graceful
+    // shutdown does); one with part of a head read goes to hyper, which finishes it.
+    let drain = super::DRAIN_STARTED.notified();
+    tokio::pin!(drain);
+    drain.as_mut().enable();
+    loop {
+        // Every complete head already read: answered in turn, or handed over.
+        while !buf.is_empty() {
+            let (req, len, asked_close) = match parse(&buf) {
+                Parsed::Partial if buf.len() < MAX_BUFFERED => break,
+                Parsed::Partial | Parsed::NotOurs => return Front::HandOff(buf),
+                Parsed::Request(req, len, asked_close) => (req, len, asked_close),
+            };
+            let close = asked_close || super::draining();
+            let in_flight = clock.begin_request(false);
+            out.clear();
+            if !crate::request_path::answer_from_cache(&req, ctx, close, &mut out) {
+                drop(in_flight);
+                return Front::HandOff(buf);
+            }
+            buf.advance(len);
+            tokio::select! {
+                written = io.write_all(&out) => if written.is_err() {
+                    return Front::Closed;
+                },
+                reason = &mut expired => return Front::Expired(reason),
+            }
+            drop(in_flight);
+            if !buf.is_empty() {
+                // Part of the next head came with this one: `header_wait` runs for it.
+                clock.head_started();
+            }
+            if close {
+                let _ = io.shutdown().await;
+                return Front::Closed;
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let idle = buf.is_empty();
+        if idle && super::draining() {
+            return Front::Closed;
+        }
+        tokio::select! {
+            read = io.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) if buf.is_empty() => return Front::Closed,
+                // A head cut short by EOF, or a read error: hyper reports it as it would.
+                Ok(0) | Err(_) => return Front::HandOff(buf),
+                Ok(_) => {}
+            },
+            reason = &mut expired => return Front::Expired(reason),
+            _ = &mut drain => return if idle { Front::Closed } else { Front::HandOff(buf) },
+        }
+    }
+}
+
+// Returned by value to its one caller and taken apart at once: boxing the request would
+// cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    /// More bytes are needed to see the whole head.
+    Partial,
+    /// A head this path leaves to hyper.
+    NotOurs,
+    /// A GET or HEAD without a body, the head's length, and whether the client asked for
+    /// the connection to close after the answer (`Connection: close`).
+    Request(Request<()>, usize, bool),
+}
+
+/// Reads the head at the start of `buf`, if it is one this path may answer: HTTP/1.1, GET
+/// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
+/// an expectation, or a connection option other than `keep-alive` or `close`.
+fn parse(buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut fields);
+    let len = match head.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::NotOurs,
+    };
+    let method = match head.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Parsed::NotOurs,
+    };
+    let (Some(1), Some(target)) = (head.version, head.path) else {
+        return Parsed::NotOurs;
+    };
+    if !target.starts_with('/') {
+        return Parsed::NotOurs;
+    }
+    let Ok(uri) = http::Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes()))
+    else {
+        return Parsed::NotOurs;
+    };
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+    let (mut hosts, mut close) = (0, false);
+    for field in head.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("connection") {
+            let value = field.value.trim_ascii();
+            if value.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if !value.eq_ignore_ascii_case(b"keep-alive") {
+                return Parsed::NotOurs;
+            }
+        }
+        let leaves_it = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect");
+        if leaves_it {
+            return Parsed::NotOurs;
+        }
+        hosts += usize::from(name.eq_ignore_ascii_case("host"));
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(field.value),
+        ) else {
+            return Parsed::NotOurs;
+        };
+        headers.append(name, value);
+    }
+    if hosts != 1 {
+        return Parsed::NotOurs;
+    }
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Parsed::Request(req, len, close)
+}
+
+/// A socket whose first bytes were already read: they are read again first, then the
+/// socket's own. Writes go straight to the socket.
+pub struct Prepend<S> {
+    first: BytesMut,
+    inner: S,
+}
+
+impl<S> Prepend<S> {
+    pub fn new(first: BytesMut, inner: S) -> Self {
+        Prepend { first, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prepend<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.first.is_empty() {
+            let n = this.first.len().min(buf.remaining());
+            buf.put_slice(&this.first[..n]);
+            this.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prepend<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(raw: &str) -> Option<Request<()>> {
+        match parse(raw.as_bytes()) {
+            Parsed::Request(req, len, _) => {
+                assert_eq!(len, raw.len());
+                Some(req)
+            }
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::NotOurs => None,
+        }
+    }
+
+    #[test]
+    fn answers_plain_gets_and_heads() {
+        let req = parsed("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").unwrap();
+        assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a?b=1");
+        assert_eq!(req.headers()["accept"], "*/*");
+        assert!(parsed("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").is_some());
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n";
+        assert!(matches!(parse(raw), Parsed::Request(_, _, true)));
+    }
+
+    #[test]
+    fn leaves_everything_else_to_hyper() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-secret\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+        ] {
+            assert!(parsed(raw).is_none(), "{raw:?}");
+        }
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Parsed::Partial
+        ));
+    }
+}
