@@ -173,7 +173,7 @@ async fn serve_routed(
     };
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.current(),
-        Backend::Static(root) => return Ok(serve_static(req, root, &target).await),
+        Backend::Static(root) => return Ok(serve_static(&req, root, &target).await),
     };
 
     // An upgrade (WebSocket) goes to its pool like any request, but never through the cache.
@@ -338,8 +338,8 @@ pub const STATIC_CACHE_TTL: u32 = 5;
 const COMPRESS_WHOLE_MAX: u64 = 1 << 20;
 
 /// An app served from a static root: through the response cache like any response.
-async fn serve_static(
-    req: Request<Incoming>,
+async fn serve_static<B>(
+    req: &Request<B>,
     root: &StaticRoot,
     target: &AppTarget,
 ) -> Response<ResponseBody> {
@@ -348,7 +348,7 @@ async fn serve_static(
         && policy::request_may_use_cache(req.method())
         && !req.headers().contains_key(header::RANGE)
     {
-        match CacheCtx::begin(cache, &req, &target.site, Duration::from_secs(10)).await {
+        match CacheCtx::begin(cache, req, &target.site, Duration::from_secs(10)).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return hit,
         }
@@ -494,53 +494,156 @@ fn cache_url<B>(req: &Request<B>) -> Arc<str> {
     Cache::url("http", host, pq)
 }
 
-/// An HTTP/1.1 GET or HEAD without a body that a connection's hit path read itself
-/// (`listener/hit_path.rs`): when a fresh cache entry answers it, the answer is appended to
-/// `out` (with `Connection: close` when `close`), and the request is counted and logged as
-/// any hit is (its access-log line is written as the answer is queued, so its time taken
-/// leaves out the write). `false`: nothing was written or counted, and the request goes on
-/// to hyper and [`serve_logged`] like any other.
-pub fn answer_from_cache(
+/// What a connection's hit path (`listener/hit_path.rs`) may write for an HTTP/1.1 GET or
+/// HEAD without a body that it read itself.
+pub(crate) enum FrontAnswer {
+    /// Not answered (nothing written or counted): the request goes on to hyper and
+    /// [`serve_logged`] like any other.
+    NotOurs,
+    /// The whole answer was appended to `out`.
+    Written,
+    /// The head was appended to `out`; these bytes of the file follow it, and then the
+    /// access-log line (bytes sent are known only then).
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        log: Option<Box<PendingLog>>,
+    },
+}
+
+/// Answers a request the hit path read itself, if the answer needs no worker: a fresh cache
+/// entry (any site), or, with `files` (the socket can `sendfile`), a static root of a site
+/// without compression. The answer goes to `out` (with `Connection: close` when `close`),
+/// and the request is counted and logged as it is under hyper (for a written answer the
+/// access-log line is written as it is queued, so its time taken leaves out the write).
+pub(crate) async fn answer_in_front(
     req: &Request<()>,
     conn: &ConnContext,
     close: bool,
+    files: bool,
     out: &mut BytesMut,
-) -> bool {
-    let Some(cache) = crate::cache::installed() else {
-        return false;
-    };
+) -> FrontAnswer {
     let arrived = Instant::now();
     let Ok(target) = route(req, conn) else {
-        return false;
+        return FrontAnswer::NotOurs;
     };
-    let pool = match &target.backend {
-        Backend::Pool(p) => Some(p.settings.name.clone()),
+    let (pool, root) = match &target.backend {
+        Backend::Pool(p) => (Some(p.settings.name.clone()), None),
+        Backend::Static(root) => (None, Some(root)),
+    };
+    let cached = crate::cache::installed().and_then(|cache| {
         // As `serve_static`: a range of a static file is read from the file.
-        Backend::Static(_) if req.headers().contains_key(header::RANGE) => return false,
-        Backend::Static(_) => None,
+        if root.is_some() && req.headers().contains_key(header::RANGE) {
+            return None;
+        }
+        cache.peek_fresh(&cache_url(req), req.headers(), &target.site)
+    });
+    let (status, body_bytes, file) = if let Some(entry) = cached {
+        let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
+        (w.status, w.body_bytes, None)
+    } else if let Some(root) = root
+        && files
+        && !target.compression
+    {
+        let resp = serve_static(req, root, &target).await;
+        let head_only = req.method() == http::Method::HEAD;
+        match write_static_head(resp, head_only, close, out) {
+            Some(sent) => sent,
+            None => {
+                out.clear();
+                return FrontAnswer::NotOurs;
+            }
+        }
+    } else {
+        return FrontAnswer::NotOurs;
     };
-    let Some(entry) = cache.peek_fresh(&cache_url(req), req.headers(), &target.site) else {
-        return false;
-    };
-    let written = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
     let pool_label = pool.clone().unwrap_or_else(crate::metrics::none_label);
-    crate::metrics::request_done(&target.site, &pool_label, written.status, arrived.elapsed());
-    if let Some(log) = &conn.access_log {
+    crate::metrics::request_done(&target.site, &pool_label, status, arrived.elapsed());
+    let log = conn.access_log.as_ref().map(|log| {
         let mut line = PendingLog::new(req, conn, log.clone(), target.site.clone(), pool);
-        line.status = written.status;
-        line.cache = CacheMark::Hit;
-        line.bytes_sent = written.body_bytes;
-        line.write();
+        line.status = status;
+        line.cache = if file.is_none() && root.is_none() {
+            CacheMark::Hit
+        } else {
+            CacheMark::None
+        };
+        line.bytes_sent = body_bytes;
+        line
+    });
+    match file {
+        Some((file, offset, len)) => FrontAnswer::File {
+            file,
+            offset,
+            len,
+            log,
+        },
+        None => {
+            if let Some(line) = log {
+                line.write();
+            }
+            FrontAnswer::Written
+        }
     }
-    true
+}
+
+/// A static root's answer as HTTP/1.1 bytes: status line, fields, `Content-Length` and
+/// `Date` as hyper would add them, and the body when it is in memory. Returns the status,
+/// the body bytes written, and the file range still to send; `None` for a body of any
+/// other kind (left to hyper).
+#[allow(clippy::type_complexity)]
+fn write_static_head(
+    resp: Response<ResponseBody>,
+    head_only: bool,
+    close: bool,
+    out: &mut BytesMut,
+) -> Option<(u16, u64, Option<(Arc<std::fs::File>, u64, u64)>)> {
+    use bytes::BufMut;
+    let (parts, body) = resp.into_parts();
+    let (bytes, file) = match body {
+        ResponseBody::Full(b) => (b.unwrap_or_default(), None),
+        ResponseBody::File(f) => (Bytes::new(), Some(f.into_range())),
+        _ => return None,
+    };
+    let len = file.as_ref().map_or(bytes.len() as u64, |(_, _, n)| *n);
+    let status = parts.status;
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    let no_body = status == StatusCode::NOT_MODIFIED || status == StatusCode::NO_CONTENT;
+    if !no_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        out.put_slice(format!("content-length: {len}\r\n").as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if head_only || no_body {
+        return Some((status.as_u16(), 0, None));
+    }
+    out.put_slice(&bytes);
+    Some((status.as_u16(), len, file))
 }
 
 impl CacheCtx {
     /// Looks the request up. `Err` is the answer from the cache (fresh hit, or the response
     /// a concurrent request fetched); `Ok` means the request goes to its pool.
-    async fn begin(
+    async fn begin<B>(
         cache: Arc<Cache>,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         site: &Arc<str>,
         collapse_wait: Duration,
     ) -> Result<CacheCtx, Response<ResponseBody>> {

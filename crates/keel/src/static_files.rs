@@ -278,6 +278,13 @@ impl FileStream {
         }
     }
 
+    /// The file and the byte range still to send, for a caller that sends it itself
+    /// (`sendfile`); only before the first chunk is read.
+    pub fn into_range(self) -> (Arc<File>, u64, u64) {
+        debug_assert!(self.pending.is_none());
+        (self.file, self.offset, self.remaining)
+    }
+
     fn start_read(&mut self) {
         if self.pending.is_some() || self.remaining == 0 {
             return;

@@ -205,3 +205,132 @@ fn sigterm_closes_a_connection_idle_after_hits_and_the_daemon_exits() {
     closed_within(&mut r, Duration::from_secs(5));
     assert!(d.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// A site whose /files root (no compression) is sent with sendfile on cleartext
+/// connections, beside the demo pool; `[log]` access log on.
+fn start_files(listener: &str, files: &[(&str, Vec<u8>)]) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("files")).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join("files").join(name), bytes).unwrap();
+    }
+    let text = format!(
+        r#"
+[listener]
+shutdown_timeout = "10s"
+{listener}
+
+[log]
+error_log = "error.log"
+access_log = "access.log"
+
+[cache]
+admission = "always"
+
+[[site]]
+name = "site"
+bindings = ["http://127.0.0.1:0"]
+app = [{{ path = "/", pool = "demo" }}, {{ path = "/files", root = "files" }}]
+
+[pool.demo]
+command = ["{demo}"]
+"#,
+        demo = common::demo_worker().display()
+    );
+    let path = dir.path().join("keel.toml");
+    std::fs::write(&path, text).unwrap();
+    Daemon::start_with(dir, &["serve", "--config", path.to_str().unwrap()])
+}
+
+#[test]
+fn static_files_are_sent_whole_by_range_and_by_head_on_one_connection() {
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let d = start_files(
+        "",
+        &[
+            ("big.bin", big.clone()),
+            ("small.txt", b"small file".to_vec()),
+        ],
+    );
+    let a = d.addr();
+    get(a, "/cached?id=f");
+    let (mut s, mut r) = connect(a);
+    s.write_all(
+        b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /files/big.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=1000-1999\r\n\r\n\
+          GET /files/small.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /files/missing.txt HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /cached?id=f HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap();
+    let whole = read_response(&mut r).unwrap();
+    assert_eq!(whole.status, 200);
+    assert_eq!(
+        whole.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(whole.header("etag").is_some() && whole.header("last-modified").is_some());
+    assert!(whole.body == big, "the 3 MiB file arrived changed");
+    let part = read_response(&mut r).unwrap();
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some("bytes 1000-1999/3145728")
+    );
+    assert!(part.body == big[1000..2000]);
+    assert_eq!(read_response(&mut r).unwrap().text(), "small file");
+    assert_eq!(read_response(&mut r).unwrap().status, 404);
+    let hit = read_response(&mut r).unwrap();
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+
+    // A conditional GET with the file's ETag: 304, no body.
+    let etag = whole.header("etag").unwrap().to_owned();
+    s.write_all(
+        format!("GET /files/big.bin HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut r).unwrap().status, 304);
+
+    // The access log has each request with the bytes sent.
+    drop((s, r));
+    let log = d.dir.path().join("access.log");
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("3145728") && text.contains("/files/missing.txt") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_a_static_file_is_cut_by_min_send_rate() {
+    let d = start_files("min_send_rate = 5000000", &[]);
+    let big = std::fs::File::create(d.dir.path().join("files/big.bin")).unwrap();
+    big.set_len(200 * 1024 * 1024).unwrap();
+    let (mut s, _r) = connect(d.addr());
+    s.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if d.error_lines()
+            .iter()
+            .any(|l| l.contains("Timer_MinBytesPerSecond"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            d.error_lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The daemon still serves.
+    assert_eq!(get(d.addr(), "/").status, 200);
+}

@@ -282,6 +282,74 @@ impl<S> ClockedIo<S> {
     }
 }
 
+/// A client socket the hit path can send a file on without copying it through user space.
+pub trait SendFile {
+    /// Whether [`SendFile::send_file`] works here (a cleartext TCP socket; not under TLS).
+    fn can_send_file(&self) -> bool;
+
+    /// Holds partial segments back while on (`TCP_CORK`, nginx's `tcp_nopush`), so a head and
+    /// the file after it leave in full segments; turning it off sends what is held.
+    fn cork(&self, on: bool);
+
+    /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for the socket
+    /// as needed; the clock sees the bytes and the blocked writes as for any write. An
+    /// `UnexpectedEof` error: the file ended early (it shrank since it was opened).
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+impl SendFile for ClockedIo<tokio::net::TcpStream> {
+    fn can_send_file(&self) -> bool {
+        true
+    }
+
+    fn cork(&self, on: bool) {
+        let _ = rustix::net::sockopt::set_tcp_cork(&self.inner, on);
+    }
+
+    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            // sendfile(2) moves at most about 2 GiB per call.
+            let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
+            let sent = self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut from = at;
+                rustix::fs::sendfile(&self.inner, file, Some(&mut from), want)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    self.clock.on_write(&Poll::Ready(Ok(n)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.clock.on_write(&Poll::Pending);
+                    self.inner.writable().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: Send> SendFile for tokio_rustls::server::TlsStream<S> {
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    fn cork(&self, _: bool) {}
+
+    async fn send_file(&mut self, _: &std::fs::File, _: u64, _: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for ClockedIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,11 +1,12 @@
 //! HTTP/1.1 cache hits answered before hyper: "one lookup and one write of prepared bytes"
 //! (DESIGN §7).
 //!
-//! An HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here while the
-//! daemon has a response cache. Each request head is parsed with httparse; a GET or HEAD
-//! without a body whose answer is a fresh cache entry is answered from the entry's prepared
-//! bytes (`request_path::answer_from_cache`), counted and logged like any hit, and the next
-//! head is read. The first request that is anything else (a miss, a body, an upgrade, a head
+//! Every HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here. Each
+//! request head is parsed with httparse; a GET or HEAD without a body whose answer is a
+//! fresh cache entry is answered from the entry's prepared bytes, and on a cleartext socket
+//! a static root's file (site without compression) is sent with `sendfile(2)` after its
+//! head (`request_path::answer_in_front`); both are counted and logged as under hyper, and
+//! the next head is read. The first request that is anything else (a miss, a body, an upgrade, a head
 //! httparse or keel's rules refuse, an HTTP/2 preface, an absolute-form target, HTTP/1.0)
 //! hands the connection over to hyper for the rest of its life: hyper gets the bytes read
 //! so far first ([`Prepend`]), and everything (the framing scanner, the error answers, the
@@ -21,9 +22,9 @@
 //! - when the daemon drains, an idle connection here is closed and an answer carries
 //!   `Connection: close`, as under hyper.
 
-use super::conn_clock::ConnClock;
+use super::conn_clock::{ConnClock, SendFile};
 use crate::log::Reason;
-use crate::request_path::ConnContext;
+use crate::request_path::{ConnContext, FrontAnswer, answer_in_front};
 use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use std::io;
@@ -53,7 +54,7 @@ pub enum Front {
 /// connection).
 pub async fn answer_hits<S>(io: &mut S, ctx: &ConnContext, clock: &Arc<ConnClock>) -> Front
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + SendFile + Unpin,
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(4096);
@@ -75,16 +76,44 @@ where
             let close = asked_close || super::draining();
             let in_flight = clock.begin_request(false);
             out.clear();
-            if !crate::request_path::answer_from_cache(&req, ctx, close, &mut out) {
-                drop(in_flight);
-                return Front::HandOff(buf);
-            }
+            let files = io.can_send_file();
+            let file = match answer_in_front(&req, ctx, close, files, &mut out).await {
+                FrontAnswer::NotOurs => {
+                    drop(in_flight);
+                    return Front::HandOff(buf);
+                }
+                FrontAnswer::Written => None,
+                FrontAnswer::File {
+                    file,
+                    offset,
+                    len,
+                    log,
+                } => Some((file, offset, len, log)),
+            };
             buf.advance(len);
+            if file.is_some() {
+                io.cork(true);
+            }
             tokio::select! {
                 written = io.write_all(&out) => if written.is_err() {
                     return Front::Closed;
                 },
                 reason = &mut expired => return Front::Expired(reason),
+            }
+            if let Some((file, offset, len, log)) = file {
+                tokio::select! {
+                    sent = io.send_file(&file, offset, len) => if let Err(e) = sent {
+                        // The client went away, or the file shrank under its
+                        // Content-Length: the answer is cut, as under hyper.
+                        tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
+                        return Front::Closed;
+                    },
+                    reason = &mut expired => return Front::Expired(reason),
+                }
+                io.cork(false);
+                if let Some(log) = log {
+                    log.write();
+                }
             }
             drop(in_flight);
             if !buf.is_empty() {

@@ -357,20 +357,17 @@ pub async fn accept_loop(
     }
 }
 
-/// An HTTP/1.1 connection's cache hits (`hit_path.rs`), while the daemon has a cache:
-/// `None` when the connection ended there, otherwise the socket for hyper, with the bytes
-/// read but not answered in front.
+/// An HTTP/1.1 connection's cache hits and static files (`hit_path.rs`): `None` when the
+/// connection ended there, otherwise the socket for hyper, with the bytes read but not
+/// answered in front.
 async fn answer_hits<S>(
     mut stream: S,
     ctx: &Arc<ConnContext>,
     clock: &Arc<conn_clock::ConnClock>,
 ) -> Option<hit_path::Prepend<S>>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + conn_clock::SendFile + Unpin,
 {
-    if crate::cache::installed().is_none() {
-        return Some(hit_path::Prepend::new(bytes::BytesMut::new(), stream));
-    }
     match hit_path::answer_hits(&mut stream, ctx, clock).await {
         hit_path::Front::HandOff(read) => Some(hit_path::Prepend::new(read, stream)),
         hit_path::Front::Closed => None,
