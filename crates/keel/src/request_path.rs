@@ -474,8 +474,12 @@ struct CacheCtx {
     cache: Arc<Cache>,
     url: Arc<str>,
     method: http::Method,
-    /// The request's headers (`Vary`, `Authorization`, conditionals for a stale answer).
-    headers: http::HeaderMap,
+    /// The request's headers (`Vary`, `Authorization`, conditionals for a stale answer);
+    /// not copied for a URL answered uncacheably a moment ago (`passed`) without a stale
+    /// entry: most requests of a dynamic site, whose answers are not stored.
+    headers: Option<http::HeaderMap>,
+    /// The URL was answered uncacheably a moment ago (and is still marked so).
+    passed: bool,
     site: Arc<str>,
     /// An expired entry still inside its stale-if-error window.
     stale: Option<Arc<Entry>>,
@@ -649,7 +653,8 @@ impl CacheCtx {
     ) -> Result<CacheCtx, Response<ResponseBody>> {
         let url = cache_url(req);
         let method = req.method();
-        let stale = match cache.lookup(&url, req.headers(), site) {
+        let (found, passed) = cache.lookup_noting_pass(&url, req.headers(), site);
+        let stale = match found {
             Lookup::Fresh(entry) => {
                 return Err(crate::cache::respond(
                     &entry,
@@ -663,7 +668,7 @@ impl CacheCtx {
         };
         let mut flight = None;
         if *method == http::Method::GET {
-            match cache.join_flight(&url, stale.is_some()) {
+            match cache.join_flight(&url, stale.is_some(), passed) {
                 Some(Flight::Leader(guard)) => flight = Some(guard),
                 None => {}
                 Some(Flight::Follower(rx)) => {
@@ -684,7 +689,8 @@ impl CacheCtx {
             cache,
             url,
             method: method.clone(),
-            headers: req.headers().clone(),
+            headers: (!passed || stale.is_some()).then(|| req.headers().clone()),
+            passed,
             site: site.clone(),
             stale,
             flight,
@@ -698,10 +704,11 @@ impl CacheCtx {
             return None;
         }
         self.cache.count(&self.site, CacheStatus::Stale);
+        let none = http::HeaderMap::new();
         Some(crate::cache::respond(
             entry,
             &self.method,
-            &self.headers,
+            self.headers.as_ref().unwrap_or(&none),
             CacheStatus::Stale,
         ))
     }
@@ -716,24 +723,33 @@ impl CacheCtx {
         pool: &str,
     ) {
         resp.headers_mut().insert(
-            "x-cache",
+            HeaderName::from_static("x-cache"),
             HeaderValue::from_static(CacheStatus::Miss.as_str()),
         );
         resp.extensions_mut().insert(CacheStatus::Miss);
-        let Ok(lifetime) = policy::decide(
+        let none = http::HeaderMap::new();
+        let decided = policy::decide(
             &self.method,
-            &self.headers,
+            self.headers.as_ref().unwrap_or(&none),
             resp.status(),
             resp.headers(),
             worker_policy,
             SystemTime::now(),
-        ) else {
-            self.cache.mark_uncacheable(self.url);
+        );
+        let (Ok(lifetime), Some(req_headers)) = (decided, &self.headers) else {
+            match (decided.is_ok(), self.passed) {
+                // Still uncacheable, and still marked so.
+                (false, true) => {}
+                (false, false) => self.cache.mark_uncacheable(self.url),
+                // Cacheable now, but this request's headers were not kept (`Vary`): the
+                // next request for the URL takes the whole path and stores it.
+                (true, _) => self.cache.unmark_uncacheable(&self.url),
+            }
             return;
         };
         let candidate = self.cache.candidate(
             self.url,
-            &self.headers,
+            req_headers,
             resp.status(),
             resp.headers(),
             lifetime,

@@ -451,8 +451,35 @@ impl Cache {
     /// Looks `url` up for a request with headers `req` (counting a hit or a miss for
     /// `site`).
     pub fn lookup(&self, url: &Arc<str>, req: &HeaderMap, site: &Arc<str>) -> Lookup {
+        self.lookup_noting_pass(url, req, site).0
+    }
+
+    /// [`Cache::lookup`], and whether `url` was answered uncacheably a moment ago (for
+    /// [`Cache::join_flight`] and the request's own bookkeeping, without asking again).
+    pub fn lookup_noting_pass(
+        &self,
+        url: &Arc<str>,
+        req: &HeaderMap,
+        site: &Arc<str>,
+    ) -> (Lookup, bool) {
+        let passed = self.pass.contains_key(url);
+        (self.lookup_inner(url, req, site, passed), passed)
+    }
+
+    /// The URL's responses may be stored again: the next request takes the whole path.
+    pub fn unmark_uncacheable(&self, url: &Arc<str>) {
+        self.pass.invalidate(url);
+    }
+
+    fn lookup_inner(
+        &self,
+        url: &Arc<str>,
+        req: &HeaderMap,
+        site: &Arc<str>,
+        passed: bool,
+    ) -> Lookup {
         // Answered uncacheably a moment ago: nothing stored, nothing to count for admission.
-        if self.pass.contains_key(url) && self.get(url, None).is_none() {
+        if passed && self.get(url, None).is_none() {
             self.counters
                 .site(site)
                 .misses
@@ -543,8 +570,9 @@ impl Cache {
     /// Leads the fetch of `url`, or follows the request already fetching it. `None`: fetch
     /// it without collapsing (uncacheable lately, or not known to be cacheable under
     /// `collapse = "cacheable"`). `stale`: an expired entry of the URL is there.
-    pub fn join_flight(&self, url: &Arc<str>, stale: bool) -> Option<Flight> {
-        if self.pass.contains_key(url) {
+    /// `passed`: what [`Cache::lookup_noting_pass`] said of the URL.
+    pub fn join_flight(&self, url: &Arc<str>, stale: bool, passed: bool) -> Option<Flight> {
+        if passed {
             return None;
         }
         if !(self.settings.collapse == CacheCollapse::All || stale || self.known.contains_key(url))
