@@ -120,8 +120,58 @@ impl std::fmt::Display for ResetConnection {
 
 impl std::error::Error for ResetConnection {}
 
-pub async fn serve_request(
-    req: Request<Incoming>,
+/// A request's body as the request path needs it: hyper's `Incoming`, or none at all (`()`:
+/// a GET or HEAD without a body whose head the HTTP/1.1 front read itself).
+pub trait RequestBody: Send + Sized + 'static {
+    /// No body byte will come.
+    fn body_is_empty(&self) -> bool;
+    /// The body's declared length, when known.
+    fn declared_len(&self) -> Option<u64>;
+    /// The body to read or stream; `None` when there is none.
+    fn into_incoming(self) -> Option<Incoming>;
+    /// hyper's hand-over of the connection after a 101; `None` where there is no hyper
+    /// connection to hand over.
+    fn on_upgrade(req: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade>;
+}
+
+impl RequestBody for Incoming {
+    fn body_is_empty(&self) -> bool {
+        self.is_end_stream()
+    }
+
+    fn declared_len(&self) -> Option<u64> {
+        self.size_hint().exact()
+    }
+
+    fn into_incoming(self) -> Option<Incoming> {
+        Some(self)
+    }
+
+    fn on_upgrade(req: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade> {
+        Some(hyper::upgrade::on(req))
+    }
+}
+
+impl RequestBody for () {
+    fn body_is_empty(&self) -> bool {
+        true
+    }
+
+    fn declared_len(&self) -> Option<u64> {
+        Some(0)
+    }
+
+    fn into_incoming(self) -> Option<Incoming> {
+        None
+    }
+
+    fn on_upgrade(_: &mut Request<Self>) -> Option<hyper::upgrade::OnUpgrade> {
+        None
+    }
+}
+
+pub async fn serve_request<B: RequestBody>(
+    req: Request<B>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
     let routed = route(&req, &conn);
@@ -129,8 +179,8 @@ pub async fn serve_request(
 }
 
 /// [`serve_request`] after the route lookup (which the access log also needs: done once).
-async fn serve_routed(
-    mut req: Request<Incoming>,
+async fn serve_routed<B: RequestBody>(
+    mut req: Request<B>,
     conn: Arc<ConnContext>,
     routed: Result<AppTarget, Unrouted>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
@@ -184,7 +234,7 @@ async fn serve_routed(
     if let Some(cache) = crate::cache::installed()
         && !upgrade
         && policy::request_may_use_cache(req.method())
-        && req.body().is_end_stream()
+        && req.body().body_is_empty()
     {
         match CacheCtx::begin(cache, &req, &target.site, pool.settings.queue_timeout).await {
             Ok(ctx) => cached = Some(ctx),
@@ -193,14 +243,19 @@ async fn serve_routed(
     }
     // Only requests that go on to a pool need what the error log records.
     let meta = meta(target.site.clone());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = upgrade.then(|| B::on_upgrade(&mut req)).flatten();
 
     // read small body
     let (parts, body) = req.into_parts();
-    let (inline, stream) = if body.is_end_stream() {
-        (Bytes::new(), None)
+    let declared = body.declared_len();
+    let body = if body.body_is_empty() {
+        None
     } else {
-        match body.size_hint().exact() {
+        body.into_incoming()
+    };
+    let (inline, stream) = match body {
+        None => (Bytes::new(), None),
+        Some(body) => match declared {
             Some(n) if n <= INLINE_BODY_MAX => {
                 match tokio::time::timeout(conn.entity_body, body.collect()).await {
                     Ok(Ok(collected)) => (collected.to_bytes(), None),
@@ -222,7 +277,7 @@ async fn serve_routed(
                 }
             }
             _ => (Bytes::new(), Some(body)),
-        }
+        },
     };
 
     // enqueue (an upgrade's request direction stays open: the worker may answer 101)
@@ -498,12 +553,12 @@ fn cache_url<B>(req: &Request<B>) -> Arc<str> {
     Cache::url("http", host, pq)
 }
 
-/// What a connection's hit path (`listener/hit_path.rs`) may write for an HTTP/1.1 GET or
+/// What a connection's HTTP/1.1 front (`listener/h1_front.rs`) may write for an HTTP/1.1 GET or
 /// HEAD without a body that it read itself.
 pub(crate) enum FrontAnswer {
-    /// Not answered (nothing written or counted): the request goes on to hyper and
+    /// Not answered here (nothing written or counted): the request is served by
     /// [`serve_logged`] like any other.
-    NotOurs,
+    Serve,
     /// The whole answer was appended to `out`.
     Written,
     /// The head was appended to `out`; these bytes of the file follow it, and then the
@@ -516,7 +571,7 @@ pub(crate) enum FrontAnswer {
     },
 }
 
-/// Answers a request the hit path read itself, if the answer needs no worker: a fresh cache
+/// Answers a request the HTTP/1.1 front read itself, if the answer needs no worker: a fresh cache
 /// entry (any site), or, with `files` (the socket can `sendfile`), a static root of a site
 /// without compression. The answer goes to `out` (with `Connection: close` when `close`),
 /// and the request is counted and logged as it is under hyper (for a written answer the
@@ -530,7 +585,7 @@ pub(crate) async fn answer_in_front(
 ) -> FrontAnswer {
     let arrived = Instant::now();
     let Ok(target) = route(req, conn) else {
-        return FrontAnswer::NotOurs;
+        return FrontAnswer::Serve;
     };
     let (pool, root) = match &target.backend {
         Backend::Pool(p) => (Some(p.settings.name.clone()), None),
@@ -556,11 +611,11 @@ pub(crate) async fn answer_in_front(
             Some(sent) => sent,
             None => {
                 out.clear();
-                return FrontAnswer::NotOurs;
+                return FrontAnswer::Serve;
             }
         }
     } else {
-        return FrontAnswer::NotOurs;
+        return FrontAnswer::Serve;
     };
     let pool_label = pool.clone().unwrap_or_else(crate::metrics::none_label);
     crate::metrics::request_done(&target.site, &pool_label, status, arrived.elapsed());
@@ -1061,8 +1116,8 @@ impl Body for ResponseBody {
 /// [`serve_request`], plus the request's metrics (at its response head) and the access-log
 /// line written when the response body is done (bytes sent and time taken are only known
 /// then).
-pub async fn serve_logged(
-    req: Request<Incoming>,
+pub async fn serve_logged<B: RequestBody>(
+    req: Request<B>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
     let arrived = Instant::now();
@@ -1091,7 +1146,7 @@ pub async fn serve_logged(
         }));
     };
     let mut pending = PendingLog::new(&req, &conn, log, site.clone(), pool.clone());
-    pending.bytes_received = req.body().size_hint().exact().unwrap_or(0);
+    pending.bytes_received = req.body().declared_len().unwrap_or(0);
     match serve_routed(req, conn, routed).await {
         Ok(mut resp) => {
             counted(resp.status());

@@ -20,8 +20,6 @@ use crate::request_path::{ConnContext, PendingLog, ResponseBody, is_hop_by_hop};
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use keel_proto::{AbortCode, ResponseHead};
@@ -42,12 +40,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// naming `upgrade`, an `Upgrade` field, and no body (a request with a body is passed on as
 /// an ordinary one, its upgrade fields dropped with the other hop-by-hop ones). HTTP/2 has
 /// no `Upgrade` (its extended CONNECT is not carried).
-pub fn requested(req: &Request<Incoming>) -> bool {
+pub fn requested<B: crate::request_path::RequestBody>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && req.method() != http::Method::CONNECT
         && req.headers().contains_key(header::UPGRADE)
         && connection_names_upgrade(req.headers())
-        && req.body().is_end_stream()
+        && req.body().body_is_empty()
 }
 
 fn connection_names_upgrade(headers: &HeaderMap) -> bool {

@@ -9,7 +9,7 @@
 //! Invariants:
 //! - an entry holds a response ready to serve: its HTTP/1.1 status line and fields as
 //!   prepared bytes (`Entry::prepared`) beside the parsed fields conditionals need, so a
-//!   plain HTTP/1.1 hit is one lookup and one write (`listener/hit_path.rs`); other hits
+//!   plain HTTP/1.1 hit is one lookup and one write (`listener/h1_front.rs`); other hits
 //!   are one lookup, one `HeaderMap` clone and a `Bytes` clone of the body. Never a body
 //!   copy, and never a queue or a worker;
 //! - stored bytes are owned by the entry (copied once when stored), so the weight of an entry

@@ -1,7 +1,7 @@
 //! The response for a request answered from an entry: `Age`, `x-cache`, HEAD, conditional
 //! requests (304) and a single byte range (206 / 416), RFC 9110 §13–14. As a hyper
 //! `Response` ([`respond`]), or as HTTP/1.1 bytes for the connections whose hits keel
-//! answers before hyper ([`write_http1`], from `listener/hit_path.rs`).
+//! answers before hyper ([`write_http1`], from `listener/h1_front.rs`).
 
 use super::{CacheStatus, Entry};
 use crate::request_path::ResponseBody;

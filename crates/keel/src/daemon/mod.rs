@@ -264,6 +264,7 @@ async fn shutdown(mut running: Running) {
     if running.graceful.count() > 0 {
         tokio::time::sleep(DRAIN_GRACE.min(shutdown_timeout / 2)).await;
     }
+    listener::close_idle();
     // Every accept loop has ended, so this is the last reference.
     let graceful = std::mem::replace(
         &mut running.graceful,

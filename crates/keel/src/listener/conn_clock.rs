@@ -19,8 +19,8 @@
 //!
 //! Known imprecision: under hyper, bytes of a pipelined next request that arrive while a
 //! response is still in flight get `idle_connection`, not `header_wait`, for the rest of
-//! their head (the clock cannot tell them from the current request's body). The hit path
-//! (`hit_path.rs`) knows where its heads end and starts `header_wait` for them.
+//! their head (the clock cannot tell them from the current request's body). The HTTP/1.1 front
+//! (`h1_front.rs`) knows where its heads end and starts `header_wait` for them.
 //!
 //! Wake-ups: [`ConnClock::expired`] sleeps until the earliest deadline that may apply and
 //! is woken by a change of phase only when that change brings a deadline earlier, so the
@@ -184,7 +184,7 @@ impl ConnClock {
     }
 
     /// Bytes of a head are in: the head is timed from now, unless a request is in flight
-    /// (they may be its body) or one is timed already. Also called by the hit path for the
+    /// (they may be its body) or one is timed already. Also called by the HTTP/1.1 front for the
     /// part of a pipelined head it read before it finished the answer ahead of it.
     pub fn head_started(&self) {
         let mut s = self.state.lock();
@@ -282,7 +282,7 @@ impl<S> ClockedIo<S> {
     }
 }
 
-/// A client socket the hit path can send a file on without copying it through user space.
+/// A client socket the HTTP/1.1 front can send a file on without copying it through user space.
 pub trait SendFile {
     /// Whether [`SendFile::send_file`] works here (a cleartext TCP socket; not under TLS).
     fn can_send_file(&self) -> bool;

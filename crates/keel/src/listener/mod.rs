@@ -1,13 +1,15 @@
 //! Listening sockets and client connections: which sockets the bindings need, accepting,
-//! TLS (`tls.rs`: SNI certificates, reload) and HTTP/1.1 or HTTP/2 on each connection with
-//! hyper (`http.rs`).
+//! TLS (`tls.rs`: SNI certificates, reload), HTTP/1.1 requests without a body served by
+//! keel itself (`h1_front.rs`, `h1_writer.rs`), and everything else over HTTP/1.1 or
+//! HTTP/2 with hyper (`http.rs`).
 //!
 //! Invariant: a connection task only parses HTTP and hands requests to
 //! [`request_path::serve_request`]; it never blocks on a worker or a pool lock.
 
 pub mod conn_clock;
 pub mod framing;
-pub mod hit_path;
+pub mod h1_front;
+mod h1_writer;
 pub mod http;
 pub mod tls;
 
@@ -237,13 +239,27 @@ impl Drop for OpenConnection {
 /// `Connection: close`, so clients leave kept-alive connections on their own.
 static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Wakes the connections waiting for a request on the hit path when the drain begins.
-static DRAIN_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// The drain's second step: connections idle between requests are closed (hyper's
+/// connections by graceful shutdown, the HTTP/1.1 front's by [`IDLE_CLOSE`]).
+static CLOSING_IDLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Wakes the HTTP/1.1 front's connections waiting for a request when [`close_idle`] is called.
+static IDLE_CLOSE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Starts the drain of kept-alive connections (see [`DRAINING`]).
 pub fn begin_drain() {
     DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
-    DRAIN_STARTED.notify_waiters();
+}
+
+/// Closes connections idle between requests, after the drain's moment of
+/// `Connection: close` answers (called just before hyper's graceful shutdown).
+pub fn close_idle() {
+    CLOSING_IDLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    IDLE_CLOSE.notify_waiters();
+}
+
+pub fn closing_idle() -> bool {
+    CLOSING_IDLE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 pub fn draining() -> bool {
@@ -317,7 +333,7 @@ pub async fn accept_loop(
             let Some(acceptor) = &endpoint.tls else {
                 let builder = endpoint.protocols.plain();
                 let ctx = ctx(false, None);
-                let Some(stream) = answer_hits(stream, &ctx, &clock).await else {
+                let Some(stream) = serve_front(stream, &ctx, &clock).await else {
                     return;
                 };
                 let (io, conflict) = framing::ScannedIo::new(stream);
@@ -344,11 +360,11 @@ pub async fn accept_loop(
             let ctx = ctx(true, server_name);
             if http2 {
                 let (io, conflict) =
-                    framing::ScannedIo::new(hit_path::Prepend::new(bytes::BytesMut::new(), stream));
+                    framing::ScannedIo::new(h1_front::Prepend::new(bytes::BytesMut::new(), stream));
                 http::serve(builder, TokioIo::new(io), ctx, conflict, watcher, clock).await;
                 return;
             }
-            let Some(stream) = answer_hits(stream, &ctx, &clock).await else {
+            let Some(stream) = serve_front(stream, &ctx, &clock).await else {
                 return;
             };
             let (io, conflict) = framing::ScannedIo::new(stream);
@@ -357,21 +373,21 @@ pub async fn accept_loop(
     }
 }
 
-/// An HTTP/1.1 connection's cache hits and static files (`hit_path.rs`): `None` when the
+/// An HTTP/1.1 connection's requests without a body (`h1_front.rs`): `None` when the
 /// connection ended there, otherwise the socket for hyper, with the bytes read but not
-/// answered in front.
-async fn answer_hits<S>(
+/// served in front.
+async fn serve_front<S>(
     mut stream: S,
     ctx: &Arc<ConnContext>,
     clock: &Arc<conn_clock::ConnClock>,
-) -> Option<hit_path::Prepend<S>>
+) -> Option<h1_front::Prepend<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + conn_clock::SendFile + Unpin,
 {
-    match hit_path::answer_hits(&mut stream, ctx, clock).await {
-        hit_path::Front::HandOff(read) => Some(hit_path::Prepend::new(read, stream)),
-        hit_path::Front::Closed => None,
-        hit_path::Front::Expired(reason) => {
+    match h1_front::serve(&mut stream, ctx, clock).await {
+        h1_front::Front::HandOff(read) => Some(h1_front::Prepend::new(read, stream)),
+        h1_front::Front::Closed => None,
+        h1_front::Front::Expired(reason) => {
             http::log_connection_end(ctx, None, reason);
             None
         }

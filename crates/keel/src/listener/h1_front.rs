@@ -1,30 +1,38 @@
-//! HTTP/1.1 cache hits answered before hyper: "one lookup and one write of prepared bytes"
-//! (DESIGN §7).
+//! HTTP/1.1 requests without a body, served outside hyper: a cache hit is "one lookup and
+//! one write of prepared bytes" (DESIGN §7), a static file goes out with `sendfile(2)`, and
+//! any other GET or HEAD skips hyper's connection machinery.
 //!
-//! Every HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here. Each
-//! request head is parsed with httparse; a GET or HEAD without a body whose answer is a
-//! fresh cache entry is answered from the entry's prepared bytes, and on a cleartext socket
-//! a static root's file (site without compression) is sent with `sendfile(2)` after its
-//! head (`request_path::answer_in_front`); both are counted and logged as under hyper, and
-//! the next head is read. The first request that is anything else (a miss, a body, an upgrade, a head
-//! httparse or keel's rules refuse, an HTTP/2 preface, an absolute-form target, HTTP/1.0)
-//! hands the connection over to hyper for the rest of its life: hyper gets the bytes read
-//! so far first ([`Prepend`]), and everything (the framing scanner, the error answers, the
-//! queue) goes on from that head exactly as for a connection that never came here.
+//! Every HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here. Each request
+//! head is parsed with httparse. A GET or HEAD without a body (HTTP/1.1, origin-form target,
+//! one Host, no `Upgrade`/`Expect`, `Connection` at most `keep-alive` or `close`) is served:
+//! - from a fresh cache entry's prepared bytes, or, on a cleartext socket, a static root's
+//!   file with `sendfile(2)` after its head (`request_path::answer_in_front`);
+//! - otherwise by `request_path::serve_logged`, the same path hyper's requests take (routing
+//!   and its 400s, cache, queue, worker, stale-if-error, compression, logs), its response
+//!   written by `h1_writer.rs`.
+//!
+//! The first head that is anything else (a body, an upgrade, HTTP/1.0, an absolute-form
+//! target, an HTTP/2 preface, anything httparse or the rules above refuse) hands the
+//! connection over to hyper for the rest of its life: hyper gets the bytes read so far first
+//! ([`Prepend`]), and everything (the framing scanner, the error answers) goes on from that
+//! head exactly as for a connection that never came here.
 //!
 //! Invariants:
-//! - nothing here answers an error or reads a body: a request it does not answer from the
-//!   cache reaches hyper byte for byte, so hyper and `framing.rs` stay the only judges of
-//!   malformed input;
+//! - nothing here reads a body or judges a malformed head: such a request reaches hyper
+//!   byte for byte, so hyper and `framing.rs` stay the only judges of malformed input;
 //! - the connection clock sees every byte (the socket below is the `ClockedIo`) and every
-//!   answered request (a `RequestGuard` while its answer is written), so `header_wait`,
+//!   request (a `RequestGuard` until its answer is written), so `header_wait`,
 //!   `idle_connection` and `min_send_rate` apply here as they do under hyper;
-//! - when the daemon drains, an idle connection here is closed and an answer carries
-//!   `Connection: close`, as under hyper.
+//! - while an answer is prepared the socket is watched: a client that leaves cancels its
+//!   request (as under hyper), and a pipelined next head is kept;
+//! - when the daemon drains, an answer carries `Connection: close` at once, and a
+//!   connection idle between requests is closed when hyper's idle ones are
+//!   (`listener::close_idle`, just before graceful shutdown).
 
 use super::conn_clock::{ConnClock, SendFile};
+use super::h1_writer::write_response;
 use crate::log::Reason;
-use crate::request_path::{ConnContext, FrontAnswer, answer_in_front};
+use crate::request_path::{ConnContext, FrontAnswer, answer_in_front, serve_logged};
 use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use std::io;
@@ -33,7 +41,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// Fields a head may have and still be answered here (more: hyper takes it).
+/// Fields a head may have and still be served here (more: hyper takes it).
 const MAX_FIELDS: usize = 32;
 /// Bytes of unanswered head kept before hyper takes the connection (its own limits apply
 /// from there).
@@ -45,14 +53,14 @@ pub enum Front {
     Closed,
     /// One of the connection's timers ran out.
     Expired(Reason),
-    /// A request this path does not answer: hyper serves the connection from here, reading
+    /// A head this path leaves to hyper: hyper serves the connection from here, reading
     /// these bytes first.
     HandOff(BytesMut),
 }
 
-/// Answers cache hits on `io` until a request that is not one (or the end of the
+/// Serves the requests on `io` until a head this path leaves to hyper (or the end of the
 /// connection).
-pub async fn answer_hits<S>(io: &mut S, ctx: &ConnContext, clock: &Arc<ConnClock>) -> Front
+pub async fn serve<S>(io: &mut S, ctx: &Arc<ConnContext>, clock: &Arc<ConnClock>) -> Front
 where
     S: AsyncRead + AsyncWrite + SendFile + Unpin,
 {
@@ -62,7 +70,7 @@ where
     tokio::pin!(expired);
     // The daemon's drain closes a connection between requests (as hyper's graceful
     // shutdown does); one with part of a head read goes to hyper, which finishes it.
-    let drain = super::DRAIN_STARTED.notified();
+    let drain = super::IDLE_CLOSE.notified();
     tokio::pin!(drain);
     drain.as_mut().enable();
     loop {
@@ -75,12 +83,46 @@ where
             };
             let close = asked_close || super::draining();
             let in_flight = clock.begin_request(false);
+            buf.advance(len);
             out.clear();
             let files = io.can_send_file();
             let file = match answer_in_front(&req, ctx, close, files, &mut out).await {
-                FrontAnswer::NotOurs => {
+                FrontAnswer::Serve => {
+                    let head_only = req.method() == Method::HEAD;
+                    let served = serve_logged(req, ctx.clone());
+                    tokio::pin!(served);
+                    // While the answer is prepared, the socket is watched: a client that
+                    // leaves cancels its request (as under hyper), and the bytes of a next
+                    // request are kept for later.
+                    let resp = loop {
+                        tokio::select! {
+                            resp = &mut served => break resp,
+                            read = io.read_buf(&mut buf), if buf.len() < MAX_BUFFERED => {
+                                if matches!(read, Ok(0) | Err(_)) {
+                                    return Front::Closed;
+                                }
+                            }
+                            reason = &mut expired => return Front::Expired(reason),
+                        }
+                    };
+                    // `unavailable = "reset"`: the connection closes without an answer.
+                    let Ok(resp) = resp else {
+                        return Front::Closed;
+                    };
+                    tokio::select! {
+                        written = write_response(io, resp, head_only, close, &mut out) => {
+                            if !matches!(written, Ok(true)) {
+                                let _ = io.shutdown().await;
+                                return Front::Closed;
+                            }
+                        }
+                        reason = &mut expired => return Front::Expired(reason),
+                    }
                     drop(in_flight);
-                    return Front::HandOff(buf);
+                    if !buf.is_empty() {
+                        clock.head_started();
+                    }
+                    continue;
                 }
                 FrontAnswer::Written => None,
                 FrontAnswer::File {
@@ -90,7 +132,6 @@ where
                     log,
                 } => Some((file, offset, len, log)),
             };
-            buf.advance(len);
             if file.is_some() {
                 io.cork(true);
             }
@@ -129,7 +170,7 @@ where
             buf.reserve(4096);
         }
         let idle = buf.is_empty();
-        if idle && super::draining() {
+        if idle && super::closing_idle() {
             return Front::Closed;
         }
         tokio::select! {

@@ -1,6 +1,7 @@
-//! Cache hits on kept-alive HTTP/1.1 connections, which keel answers before hyper
-//! (`listener/hit_path.rs`), and the hand-over to hyper at the first request that is not a
-//! hit: a real daemon and demo worker, raw sockets. The demo worker counts its calls per
+//! GET and HEAD on kept-alive HTTP/1.1 connections, which keel serves outside hyper
+//! (`listener/h1_front.rs`): cache hits, static files by sendfile, worker answers, and the
+//! hand-over to hyper at the first request with a body. A real daemon and demo worker, raw
+//! sockets. The demo worker counts its calls per
 //! `id` (`/count?id=X`), so "from cache" means "the worker was not called".
 
 mod common;

@@ -1,0 +1,170 @@
+//! A response written by keel itself on an HTTP/1.1 connection the HTTP/1.1 front serves
+//! (`h1_front.rs`), framed the way hyper's server frames one:
+//!
+//! - 1xx, 204 and 304 have no body;
+//! - a `Content-Length` from the worker is kept and the body is sent as it comes; otherwise a
+//!   body of known size gets one, and any other body is sent chunked;
+//! - HEAD gets the head only (with the length of the body it would have had, when known);
+//! - `Date` unless the response has one; `Connection: close` when the connection ends after
+//!   it.
+//!
+//! Frames that are ready together leave in one write; the body is not read ahead of the
+//! socket (a slow client holds the worker's stream back through its window, as under hyper).
+
+use crate::request_path::LoggedBody;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use std::io;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// How a response's body is delimited on the wire.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `resp` to `io` (`head_only` for HEAD). `out` is a scratch buffer. Returns whether
+/// the connection may carry another request: not when `close` was asked, when the response
+/// says `Connection: close`, or when its body broke off (the connection is then unusable).
+pub async fn write_response<S>(
+    io: &mut S,
+    resp: Response<LoggedBody>,
+    head_only: bool,
+    close: bool,
+    out: &mut BytesMut,
+) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let mut headers = parts.headers;
+    let close = close
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    headers.remove(header::TRANSFER_ENCODING);
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::None
+    } else if let Some(n) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Framing::Length(n)
+    } else if head_only {
+        Framing::None
+    } else {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Framing::Chunked
+    };
+    if close && !headers.contains_key(header::CONNECTION) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+
+    out.clear();
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.put_slice(b"date: ");
+        out.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+
+    if head_only || matches!(framing, Framing::None) {
+        io.write_all(out).await?;
+        return Ok(!close);
+    }
+    let chunked = matches!(framing, Framing::Chunked);
+    let mut sent = 0u64;
+    loop {
+        // A frame that is ready now joins what is waiting in `out`; otherwise `out` goes out
+        // first, so the client is never kept waiting for a frame that is not there yet.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        let data: Bytes = match frame {
+            None => break,
+            // The body broke off (the worker failed mid-answer): the client sees the
+            // connection end without a complete answer, as under hyper.
+            Some(Err(_)) => {
+                io.write_all(out).await?;
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                // Trailers and empty frames: nothing to send.
+                _ => continue,
+            },
+        };
+        let mut data = data;
+        if let Framing::Length(n) = framing
+            && sent + data.len() as u64 > n
+        {
+            // More than the declared length: never sent (it would read as another
+            // response); the connection ends after the declared bytes.
+            data.truncate((n - sent) as usize);
+            out.put_slice(&data);
+            io.write_all(out).await?;
+            tracing::debug!("response body longer than its Content-Length: cut");
+            return Ok(false);
+        }
+        sent += data.len() as u64;
+        if chunked {
+            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.put_slice(&data);
+            out.put_slice(b"\r\n");
+        } else if out.len() + data.len() <= 64 * 1024 {
+            out.put_slice(&data);
+        } else {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        out.put_slice(b"0\r\n\r\n");
+    }
+    io.write_all(out).await?;
+    out.clear();
+    if let Framing::Length(n) = framing
+        && n != sent
+    {
+        // A body shorter or longer than its Content-Length: the connection cannot carry
+        // another request.
+        tracing::debug!("response body of {sent} bytes, {n} declared: connection closed");
+        return Ok(false);
+    }
+    Ok(!close)
+}
