@@ -43,6 +43,8 @@ pub struct AppTarget {
     pub compression: bool,
     /// The site's `max_body_bytes` (or `[listener]`'s).
     pub max_body_bytes: u64,
+    /// The request metrics of this site and pool (or static root).
+    pub metrics: Arc<crate::metrics::RequestMetrics>,
 }
 
 /// Who answers an app's requests.
@@ -617,8 +619,7 @@ pub(crate) async fn answer_in_front(
     } else {
         return FrontAnswer::Serve;
     };
-    let pool_label = pool.clone().unwrap_or_else(crate::metrics::none_label);
-    crate::metrics::request_done(&target.site, &pool_label, status, arrived.elapsed());
+    target.metrics.done(status, arrived.elapsed());
     let log = conn.access_log.as_ref().map(|log| {
         let mut line = PendingLog::new(req, conn, log.clone(), target.site.clone(), pool);
         line.status = status;
@@ -1122,19 +1123,23 @@ pub async fn serve_logged<B: RequestBody>(
 ) -> Result<Response<LoggedBody>, ResetConnection> {
     let arrived = Instant::now();
     let routed = route(&req, &conn);
-    let (site, pool) = match &routed {
+    let (site, pool, metrics) = match &routed {
         Ok(t) => (
             t.site.clone(),
             match &t.backend {
                 Backend::Pool(p) => Some(p.settings.name.clone()),
                 Backend::Static(_) => None,
             },
+            Some(t.metrics.clone()),
         ),
-        Err(_) => (crate::metrics::none_label(), None),
+        Err(_) => (crate::metrics::none_label(), None, None),
     };
-    let counted = |status: StatusCode| {
-        let pool = pool.clone().unwrap_or_else(crate::metrics::none_label);
-        crate::metrics::request_done(&site, &pool, status.as_u16(), arrived.elapsed());
+    let counted = |status: StatusCode| match &metrics {
+        Some(m) => m.done(status.as_u16(), arrived.elapsed()),
+        None => {
+            let none = crate::metrics::none_label();
+            crate::metrics::request_done(&none, &none, status.as_u16(), arrived.elapsed());
+        }
     };
     let Some(log) = conn.access_log.clone() else {
         let mut resp = serve_routed(req, conn, routed).await?;

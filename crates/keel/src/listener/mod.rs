@@ -130,6 +130,13 @@ pub fn plan(
                         path_prefix: app.path.clone(),
                         target: AppTarget {
                             site: site_name.clone(),
+                            metrics: crate::metrics::RequestMetrics::new(
+                                site_name.clone(),
+                                match &backend {
+                                    Backend::Pool(p) => p.settings.name.clone(),
+                                    Backend::Static(_) => crate::metrics::none_label(),
+                                },
+                            ),
                             backend,
                             compression: site.compression,
                             max_body_bytes: site
