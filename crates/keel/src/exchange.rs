@@ -259,7 +259,6 @@ impl Exchange {
             match self.events.poll_recv(cx) {
                 Poll::Ready(Some(event)) => match event {
                     Event::Assigned { worker, id } => self.on_assigned(worker, id),
-                    Event::Started => self.started = true,
                     Event::Response(head) => {
                         self.response_started = true;
                         self.response_done = head.end;
@@ -287,7 +286,9 @@ impl Exchange {
                     }
                     Event::WorkerLost {
                         killed_from_outside,
+                        started,
                     } => {
+                        self.started |= started;
                         if !self.replay(killed_from_outside) {
                             self.phase = Phase::Done;
                             return Poll::Ready(Err(Failure::new(

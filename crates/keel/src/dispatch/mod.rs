@@ -18,8 +18,6 @@ pub enum Event {
         worker: Arc<WorkerConn>,
         id: StreamId,
     },
-    /// The worker handed it to application code.
-    Started,
     Response(ResponseHead),
     Data {
         data: Bytes,
@@ -29,9 +27,13 @@ pub enum Event {
     WindowOpened,
     /// The worker gave up on the request (its handler failed).
     Aborted(AbortCode),
-    /// The worker died or was killed with the request open.
+    /// The worker died or was killed with the request open. `started`: it had handed the
+    /// request to application code (its STARTED frame arrived). STARTED is not an event of
+    /// its own: only a lost worker needs it, and an event would wake the request's
+    /// connection task once more per request.
     WorkerLost {
         killed_from_outside: bool,
+        started: bool,
     },
     /// The pool went offline while the request waited (rapid-fail).
     Refused(crate::pool::Refusal),

@@ -367,7 +367,6 @@ impl WorkerConn {
             .recv_from_worker(&frame)
             .map_err(|e| e.to_string())?;
         let event = match frame {
-            Frame::Started { .. } => Some(Event::Started),
             Frame::Response(head) => Some(Event::Response(head)),
             Frame::Data { data, end, .. } => Some(Event::Data { data, end }),
             Frame::Window { .. } => Some(Event::WindowOpened),
@@ -392,6 +391,7 @@ impl WorkerConn {
         for (_, entry) in open {
             let _ = entry.events.send(Event::WorkerLost {
                 killed_from_outside,
+                started: entry.state.started,
             });
         }
         self.out_ready.notify_one();
