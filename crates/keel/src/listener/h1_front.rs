@@ -47,6 +47,16 @@ const MAX_FIELDS: usize = 32;
 /// from there).
 const MAX_BUFFERED: usize = 16 * 1024;
 
+/// Bytes of answer buffer a connection keeps between requests: a larger answer's buffer
+/// (a cached body is copied into it) is let go, so idle connections hold little memory.
+const OUT_KEPT: usize = 4096;
+
+fn shrink(out: &mut BytesMut) {
+    if out.capacity() > 4 * OUT_KEPT {
+        *out = BytesMut::with_capacity(OUT_KEPT);
+    }
+}
+
 /// How the connection's time here ended.
 pub enum Front {
     /// The client closed the connection, or the daemon drained it.
@@ -65,7 +75,7 @@ where
     S: AsyncRead + AsyncWrite + SendFile + Unpin,
 {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(OUT_KEPT);
     let expired = clock.expired();
     tokio::pin!(expired);
     // The daemon's drain closes a connection between requests (as hyper's graceful
@@ -119,6 +129,7 @@ where
                         reason = &mut expired => return Front::Expired(reason),
                     }
                     drop(in_flight);
+                    shrink(&mut out);
                     if !buf.is_empty() {
                         clock.head_started();
                     }
@@ -157,6 +168,7 @@ where
                 }
             }
             drop(in_flight);
+            shrink(&mut out);
             if !buf.is_empty() {
                 // Part of the next head came with this one: `header_wait` runs for it.
                 clock.head_started();
