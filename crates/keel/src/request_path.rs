@@ -559,8 +559,8 @@ fn cache_url<B>(req: &Request<B>) -> Arc<str> {
 /// HEAD without a body that it read itself.
 pub(crate) enum FrontAnswer {
     /// Not answered here (nothing written or counted): the request is served by
-    /// [`serve_logged`] like any other.
-    Serve,
+    /// [`serve_logged_routed`] like any other, with the route found here.
+    Serve(Routed),
     /// The whole answer was appended to `out`.
     Written,
     /// The head was appended to `out`; these bytes of the file follow it, and then the
@@ -586,8 +586,9 @@ pub(crate) async fn answer_in_front(
     out: &mut BytesMut,
 ) -> FrontAnswer {
     let arrived = Instant::now();
-    let Ok(target) = route(req, conn) else {
-        return FrontAnswer::Serve;
+    let target = match route(req, conn) {
+        Ok(target) => target,
+        Err(e) => return FrontAnswer::Serve(Routed(Err(e))),
     };
     let (pool, root) = match &target.backend {
         Backend::Pool(p) => (Some(p.settings.name.clone()), None),
@@ -613,11 +614,11 @@ pub(crate) async fn answer_in_front(
             Some(sent) => sent,
             None => {
                 out.clear();
-                return FrontAnswer::Serve;
+                return FrontAnswer::Serve(Routed(Ok(target)));
             }
         }
     } else {
-        return FrontAnswer::Serve;
+        return FrontAnswer::Serve(Routed(Ok(target)));
     };
     target.metrics.done(status, arrived.elapsed());
     let log = conn.access_log.as_ref().map(|log| {
@@ -1121,8 +1122,20 @@ pub async fn serve_logged<B: RequestBody>(
     req: Request<B>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
+    let routed = Routed(route(&req, &conn));
+    serve_logged_routed(req, conn, routed).await
+}
+
+/// A request's route lookup, done once for whoever serves it.
+pub(crate) struct Routed(Result<AppTarget, Unrouted>);
+
+/// [`serve_logged`] with the route already found.
+pub(crate) async fn serve_logged_routed<B: RequestBody>(
+    req: Request<B>,
+    conn: Arc<ConnContext>,
+    Routed(routed): Routed,
+) -> Result<Response<LoggedBody>, ResetConnection> {
     let arrived = Instant::now();
-    let routed = route(&req, &conn);
     let (site, pool, metrics) = match &routed {
         Ok(t) => (
             t.site.clone(),

@@ -32,7 +32,7 @@
 use super::conn_clock::{ConnClock, SendFile};
 use super::h1_writer::write_response;
 use crate::log::Reason;
-use crate::request_path::{ConnContext, FrontAnswer, answer_in_front, serve_logged};
+use crate::request_path::{ConnContext, FrontAnswer, answer_in_front, serve_logged_routed};
 use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use std::io;
@@ -97,9 +97,9 @@ where
             out.clear();
             let files = io.can_send_file();
             let file = match answer_in_front(&req, ctx, close, files, &mut out).await {
-                FrontAnswer::Serve => {
+                FrontAnswer::Serve(routed) => {
                     let head_only = req.method() == Method::HEAD;
-                    let served = serve_logged(req, ctx.clone());
+                    let served = serve_logged_routed(req, ctx.clone(), routed);
                     tokio::pin!(served);
                     // While the answer is prepared, the socket is watched: a client that
                     // leaves cancels its request (as under hyper), and the bytes of a next

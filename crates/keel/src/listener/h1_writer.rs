@@ -96,6 +96,9 @@ where
     out.put_slice(b"\r\n");
 
     if head_only || matches!(framing, Framing::None) {
+        // The body's access-log line is written as it is dropped: before the client has
+        // the whole answer, so a client that reads its answer finds its line in the log.
+        drop(body);
         io.write_all(out).await?;
         return Ok(!close);
     }
@@ -156,6 +159,7 @@ where
     if chunked {
         out.put_slice(b"0\r\n\r\n");
     }
+    drop(body);
     io.write_all(out).await?;
     out.clear();
     if let Framing::Length(n) = framing
