@@ -103,7 +103,22 @@ fn a_response_after_the_daemons_abort_ends_that_worker_only() {
     let mut c = TcpStream::connect(addr).unwrap();
     c.write_all(b"GET /hostile/after-abort HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Leave only once a worker has taken it (the slow request and this one: 2), or the
+    // request is simply dropped from the queue and no ABORT is sent. On a loaded machine
+    // a fixed pause was not always enough.
+    let t = std::time::Instant::now();
+    loop {
+        let status = d.admin_json("GET", "/status");
+        let taken: u64 = status["pools"][0]["workers"]
+            .as_array()
+            .map(|ws| ws.iter().map(|w| w["requests"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        if taken >= 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(c);
     wait_for_breaks(&d, 1);
     assert_eq!(slow.join().unwrap().status, 200);
