@@ -225,7 +225,7 @@ async fn serve_routed<B: RequestBody>(
     };
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.current(),
-        Backend::Static(root) => return Ok(serve_static(&req, root, &target).await),
+        Backend::Static(root) => return Ok(serve_static(&req, root, &target, conn.tls).await),
     };
 
     // An upgrade (WebSocket) goes to its pool like any request, but never through the cache.
@@ -238,7 +238,8 @@ async fn serve_routed<B: RequestBody>(
         && policy::request_may_use_cache(req.method())
         && req.body().body_is_empty()
     {
-        match CacheCtx::begin(cache, &req, &target.site, pool.settings.queue_timeout).await {
+        let url = cache_url(&req, conn.tls);
+        match CacheCtx::begin(cache, &req, url, &target.site, pool.settings.queue_timeout).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return Ok(hit),
         }
@@ -399,13 +400,15 @@ async fn serve_static<B>(
     req: &Request<B>,
     root: &StaticRoot,
     target: &AppTarget,
+    tls: bool,
 ) -> Response<ResponseBody> {
     let mut cached = None;
     if let Some(cache) = crate::cache::installed()
         && policy::request_may_use_cache(req.method())
         && !req.headers().contains_key(header::RANGE)
     {
-        match CacheCtx::begin(cache, req, &target.site, Duration::from_secs(10)).await {
+        let url = cache_url(req, tls);
+        match CacheCtx::begin(cache, req, url, &target.site, Duration::from_secs(10)).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return hit,
         }
@@ -544,15 +547,17 @@ struct CacheCtx {
     flight: Option<FlightGuard>,
 }
 
-/// The cache key's URL for a request.
-fn cache_url<B>(req: &Request<B>) -> Arc<str> {
+/// The cache key's URL for a request: its scheme (`https` on a TLS connection, so that an
+/// app's answer for one scheme, such as a redirect to https, never answers the other), host
+/// and target.
+fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
     let host = req
         .uri()
         .host()
         .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
         .unwrap_or("");
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    Cache::url("http", host, pq)
+    Cache::url(if tls { "https" } else { "http" }, host, pq)
 }
 
 /// What a connection's HTTP/1.1 front (`listener/h1_front.rs`) may write for an HTTP/1.1 GET or
@@ -599,7 +604,7 @@ pub(crate) async fn answer_in_front(
         if root.is_some() && req.headers().contains_key(header::RANGE) {
             return None;
         }
-        cache.peek_fresh(&cache_url(req), req.headers(), &target.site)
+        cache.peek_fresh(&cache_url(req, conn.tls), req.headers(), &target.site)
     });
     let (status, body_bytes, file) = if let Some(entry) = cached {
         let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
@@ -608,7 +613,7 @@ pub(crate) async fn answer_in_front(
         && files
         && !target.compression
     {
-        let resp = serve_static(req, root, &target).await;
+        let resp = serve_static(req, root, &target, conn.tls).await;
         let head_only = req.method() == http::Method::HEAD;
         match write_static_head(resp, head_only, close, out) {
             Some(sent) => sent,
@@ -705,10 +710,10 @@ impl CacheCtx {
     async fn begin<B>(
         cache: Arc<Cache>,
         req: &Request<B>,
+        url: Arc<str>,
         site: &Arc<str>,
         collapse_wait: Duration,
     ) -> Result<CacheCtx, Response<ResponseBody>> {
-        let url = cache_url(req);
         let method = req.method();
         let (found, passed) = cache.lookup_noting_pass(&url, req.headers(), site);
         let stale = match found {

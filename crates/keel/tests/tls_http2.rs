@@ -391,3 +391,79 @@ async fn reload_certificates_serves_the_new_files_to_new_connections() {
     );
     assert_eq!(handshake_cert(addr, name()).await, second.as_ref());
 }
+
+/// The cache keys responses by scheme: an answer fetched over http never answers https (an
+/// app's redirect to https, cached for http, would otherwise loop), and the admin API's
+/// invalidation of a URL drops both.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_https_answers_are_cached_apart() {
+    let pki = Pki::new();
+    pki.leaf("a.test");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (plain_port, secure_port) = (free(), free());
+    let d = Daemon::start(&format!(
+        r#"
+[cache]
+admission = "always"
+
+[[site]]
+name = "a"
+bindings = ["http://a.test:{plain_port}", "https://a.test:{secure_port}"]
+{tls}
+app = [{{ path = "/", pool = "pa" }}]
+
+[pool.pa]
+command = ["{{demo}}"]
+"#,
+        tls = pki.tls("a.test"),
+    ));
+    let localhost = |port| SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let (plain, secure) = (localhost(plain_port), localhost(secure_port));
+    let http = client(&pki, secure).http1_only().build().unwrap();
+    let get = |scheme: &str, port: u16| {
+        let url = format!("{scheme}://a.test:{port}/cached?id=scheme");
+        let http = http.clone();
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            let cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+            (cache, res.text().await.unwrap())
+        }
+    };
+    // reqwest resolves a.test to the https socket; the http one is reached by address, with
+    // the same Host as reqwest sends, so that only the scheme differs.
+    let host = format!("a.test:{}", secure.port());
+    let plain_get = |path: &str| common::get_host(plain, &host, path);
+    let first = plain_get("/cached?id=scheme");
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(first.text(), "/cached id=scheme call=1");
+    assert_eq!(
+        get("https", secure.port()).await,
+        ("MISS".to_owned(), "/cached id=scheme call=2".to_owned())
+    );
+    assert_eq!(
+        get("https", secure.port()).await,
+        ("HIT".to_owned(), "/cached id=scheme call=2".to_owned())
+    );
+    assert_eq!(
+        plain_get("/cached?id=scheme").text(),
+        "/cached id=scheme call=1"
+    );
+
+    // Invalidating the http URL drops the https entry too.
+    let r = d.admin(
+        "POST",
+        "/cache/invalidate",
+        Some(&format!(
+            r#"{{"url": "http://a.test:{}/cached?id=scheme"}}"#,
+            secure.port()
+        )),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get("https", secure.port()).await.0, "MISS");
+}

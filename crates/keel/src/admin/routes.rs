@@ -422,10 +422,13 @@ fn invalidate(body: json::InvalidateRequest) -> Response<Full<Bytes>> {
             "the response cache is off ([cache] enabled = false)",
         );
     };
-    // keel keys https requests under http:// too; drop both spellings.
+    // The same URL over http and https are two entries; an invalidation drops both (an
+    // operator names the content, not the connection it was fetched over).
     let mut spellings = vec![target.clone()];
     if let Some(rest) = target.strip_prefix("https://") {
         spellings.push(format!("http://{rest}"));
+    } else if let Some(rest) = target.strip_prefix("http://") {
+        spellings.push(format!("https://{rest}"));
     }
     for t in spellings {
         cache.invalidate(if scope_name == "url" {
