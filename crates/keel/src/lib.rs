@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod exchange;
+pub mod http1_head;
 pub mod http_worker;
 pub mod listener;
 pub mod log;

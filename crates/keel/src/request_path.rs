@@ -653,10 +653,9 @@ pub(crate) async fn answer_in_front(
     }
 }
 
-/// A static root's answer as HTTP/1.1 bytes: status line, fields, `Content-Length` and
-/// `Date` as hyper would add them, and the body when it is in memory. Returns the status,
-/// the body bytes written, and the file range still to send; `None` for a body of any
-/// other kind (left to hyper).
+/// A static root's answer as HTTP/1.1 bytes: its head (ended by `http1_head::put_end`),
+/// and the body when it is in memory. Returns the status, the body bytes written, and the
+/// file range still to send; `None` for a body of any other kind (left to hyper).
 #[allow(clippy::type_complexity)]
 fn write_static_head(
     resp: Response<ResponseBody>,
@@ -664,7 +663,7 @@ fn write_static_head(
     close: bool,
     out: &mut BytesMut,
 ) -> Option<(u16, u64, Option<(Arc<std::fs::File>, u64, u64)>)> {
-    use bytes::BufMut;
+    use crate::http1_head::{Framing, put_end, put_start};
     let (parts, body) = resp.into_parts();
     let (bytes, file) = match body {
         ResponseBody::Full(b) => (b.unwrap_or_default(), None),
@@ -673,34 +672,12 @@ fn write_static_head(
     };
     let len = file.as_ref().map_or(bytes.len() as u64, |(_, _, n)| *n);
     let status = parts.status;
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    let no_body = status == StatusCode::NOT_MODIFIED || status == StatusCode::NO_CONTENT;
-    if !no_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        out.put_slice(format!("content-length: {len}\r\n").as_bytes());
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        out.put_slice(b"date: ");
-        out.put_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if close {
-        out.put_slice(b"connection: close\r\n");
-    }
-    out.put_slice(b"\r\n");
-    if head_only || no_body {
+    put_start(status, &parts.headers, out);
+    let framing = put_end(status, &parts.headers, Some(len), head_only, close, out);
+    if head_only || framing == Framing::None {
         return Some((status.as_u16(), 0, None));
     }
-    out.put_slice(&bytes);
+    out.extend_from_slice(&bytes);
     Some((status.as_u16(), len, file))
 }
 

@@ -4,6 +4,7 @@
 //! answers before hyper ([`write_http1`], from `listener/h1_front.rs`).
 
 use super::{CacheStatus, Entry};
+use crate::http1_head;
 use crate::request_path::ResponseBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -176,30 +177,12 @@ fn single_range(value: &[u8], len: u64) -> Range {
     Range::Bytes(first, last)
 }
 
-/// The status line and fields of a stored response as HTTP/1.1 bytes, the way hyper writes
-/// them (lower-case names), without the blank line that ends the head.
+/// The status line and fields of a stored response as HTTP/1.1 bytes, without the blank
+/// line that ends the head.
 pub(super) fn prepare_head(status: StatusCode, headers: &HeaderMap) -> Bytes {
     let mut out = BytesMut::with_capacity(64 + headers.len() * 48);
-    status_line(status, &mut out);
-    write_fields(headers, &mut out);
+    http1_head::put_start(status, headers, &mut out);
     out.freeze()
-}
-
-fn status_line(status: StatusCode, out: &mut BytesMut) {
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-}
-
-fn write_fields(headers: &HeaderMap, out: &mut BytesMut) {
-    for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
 }
 
 /// What [`write_http1`] wrote, for the access log and the metrics.
@@ -210,9 +193,9 @@ pub struct Written {
 }
 
 /// Appends to `out` the HTTP/1.1 answer to `method` with headers `req` from the fresh entry
-/// `entry`: the same answer [`respond`] gives, with `Content-Length` and (unless the stored
-/// response has one) `Date` as hyper writes them, and `Connection: close` when `close`.
-/// A plain GET or HEAD is the entry's prepared head, four fields and the body.
+/// `entry`: the same answer [`respond`] gives, its head ended as hyper would end it
+/// (`http1_head::put_end`), with `Connection: close` when `close`. A plain GET or HEAD is
+/// the entry's prepared head, `Age`, `x-cache`, the end of the head and the body.
 pub fn write_http1(
     entry: &Entry,
     method: &Method,
@@ -224,118 +207,36 @@ pub fn write_http1(
     let plain = !req.contains_key(header::IF_NONE_MATCH)
         && !req.contains_key(header::IF_MODIFIED_SINCE)
         && !req.contains_key(header::RANGE);
+    let answer;
     let (status, headers, body) = if plain {
         out.reserve(entry.prepared.len() + 160 + entry.body.len());
         out.put_slice(&entry.prepared);
         out.put_slice(b"age: ");
-        put_decimal(entry.age(Instant::now()).as_secs(), out);
+        http1_head::put_decimal(entry.age(Instant::now()).as_secs(), out);
         out.put_slice(b"\r\nx-cache: HIT\r\n");
-        (entry.status, &entry.headers, Some(&entry.body))
+        (entry.status, &entry.headers, Some(entry.body.clone()))
     } else {
-        let resp = respond(entry, method, req, CacheStatus::Hit);
-        let status = resp.status();
-        status_line(status, out);
-        write_fields(resp.headers(), out);
-        let body = match resp.into_body() {
-            crate::request_path::ResponseBody::Full(b) => b,
+        answer = respond(entry, method, req, CacheStatus::Hit);
+        http1_head::put_start(answer.status(), answer.headers(), out);
+        let body = match answer.body() {
+            ResponseBody::Full(b) => b.clone(),
             _ => None,
         };
-        return finish(
-            status,
-            entry.headers.contains_key(header::DATE),
-            body.as_ref(),
-            head_only,
-            close,
-            out,
-        );
+        (answer.status(), answer.headers(), body)
     };
-    finish(
-        status,
-        headers.contains_key(header::DATE),
-        body,
-        head_only,
-        close,
-        out,
-    )
-}
-
-fn finish(
-    status: StatusCode,
-    has_date: bool,
-    body: Option<&Bytes>,
-    head_only: bool,
-    close: bool,
-    out: &mut BytesMut,
-) -> Written {
-    let len = body.map_or(0, Bytes::len);
-    // hyper sends no Content-Length with a 304 (RFC 9110 §8.6 allows leaving it out).
-    if status != StatusCode::NOT_MODIFIED {
-        out.put_slice(b"content-length: ");
-        put_decimal(len as u64, out);
-        out.put_slice(b"\r\n");
-    }
-    if !has_date {
-        out.put_slice(b"date: ");
-        http_date_now(|d| out.put_slice(d));
-        out.put_slice(b"\r\n");
-    }
-    if close {
-        out.put_slice(b"connection: close\r\n");
-    }
-    out.put_slice(b"\r\n");
-    let sent = if head_only || status == StatusCode::NOT_MODIFIED {
-        0
-    } else {
-        if let Some(b) = body {
-            out.put_slice(b);
+    let len = body.as_ref().map_or(0, Bytes::len) as u64;
+    let framing = http1_head::put_end(status, headers, Some(len), head_only, close, out);
+    let body_bytes = match (framing, body) {
+        (http1_head::Framing::Length(_), Some(b)) if !head_only => {
+            out.put_slice(&b);
+            len
         }
-        len as u64
+        _ => 0,
     };
     Written {
         status: status.as_u16(),
-        body_bytes: sent,
+        body_bytes,
     }
-}
-
-fn put_decimal(mut n: u64, out: &mut BytesMut) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[at..]);
-}
-
-/// The current time as an HTTP date, formatted once a second per thread (as hyper does).
-fn http_date_now(f: impl FnOnce(&[u8])) {
-    use std::cell::RefCell;
-    thread_local! {
-        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            if text.len() == 29 {
-                c.1.copy_from_slice(text.as_bytes());
-                c.0 = secs;
-            } else {
-                // Never for dates in this era; written as is, uncached.
-                drop(c);
-                return f(text.as_bytes());
-            }
-        }
-        f(&c.1)
-    })
 }
 
 #[cfg(test)]

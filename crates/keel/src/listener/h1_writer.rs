@@ -1,32 +1,22 @@
-//! A response written by keel itself on an HTTP/1.1 connection the HTTP/1.1 front serves
-//! (`h1_front.rs`), framed the way hyper's server frames one:
-//!
-//! - 1xx, 204 and 304 have no body;
-//! - a `Content-Length` from the worker is kept and the body is sent as it comes; otherwise a
-//!   body of known size gets one, and any other body is sent chunked;
-//! - HEAD gets the head only (with the length of the body it would have had, when known);
-//! - `Date` unless the response has one; `Connection: close` when the connection ends after
-//!   it.
+//! A response written by keel itself on a connection the HTTP/1.1 front serves
+//! (`h1_front.rs`), its head framed as hyper's server frames one (`http1_head.rs`): a
+//! `Content-Length` from the worker is kept and the body is sent as it comes; otherwise a
+//! body of known size gets one, and any other body is sent chunked; HEAD gets the head
+//! only.
 //!
 //! Frames that are ready together leave in one write; the body is not read ahead of the
 //! socket (a slow client holds the worker's stream back through its window, as under hyper).
 
+use crate::http1_head::{self, Framing};
 use crate::request_path::LoggedBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
+use http::header;
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-
-/// How a response's body is delimited on the wire.
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-}
 
 /// Writes `resp` to `io` (`head_only` for HEAD). `out` is a scratch buffer. Returns whether
 /// the connection may carry another request: not when `close` was asked, when the response
@@ -50,50 +40,10 @@ where
             .iter()
             .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     headers.remove(header::TRANSFER_ENCODING);
-    let no_body = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if no_body {
-        Framing::None
-    } else if let Some(n) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-    {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        Framing::Length(n)
-    } else if head_only {
-        Framing::None
-    } else {
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        Framing::Chunked
-    };
-    if close && !headers.contains_key(header::CONNECTION) {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-
     out.clear();
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
-    for (name, value) in &headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    if !headers.contains_key(header::DATE) {
-        out.put_slice(b"date: ");
-        out.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
+    http1_head::put_start(status, &headers, out);
+    let size = body.size_hint().exact();
+    let framing = http1_head::put_end(status, &headers, size, head_only, close, out);
 
     if head_only || matches!(framing, Framing::None) {
         // The body's access-log line is written as it is dropped: before the client has
