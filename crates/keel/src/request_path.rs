@@ -177,14 +177,16 @@ pub async fn serve_request<B: RequestBody>(
     conn: Arc<ConnContext>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
     let routed = route(&req, &conn);
-    serve_routed(req, conn, routed).await
+    serve_routed(req, conn, routed, None).await
 }
 
-/// [`serve_request`] after the route lookup (which the access log also needs: done once).
+/// [`serve_request`] after the route lookup (which the access log also needs: done once);
+/// `url`: the request's cache key, when a caller has built it already.
 async fn serve_routed<B: RequestBody>(
     mut req: Request<B>,
     conn: Arc<ConnContext>,
     routed: Result<AppTarget, Unrouted>,
+    url: Option<Arc<str>>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
     let meta = |site: Arc<str>| {
         Arc::new(RequestMeta {
@@ -225,7 +227,9 @@ async fn serve_routed<B: RequestBody>(
     };
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.current(),
-        Backend::Static(root) => return Ok(serve_static(&req, root, &target, conn.tls).await),
+        Backend::Static(root) => {
+            return Ok(serve_static(&req, root, &target, conn.tls, url).await);
+        }
     };
 
     // An upgrade (WebSocket) goes to its pool like any request, but never through the cache.
@@ -238,7 +242,7 @@ async fn serve_routed<B: RequestBody>(
         && policy::request_may_use_cache(req.method())
         && req.body().body_is_empty()
     {
-        let url = cache_url(&req, conn.tls);
+        let url = url.unwrap_or_else(|| cache_url(&req, conn.tls));
         match CacheCtx::begin(cache, &req, url, &target.site, pool.settings.queue_timeout).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return Ok(hit),
@@ -395,19 +399,21 @@ pub const STATIC_CACHE_TTL: u32 = 5;
 /// or unknown-length bodies are compressed as they stream and are not cached.
 const COMPRESS_WHOLE_MAX: u64 = 1 << 20;
 
-/// An app served from a static root: through the response cache like any response.
+/// An app served from a static root: through the response cache like any response. `url`:
+/// the request's cache key, when a caller has built it already.
 async fn serve_static<B>(
     req: &Request<B>,
     root: &StaticRoot,
     target: &AppTarget,
     tls: bool,
+    url: Option<Arc<str>>,
 ) -> Response<ResponseBody> {
     let mut cached = None;
     if let Some(cache) = crate::cache::installed()
         && policy::request_may_use_cache(req.method())
         && !req.headers().contains_key(header::RANGE)
     {
-        let url = cache_url(req, tls);
+        let url = url.unwrap_or_else(|| cache_url(req, tls));
         match CacheCtx::begin(cache, req, url, &target.site, Duration::from_secs(10)).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return hit,
@@ -593,18 +599,26 @@ pub(crate) async fn answer_in_front(
     let arrived = Instant::now();
     let target = match route(req, conn) {
         Ok(target) => target,
-        Err(e) => return FrontAnswer::Serve(Routed(Err(e))),
+        Err(e) => {
+            return FrontAnswer::Serve(Routed {
+                target: Err(e),
+                url: None,
+            });
+        }
     };
     let (pool, root) = match &target.backend {
         Backend::Pool(p) => (Some(p.settings.name.clone()), None),
         Backend::Static(root) => (None, Some(root)),
     };
+    // Built once for the lookup here and for the request's own path after it.
+    let mut url = None;
     let cached = crate::cache::installed().and_then(|cache| {
         // As `serve_static`: a range of a static file is read from the file.
         if root.is_some() && req.headers().contains_key(header::RANGE) {
             return None;
         }
-        cache.peek_fresh(&cache_url(req, conn.tls), req.headers(), &target.site)
+        let url = url.get_or_insert_with(|| cache_url(req, conn.tls));
+        cache.peek_fresh(url, req.headers(), &target.site)
     });
     let (status, body_bytes, file) = if let Some(entry) = cached {
         let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
@@ -613,17 +627,23 @@ pub(crate) async fn answer_in_front(
         && files
         && !target.compression
     {
-        let resp = serve_static(req, root, &target, conn.tls).await;
+        let resp = serve_static(req, root, &target, conn.tls, url.clone()).await;
         let head_only = req.method() == http::Method::HEAD;
         match write_static_head(resp, head_only, close, out) {
             Some(sent) => sent,
             None => {
                 out.clear();
-                return FrontAnswer::Serve(Routed(Ok(target)));
+                return FrontAnswer::Serve(Routed {
+                    target: Ok(target),
+                    url,
+                });
             }
         }
     } else {
-        return FrontAnswer::Serve(Routed(Ok(target)));
+        return FrontAnswer::Serve(Routed {
+            target: Ok(target),
+            url,
+        });
     };
     target.metrics.done(status, arrived.elapsed());
     let log = conn.access_log.as_ref().map(|log| {
@@ -1104,18 +1124,28 @@ pub async fn serve_logged<B: RequestBody>(
     req: Request<B>,
     conn: Arc<ConnContext>,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
-    let routed = Routed(route(&req, &conn));
+    let routed = Routed {
+        target: route(&req, &conn),
+        url: None,
+    };
     serve_logged_routed(req, conn, routed).await
 }
 
-/// A request's route lookup, done once for whoever serves it.
-pub(crate) struct Routed(Result<AppTarget, Unrouted>);
+/// A request's route lookup (and its cache key, once built), done once for whoever serves
+/// it.
+pub(crate) struct Routed {
+    target: Result<AppTarget, Unrouted>,
+    url: Option<Arc<str>>,
+}
 
 /// [`serve_logged`] with the route already found.
 pub(crate) async fn serve_logged_routed<B: RequestBody>(
     req: Request<B>,
     conn: Arc<ConnContext>,
-    Routed(routed): Routed,
+    Routed {
+        target: routed,
+        url,
+    }: Routed,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
     let arrived = Instant::now();
     let (site, pool, metrics) = match &routed {
@@ -1137,7 +1167,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
         }
     };
     let Some(log) = conn.access_log.clone() else {
-        let mut resp = serve_routed(req, conn, routed).await?;
+        let mut resp = serve_routed(req, conn, routed, url).await?;
         counted(resp.status());
         start_tunnel(&mut resp, None);
         return Ok(resp.map(|inner| LoggedBody {
@@ -1147,7 +1177,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
     };
     let mut pending = PendingLog::new(&req, &conn, log, site.clone(), pool.clone());
     pending.bytes_received = req.body().declared_len().unwrap_or(0);
-    match serve_routed(req, conn, routed).await {
+    match serve_routed(req, conn, routed, url).await {
         Ok(mut resp) => {
             counted(resp.status());
             pending.status = resp.status().as_u16();
