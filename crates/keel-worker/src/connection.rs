@@ -20,9 +20,7 @@ use keel_proto::{
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -48,6 +46,35 @@ pub(crate) struct Options {
     pub upgrades: handler::Upgrades,
 }
 
+/// The reading half of the connection to the daemon.
+pub(crate) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of the connection to the daemon.
+pub(crate) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What carries the protocol: a stream socket (a worker process), or an in-memory pipe (an
+/// adapter running inside the daemon's own process, which then pays no system call and no
+/// poller round per frame).
+pub(crate) enum Transport {
+    Socket(std::os::unix::net::UnixStream),
+    Memory(tokio::io::DuplexStream),
+}
+
+impl Transport {
+    fn split(self) -> std::io::Result<(ReadHalf, WriteHalf)> {
+        Ok(match self {
+            Transport::Socket(socket) => {
+                socket.set_nonblocking(true)?;
+                let (rd, wr) = tokio::net::UnixStream::from_std(socket)?.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Transport::Memory(pipe) => {
+                let (rd, wr) = tokio::io::split(pipe);
+                (Box::new(rd), Box::new(wr))
+            }
+        })
+    }
+}
+
 /// How the reading loop ended without an error.
 enum Ending {
     /// DRAIN received and every stream closed (or the drain timeout passed).
@@ -57,7 +84,7 @@ enum Ending {
 }
 
 pub(crate) async fn run<S, B>(
-    socket: std::os::unix::net::UnixStream,
+    transport: Transport,
     capacity: u32,
     options: Options,
     service: S,
@@ -69,8 +96,7 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    socket.set_nonblocking(true)?;
-    let (mut rd, mut wr) = UnixStream::from_std(socket)?.into_split();
+    let (mut rd, mut wr) = transport.split()?;
     let decoder = Decoder::new(DEFAULT_MAX_PAYLOAD);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let pid = options.pid.unwrap_or_else(std::process::id);
@@ -117,8 +143,8 @@ where
 
 /// Sends HELLO and waits for WELCOME.
 async fn handshake(
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     decoder: &Decoder,
     buf: &mut BytesMut,
     capacity: u32,
@@ -153,7 +179,7 @@ async fn handshake(
 
 struct Reader<'a, S> {
     conn: &'a Arc<Conn>,
-    socket: OwnedReadHalf,
+    socket: ReadHalf,
     decoder: Decoder,
     buf: BytesMut,
     service: S,

@@ -83,7 +83,7 @@ where
 
 /// A worker connection not yet serving, with its settings.
 pub struct Worker {
-    socket: UnixStream,
+    transport: connection::Transport,
     capacity: Option<u32>,
     options: connection::Options,
 }
@@ -91,7 +91,13 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("socket", &self.socket)
+            .field(
+                "transport",
+                &match &self.transport {
+                    connection::Transport::Socket(s) => format!("{s:?}"),
+                    connection::Transport::Memory(_) => "in memory".to_owned(),
+                },
+            )
             .field("capacity", &self.capacity)
             .field("started_by_handler", &self.options.started_by_handler)
             .finish_non_exhaustive()
@@ -189,8 +195,19 @@ impl Worker {
     /// A worker on any connected stream socket: a per-pool attach socket, or a test harness
     /// playing the daemon over `UnixStream::pair()`.
     pub fn from_stream(socket: UnixStream) -> Worker {
+        Worker::on(connection::Transport::Socket(socket))
+    }
+
+    /// A worker inside the daemon's own process, on one end of a `tokio::io::duplex` pipe
+    /// whose other end the daemon reads (keel's adapter for HTTP workers). Frames cost no
+    /// system call and no poller round; everything else is as over a socket.
+    pub fn in_memory(pipe: tokio::io::DuplexStream) -> Worker {
+        Worker::on(connection::Transport::Memory(pipe))
+    }
+
+    fn on(transport: connection::Transport) -> Worker {
         Worker {
-            socket,
+            transport,
             capacity: None,
             options: connection::Options::default(),
         }
@@ -198,9 +215,12 @@ impl Worker {
 
     /// The connection itself, for a program that speaks the protocol on its own (with
     /// `keel-proto`) instead of through [`Worker::serve`]: test workers that misbehave on
-    /// purpose, for one.
-    pub fn into_stream(self) -> UnixStream {
-        self.socket
+    /// purpose, for one. `None` for an [`in_memory`](Worker::in_memory) worker.
+    pub fn into_stream(self) -> Option<UnixStream> {
+        match self.transport {
+            connection::Transport::Socket(socket) => Some(socket),
+            connection::Transport::Memory(_) => None,
+        }
     }
 
     /// The process id HELLO announces (default: this process's). For a process that speaks
@@ -277,7 +297,7 @@ impl Worker {
             None => capacity_from_env()?,
         };
         self.options.upgrades = upgrades;
-        connection::run(self.socket, capacity, self.options, service).await
+        connection::run(self.transport, capacity, self.options, service).await
     }
 }
 

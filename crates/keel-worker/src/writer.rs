@@ -3,12 +3,12 @@
 //! it with one `write_all`, so frames produced together leave in one syscall.
 
 use crate::conn::Conn;
+use crate::connection::WriteHalf;
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
 
-pub(crate) async fn run(conn: Arc<Conn>, mut socket: OwnedWriteHalf) -> std::io::Result<()> {
+pub(crate) async fn run(conn: Arc<Conn>, mut socket: WriteHalf) -> std::io::Result<()> {
     // Two buffers swapped back and forth: appenders fill one while this task writes the other,
     // and neither is reallocated in the steady state.
     let mut batch = BytesMut::with_capacity(64 * 1024);

@@ -84,6 +84,17 @@ async fn start(initial_window: u32) -> (FakeDaemon, Arc<AtomicBool>) {
     (daemon, dropped)
 }
 
+/// As [`start`], the worker on an in-memory pipe instead of a socket.
+async fn start_in_memory(initial_window: u32) -> (FakeDaemon, Arc<AtomicBool>) {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let daemon = FakeDaemon::start_in_memory(initial_window, move |worker| {
+        worker.serve(move |req| app(req, flag.clone()))
+    })
+    .await;
+    (daemon, dropped)
+}
+
 #[tokio::test]
 async fn hello_announces_version_pid_capacity_and_software() {
     let (daemon, _) = start(256 * 1024).await;
@@ -94,9 +105,7 @@ async fn hello_announces_version_pid_capacity_and_software() {
     assert!(daemon.hello.software.starts_with(b"keel-worker/"));
 }
 
-#[tokio::test]
-async fn small_get_is_answered_inline_in_one_frame() {
-    let (mut daemon, _) = start(256 * 1024).await;
+async fn small_get_case(mut daemon: FakeDaemon) {
     daemon.send(request(1, "GET", "/hello", b"", true)).await;
     let head = daemon.expect_started_response(1).await;
     assert_eq!(head.status, 200);
@@ -114,6 +123,16 @@ async fn small_get_is_answered_inline_in_one_frame() {
         None,
         "nothing follows a complete response"
     );
+}
+
+#[tokio::test]
+async fn small_get_is_answered_inline_in_one_frame() {
+    small_get_case(start(256 * 1024).await.0).await;
+}
+
+#[tokio::test]
+async fn small_get_is_answered_inline_in_one_frame_over_an_in_memory_pipe() {
+    small_get_case(start_in_memory(256 * 1024).await.0).await;
 }
 
 #[tokio::test]
@@ -220,10 +239,10 @@ async fn echo_of_one_mib_grants_request_window_only_as_the_body_is_consumed() {
     assert!(echoed == input, "the echo differs from the request body");
 }
 
-#[tokio::test]
-async fn big_response_stops_at_the_window_until_credit_comes() {
-    const WINDOW: u32 = 128 * 1024;
-    let (mut daemon, _) = start(WINDOW).await;
+const BIG_CASE_WINDOW: u32 = 128 * 1024;
+
+async fn big_response_case(mut daemon: FakeDaemon) {
+    const WINDOW: u32 = BIG_CASE_WINDOW;
     daemon.send(request(1, "GET", "/big", b"", true)).await;
     let head = daemon.expect_started_response(1).await;
     assert!(!head.end);
@@ -255,6 +274,16 @@ async fn big_response_stops_at_the_window_until_credit_comes() {
         }
     }
     assert_eq!(received, BIG);
+}
+
+#[tokio::test]
+async fn big_response_stops_at_the_window_until_credit_comes() {
+    big_response_case(start(BIG_CASE_WINDOW).await.0).await;
+}
+
+#[tokio::test]
+async fn big_response_stops_at_the_window_over_an_in_memory_pipe() {
+    big_response_case(start_in_memory(BIG_CASE_WINDOW).await.0).await;
 }
 
 #[tokio::test]
@@ -321,9 +350,7 @@ async fn drain_lets_the_running_request_finish_then_serve_returns() {
     served.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn serve_returns_when_the_daemon_goes_away() {
-    let (mut daemon, _) = start(256 * 1024).await;
+async fn daemon_gone_case(mut daemon: FakeDaemon) {
     daemon.send(request(1, "GET", "/block", b"", true)).await;
     assert_eq!(daemon.recv().await, Frame::Started { id: 1 });
     let worker = daemon.hang_up();
@@ -331,6 +358,16 @@ async fn serve_returns_when_the_daemon_goes_away() {
         .await
         .expect("serve did not return after EOF");
     served.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn serve_returns_when_the_daemon_goes_away() {
+    daemon_gone_case(start(256 * 1024).await.0).await;
+}
+
+#[tokio::test]
+async fn serve_returns_when_the_daemon_drops_its_in_memory_pipe() {
+    daemon_gone_case(start_in_memory(256 * 1024).await.0).await;
 }
 
 #[tokio::test]

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 fn main() {
     let socket = match keel_worker::Worker::from_env() {
-        Ok(worker) => worker.into_stream(),
+        Ok(worker) => worker
+            .into_stream()
+            .expect("from_env gives a socket, never an in-memory pipe"),
         Err(e) => {
             eprintln!("keel-hostile-worker: {e}");
             std::process::exit(2);

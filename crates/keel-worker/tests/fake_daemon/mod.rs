@@ -1,4 +1,5 @@
-//! A stand-in for the keel daemon: it holds the other end of a `socketpair`, speaks the
+//! A stand-in for the keel daemon: it holds the other end of a `socketpair` (or of an
+//! in-memory pipe, as keel's in-process HTTP adapter uses), speaks the
 //! worker protocol frame by frame, and lets a test say exactly what the daemon sends and
 //! check exactly what the worker answers.
 
@@ -11,15 +12,19 @@ use keel_proto::{
 };
 use keel_worker::{Error, Worker};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// The daemon's end of the connection.
+trait Link: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Link for T {}
 use tokio::task::JoinHandle;
 
 /// How long a test waits for a frame it expects.
 const PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct FakeDaemon {
-    socket: UnixStream,
+    socket: Box<dyn Link>,
     decoder: Decoder,
     buf: BytesMut,
     /// The worker's `serve`, running in this process.
@@ -37,9 +42,39 @@ impl FakeDaemon {
     {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let worker = tokio::spawn(start(Worker::from_stream(theirs).capacity(8)));
+        let ours = Box::new(UnixStream::from_std(ours).unwrap());
+        FakeDaemon::handshake(ours, Worker::from_stream(theirs), initial_window, start).await
+    }
+
+    /// As [`FakeDaemon::start`], over an in-memory pipe ([`Worker::in_memory`]).
+    pub async fn start_in_memory<F, Fut>(initial_window: u32, start: F) -> FakeDaemon
+    where
+        F: FnOnce(Worker) -> Fut,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        FakeDaemon::handshake(
+            Box::new(ours),
+            Worker::in_memory(theirs),
+            initial_window,
+            start,
+        )
+        .await
+    }
+
+    async fn handshake<F, Fut>(
+        socket: Box<dyn Link>,
+        worker: Worker,
+        initial_window: u32,
+        start: F,
+    ) -> FakeDaemon
+    where
+        F: FnOnce(Worker) -> Fut,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let worker = tokio::spawn(start(worker.capacity(8)));
         let mut daemon = FakeDaemon {
-            socket: UnixStream::from_std(ours).unwrap(),
+            socket,
             decoder: Decoder::new(DEFAULT_MAX_PAYLOAD),
             buf: BytesMut::new(),
             worker,

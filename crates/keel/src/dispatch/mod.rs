@@ -11,6 +11,34 @@ use tokio::sync::mpsc;
 
 pub use worker_conn::WorkerConn;
 
+/// The reading half of the daemon's connection to one worker.
+pub type LinkRead = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The writing half of the daemon's connection to one worker.
+pub type LinkWrite = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// What carries the protocol to one worker: its socket (a worker process, spawned or
+/// attached), or an in-memory pipe to the adapter of an HTTP worker, which runs inside the
+/// daemon and so needs no system call and no poller round per frame.
+pub enum WorkerLink {
+    Socket(tokio::net::UnixStream),
+    Memory(tokio::io::DuplexStream),
+}
+
+impl WorkerLink {
+    pub fn split(self) -> (LinkRead, LinkWrite) {
+        match self {
+            WorkerLink::Socket(socket) => {
+                let (rd, wr) = socket.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            WorkerLink::Memory(pipe) => {
+                let (rd, wr) = tokio::io::split(pipe);
+                (Box::new(rd), Box::new(wr))
+            }
+        }
+    }
+}
+
 /// Everything a request learns about its trip through a pool, in order.
 pub enum Event {
     /// A worker has it, as stream `id` (sent again after every replay).

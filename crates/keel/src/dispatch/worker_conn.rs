@@ -9,7 +9,7 @@
 //!   requests share one `write` syscall;
 //! - the streams lock is never held while taking the pool lock (lock order: pool → streams).
 
-use super::{Event, EventTx, Job};
+use super::{Event, EventTx, Job, LinkRead, LinkWrite};
 use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 struct StreamEntry {
@@ -408,7 +407,7 @@ impl WorkerConn {
 
     /// Writes everything queued for the worker, batching frames per syscall, until the
     /// connection is closed or a write fails.
-    pub async fn run_writer(&self, mut wr: OwnedWriteHalf) {
+    pub async fn run_writer(&self, mut wr: LinkWrite) {
         loop {
             let pending = {
                 let mut out = self.out.lock();
@@ -451,7 +450,7 @@ impl WorkerConn {
     /// Reads and applies frames until the worker closes, errs or breaks the protocol.
     pub async fn run_reader(
         self: &Arc<Self>,
-        mut rd: OwnedReadHalf,
+        mut rd: LinkRead,
         decoder: &Decoder,
         mut buf: BytesMut,
     ) -> ReadEnd {

@@ -1,6 +1,6 @@
 //! The adapter that makes a plain HTTP/1.1 server a pool worker. It runs inside the daemon,
 //! one task per HTTP worker, and speaks keel's worker protocol to the rest of the daemon
-//! over a socketpair (through the `keel-worker` SDK), so the queue, dispatch, capacity,
+//! over an in-memory pipe (through the `keel-worker` SDK), so the queue, dispatch, capacity,
 //! flow control, recycling and the replay rules are exactly those of protocol workers:
 //!
 //! - HELLO is sent only once the worker is ready (it answers an HTTP request: with
@@ -38,6 +38,10 @@ const LOSS_GRACE: Duration = Duration::from_secs(2);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Bytes the protocol pipe holds in each direction before a writer waits (as much as a
+/// socketpair's buffer would).
+const PIPE_BUFFER: usize = 256 * 1024;
+
 /// Bodies up to this size (by `Content-Length`) are read whole before the response head is
 /// handed on.
 const BUFFER_LIMIT: u64 = 64 * 1024;
@@ -64,22 +68,20 @@ pub struct BridgeSpec {
     pub pool: Arc<str>,
 }
 
-/// A running bridge: the daemon's end of its protocol socket, and its task.
+/// A running bridge: the daemon's end of its protocol pipe, and its task.
 pub struct Bridge {
-    pub socket: tokio::net::UnixStream,
+    pub pipe: tokio::io::DuplexStream,
     pub task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the bridge for one HTTP worker process.
 pub fn start(spec: BridgeSpec) -> io::Result<Bridge> {
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    let socket = tokio::net::UnixStream::from_std(ours)?;
+    let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
     let task = tokio::spawn(run(spec, theirs));
-    Ok(Bridge { socket, task })
+    Ok(Bridge { pipe: ours, task })
 }
 
-async fn run(spec: BridgeSpec, socket: std::os::unix::net::UnixStream) {
+async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {
     let BridgeSpec {
         endpoint,
         health_path,
@@ -101,7 +103,7 @@ async fn run(spec: BridgeSpec, socket: std::os::unix::net::UnixStream) {
             Box::pin(async move { healthy(&upstream, path.as_deref()).await })
         })
     };
-    let served = keel_worker::Worker::from_stream(socket)
+    let served = keel_worker::Worker::in_memory(pipe)
         .capacity(capacity)
         .announce_pid(pid)
         .started_by_handler()

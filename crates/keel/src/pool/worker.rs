@@ -11,8 +11,8 @@
 
 use super::Pool;
 use super::attach::Attached;
-use crate::dispatch::WorkerConn;
 use crate::dispatch::worker_conn::ReadEnd;
+use crate::dispatch::{WorkerConn, WorkerLink};
 use crate::http_worker::bridge::Bridge;
 use crate::os::cgroup::WorkerCgroup;
 use crate::os::spawn::{Spawned, kill_group, terminate};
@@ -137,10 +137,14 @@ pub async fn run(
 ) {
     let (spawned, socket, bridge) = match origin {
         Origin::Spawned(mut s) => {
-            let socket = s.socket.take();
+            let socket = s.socket.take().map(WorkerLink::Socket);
             (Ok(s), socket, None)
         }
-        Origin::Http(s, bridge) => (Ok(s), Some(bridge.socket), Some(bridge.task)),
+        Origin::Http(s, bridge) => (
+            Ok(s),
+            Some(WorkerLink::Memory(bridge.pipe)),
+            Some(bridge.task),
+        ),
         Origin::Attached(a) => (Err(a), None, None),
     };
     let http = bridge.is_some();
@@ -177,7 +181,7 @@ pub async fn run(
             }
             (pid, socket, Some(child), BytesMut::with_capacity(64 * 1024))
         }
-        Err(a) => (a.pid, a.stream, None, a.already_read),
+        Err(a) => (a.pid, WorkerLink::Socket(a.stream), None, a.already_read),
     };
     let attached = child.is_none();
     let mut exit = ExitWatch {
@@ -189,7 +193,7 @@ pub async fn run(
         }),
         done: None,
     };
-    let (mut rd, wr) = socket.into_split();
+    let (mut rd, wr) = socket.split();
     let decoder = Decoder::default();
 
     // Greeting: the worker speaks first.
