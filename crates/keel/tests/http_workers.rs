@@ -102,12 +102,24 @@ async fn node_pool_recycled_by_request_count_under_load_loses_nothing() {
         failures.len(),
         &failures[..failures.len().min(10)]
     );
+    // Ten recycles were due (3,000 requests, 300 per worker); each waits for its
+    // replacement to start, so the last ones may still be under way when the load ends.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recycled = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("drained and exited"))
+            .count()
+    };
+    while recycled(&d.log_lines()) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let lines = d.log_lines();
-    let recycled = lines
-        .iter()
-        .filter(|l| l.contains("drained and exited"))
-        .count();
-    assert!(recycled >= 4, "{recycled} recycles: {lines:#?}");
+    assert!(
+        recycled(&lines) >= 4,
+        "{} recycles: {lines:#?}",
+        recycled(&lines)
+    );
     // Each drained worker got SIGTERM after its last request and exited by itself.
     assert!(
         !lines.iter().any(|l| l.contains("after SIGTERM: killed")),
@@ -182,4 +194,79 @@ fn a_crashing_request_gets_502_and_the_pool_carries_on() {
     let r = get(d.addr(), "/pid");
     assert_eq!(r.status, 200);
     assert_ne!(r.text(), before, "a new worker answered");
+}
+
+/// A WSGI app whose process dies (SIGKILL) half-way through a response while gunicorn's
+/// master lives on and starts a new worker process, as when an application's worker
+/// segfaults or is killed for its memory. `marker` (a file) makes `/once` die only the first
+/// time; `/always` dies every time; `POST /once` as `/once`.
+const DYING_APP: &str = r#"
+import os, signal
+
+MARKER = os.environ["DYING_MARKER"]
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    die = path == "/always" or (path == "/once" and not os.path.exists(MARKER))
+    if path == "/once" and die:
+        open(MARKER, "w").close()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "26")])
+    def body():
+        yield b"abcdefghijklm"
+        if die:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield b"nopqrstuvwxyz"
+    return body()
+"#;
+
+fn dying_wsgi_daemon(dir: &std::path::Path) -> Daemon {
+    std::fs::write(dir.join("dying.py"), DYING_APP).unwrap();
+    let pool = format!(
+        "protocol = \"http\"\ncommand = [\"{}\", \"--workers\", \"1\", \"--no-control-socket\", \"dying:app\"]\ncwd = \"{}\"\nenv = {{ DYING_MARKER = \"{}\" }}",
+        gunicorn().display(),
+        dir.display(),
+        dir.join("marker").display()
+    );
+    Daemon::start(&worker_config(&pool, ""))
+}
+
+#[test]
+fn a_get_whose_worker_process_dies_mid_response_is_answered_by_its_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dying_wsgi_daemon(dir.path());
+    assert_eq!(get(d.addr(), "/pid").status, 200);
+    let master = d.worker_pids();
+    assert_eq!(master.len(), 1);
+    let r = get(d.addr(), "/once");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "abcdefghijklmnopqrstuvwxyz");
+    assert!(
+        dir.path().join("marker").exists(),
+        "the first attempt did not run"
+    );
+    // The same server (gunicorn's master) answered, through a new worker process.
+    assert_eq!(d.worker_pids(), master);
+}
+
+#[test]
+fn a_response_broken_twice_or_a_broken_post_gets_502_and_the_pool_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dying_wsgi_daemon(dir.path());
+    // Tried twice, broken twice: 502, and the slot is free again for the next request.
+    let r = get(d.addr(), "/always");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let r = get(d.addr(), "/pid");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A POST is never sent twice.
+    let r = raw_request(
+        d.addr(),
+        b"POST /once HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(dir.path().join("marker").exists());
+    assert_eq!(get(d.addr(), "/pid").status, 200);
 }

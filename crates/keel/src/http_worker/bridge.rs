@@ -35,6 +35,8 @@ const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// After a connection fails mid-request: time for the daemon to see the worker's exit, so
 /// the request follows the worker-loss rules (replay) instead of failing here.
 const LOSS_GRACE: Duration = Duration::from_secs(2);
+/// Between the two looks at a worker process that seems alive after a connection broke.
+const EXIT_LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -108,7 +110,7 @@ async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {
         .announce_pid(pid)
         .started_by_handler()
         .health_check(check)
-        .serve_service(Proxy { upstream })
+        .serve_service(Proxy { upstream, pid })
         .await;
     if let Err(e) = served {
         tracing::warn!(pool = %pool, pid, "HTTP worker adapter stopped: {e}");
@@ -150,6 +152,8 @@ async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
 #[derive(Clone)]
 struct Proxy {
     upstream: Arc<Upstream>,
+    /// The worker process (the server keel started).
+    pid: u32,
 }
 
 impl tower_service::Service<Request<RequestBody>> for Proxy {
@@ -162,7 +166,24 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
     }
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        Box::pin(forward_one(self.upstream.clone(), request))
+        Box::pin(forward_one(self.upstream.clone(), self.pid, request))
+    }
+}
+
+/// Before a request fails for a broken connection: if the worker process is exiting, gives
+/// the daemon time to see it go, so the request follows the worker-loss rules (replay)
+/// instead of failing here (the daemon then ends this task). A worker that lives on (its
+/// server replaces the child process that died, as gunicorn's master does) is looked at
+/// twice, a moment apart, since a process killed as a group may close its connections just
+/// before it shows as exiting; then the request fails at once rather than holding its
+/// slot of the pool.
+async fn await_worker_exit(pid: u32) {
+    let going = crate::os::proc::exiting(pid) || {
+        tokio::time::sleep(EXIT_LOOK_AGAIN).await;
+        crate::os::proc::exiting(pid)
+    };
+    if going {
+        tokio::time::sleep(LOSS_GRACE).await;
     }
 }
 
@@ -170,6 +191,7 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
 /// daemon answers 502).
 async fn forward_one(
     upstream: Arc<Upstream>,
+    pid: u32,
     request: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = request.into_parts();
@@ -243,7 +265,7 @@ async fn forward_one(
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 forward::response_headers(&mut head.headers);
-                let mut body = ResponseBody::new(body, sender, upstream);
+                let mut body = ResponseBody::new(body, sender, upstream.clone());
                 if small(&head.headers) {
                     // Read whole before the head goes on: the answer then leaves in one
                     // frame, and a worker lost meanwhile leaves a request that can still
@@ -251,7 +273,15 @@ async fn forward_one(
                     let whole = match http_body_util::BodyExt::collect(&mut body).await {
                         Ok(whole) => whole,
                         Err(error) => {
-                            tokio::time::sleep(LOSS_GRACE).await;
+                            if idempotent && let Some(copy) = resend.take() {
+                                // Nothing of it has reached the client: the process serving
+                                // it died mid-response while the server lives on. Once more,
+                                // on a new connection.
+                                request = copy;
+                                fresh_only = true;
+                                continue;
+                            }
+                            await_worker_exit(pid).await;
                             return Err(format!("the worker's response broke off: {error}").into());
                         }
                     };
@@ -261,7 +291,9 @@ async fn forward_one(
                 return Ok(Response::from_parts(head, Either::Right(body)));
             }
             Err(mut failed) => {
-                if let Some(unsent) = failed.take_message() {
+                if let Some(unsent) = failed.take_message()
+                    && Instant::now() < patience
+                {
                     // Never written: the same request on a new connection.
                     request = unsent;
                     fresh_only = true;
@@ -280,7 +312,7 @@ async fn forward_one(
                     continue;
                 }
                 let error = failed.into_error();
-                tokio::time::sleep(LOSS_GRACE).await;
+                await_worker_exit(pid).await;
                 return Err(format!("the worker's connection failed: {error}").into());
             }
         }

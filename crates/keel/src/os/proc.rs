@@ -26,6 +26,26 @@ pub fn uid_gid(pid: u32) -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+/// The process is gone or on its way out: no `/proc/PID/stat`, a zombie or dead state, or
+/// the kernel's `PF_EXITING` flag (set when exit begins, before the process closes its
+/// files: a connection it held can break while it still looks alive otherwise).
+pub fn exiting(pid: u32) -> bool {
+    /// `PF_EXITING` in `include/linux/sched.h`.
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // "PID (comm) STATE PPID PGRP SESSION TTY TPGID FLAGS ...": comm may hold spaces and
+    // parentheses, so the fields are counted after its last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return true;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("X");
+    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+}
+
 /// The first whitespace-separated word after `key` on its line.
 fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status
@@ -53,5 +73,21 @@ mod tests {
         let ids = unsafe { (libc::getuid(), libc::getgid()) };
         assert_eq!(uid_gid(pid), Some(ids));
         assert_eq!(rss_bytes(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_running_process_is_not_exiting_a_zombie_and_a_missing_one_are() {
+        assert!(!exiting(std::process::id()));
+        assert!(exiting(u32::MAX));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not yet reaped: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !exiting(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(exiting(pid));
     }
 }
