@@ -467,3 +467,49 @@ command = ["{{demo}}"]
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get("https", secure.port()).await.0, "MISS");
 }
+
+/// One site may bind http and https both to port 0 (a test setup, a first try of a config):
+/// each scheme gets its own ephemeral socket, and both serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_https_on_port_0_get_a_socket_each() {
+    let pki = Pki::new();
+    pki.leaf("a.test");
+    let d = Daemon::start(&format!(
+        r#"
+[[site]]
+name = "a"
+bindings = ["http://a.test:0", "https://a.test:0"]
+{tls}
+app = [{{ path = "/", pool = "pa" }}]
+
+[pool.pa]
+command = ["{{demo}}"]
+"#,
+        tls = pki.tls("a.test"),
+    ));
+    let port_for = |binding: &str| -> u16 {
+        let lines = d.log_lines();
+        let line = lines
+            .iter()
+            .find(|l| l.contains("listening on ") && l.contains(&format!("for {binding} ")))
+            .unwrap_or_else(|| panic!("no socket for {binding}: {lines:#?}"));
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+        addr.port()
+    };
+    let (plain_port, secure_port) = (port_for("http://a.test:0"), port_for("https://a.test:0"));
+    assert_ne!(plain_port, secure_port);
+    let localhost = |port| SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let plain =
+        tokio::task::spawn_blocking(move || common::get_host(localhost(plain_port), "a.test", "/"))
+            .await
+            .unwrap();
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    let http = client(&pki, localhost(secure_port)).build().unwrap();
+    let res = http
+        .get(format!("https://a.test:{secure_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

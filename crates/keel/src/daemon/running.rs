@@ -88,11 +88,20 @@ impl std::fmt::Display for Applied {
     }
 }
 
+/// A planned socket: its address, and for port 0 whether it speaks TLS. A non-zero port
+/// is http or https, never both (config check), and keeps its socket across a reload that
+/// changes its scheme; http and https on port 0 are two sockets on two ephemeral ports.
+type SocketKey = (SocketAddr, bool);
+
+fn socket_key(plan: &listener::ListenerPlan) -> SocketKey {
+    (plan.addr, plan.addr.port() == 0 && plan.tls.is_some())
+}
+
 pub struct Running {
     config: Option<Config>,
     pools: BTreeMap<String, RunningPool>,
     /// Keyed by the planned address (port 0 stays 0, so a reload keeps the same socket).
-    sockets: BTreeMap<SocketAddr, RunningSocket>,
+    sockets: BTreeMap<SocketKey, RunningSocket>,
     pub managers: JoinSet<()>,
     pub acceptors: JoinSet<()>,
     /// Parent of every pool's stop token (daemon stop).
@@ -207,9 +216,9 @@ impl Running {
         // Sockets: the plan for the new config, new sockets bound now.
         let protocols = Arc::new(listener::Protocols::new(&config.listener));
         let plans = listener::plan(&config, &next_pools, &certs)?;
-        let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
+        let mut bound: Vec<(SocketKey, TcpListener)> = Vec::new();
         for plan in &plans {
-            if !self.sockets.contains_key(&plan.addr) {
+            if !self.sockets.contains_key(&socket_key(plan)) {
                 // A socket handed over by systemd or by the daemon this one replaces.
                 let socket = match crate::os::activation::claim(plan.addr) {
                     Some(inherited) => {
@@ -218,7 +227,7 @@ impl Running {
                     }
                     None => listener::bind(plan.addr)?,
                 };
-                bound.push((plan.addr, socket));
+                bound.push((socket_key(plan), socket));
             }
         }
 
@@ -257,10 +266,11 @@ impl Running {
             }
         }
 
-        let mut bound: HashMap<SocketAddr, TcpListener> = bound.into_iter().collect();
+        let mut bound: HashMap<SocketKey, TcpListener> = bound.into_iter().collect();
         let mut planned = Vec::new();
         for plan in plans {
-            planned.push(plan.addr);
+            let key = socket_key(&plan);
+            planned.push(key);
             let table = Arc::new(RouteTable::new(plan.entries));
             let endpoint = |routes: SharedRoutes| {
                 Arc::new(Endpoint {
@@ -279,14 +289,14 @@ impl Running {
                     request_limits: config.listener.request_limits,
                 })
             };
-            match self.sockets.get_mut(&plan.addr) {
+            match self.sockets.get_mut(&key) {
                 Some(socket) => {
                     *socket.routes.write() = table;
                     *socket.endpoint.write() = endpoint(socket.routes.clone());
                     socket.bindings = plan.bindings;
                 }
                 None => {
-                    let Some(listener) = bound.remove(&plan.addr) else {
+                    let Some(listener) = bound.remove(&key) else {
                         continue;
                     };
                     let local = listener.local_addr().unwrap_or(plan.addr);
@@ -307,7 +317,7 @@ impl Running {
                     ));
                     applied.sockets_opened.push(local);
                     self.sockets.insert(
-                        plan.addr,
+                        key,
                         RunningSocket {
                             bound: local,
                             fd,
@@ -320,14 +330,14 @@ impl Running {
                 }
             }
         }
-        let closed: Vec<SocketAddr> = self
+        let closed: Vec<SocketKey> = self
             .sockets
             .keys()
-            .filter(|a| !planned.contains(a))
+            .filter(|k| !planned.contains(k))
             .copied()
             .collect();
-        for addr in closed {
-            if let Some(socket) = self.sockets.remove(&addr) {
+        for key in closed {
+            if let Some(socket) = self.sockets.remove(&key) {
                 tracing::info!(
                     "no longer listening on {} (bindings removed: {})",
                     socket.bound,
