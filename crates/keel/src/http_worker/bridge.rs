@@ -19,7 +19,6 @@ use http_body::Body as _;
 use http_body_util::Either;
 use keel_worker::{HealthCheck, RequestInfo, StartSignal};
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -77,10 +76,10 @@ pub struct Bridge {
 }
 
 /// Starts the bridge for one HTTP worker process.
-pub fn start(spec: BridgeSpec) -> io::Result<Bridge> {
+pub fn start(spec: BridgeSpec) -> Bridge {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
     let task = tokio::spawn(run(spec, theirs));
-    Ok(Bridge { pipe: ours, task })
+    Bridge { pipe: ours, task }
 }
 
 async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {

@@ -22,7 +22,7 @@ use crate::dispatch::WorkerConn;
 use crate::http_worker::bridge::{self, BridgeSpec};
 use crate::http_worker::endpoint::Endpoint;
 use crate::os::cgroup::PoolCgroup;
-use crate::os::spawn::{RLimits, SpawnSpec, kill_group, spawn_worker};
+use crate::os::spawn::{RLimits, SpawnSpec, spawn_worker};
 
 /// Requests an HTTP worker gets at once when its pool sets no `capacity`: a plain HTTP
 /// server's concurrency is unknown, and a request keel still holds can always be replayed.
@@ -490,14 +490,7 @@ impl Manager {
                     pid: spawned.pid,
                     pool: self.pool.settings.name.clone(),
                 });
-                match bridge {
-                    Ok(bridge) => Origin::Http(spawned, bridge),
-                    Err(e) => {
-                        // The process is killed when `spawned` is dropped (kill_on_drop).
-                        kill_group(spawned.pid);
-                        return self.spawn_failed(format!("cannot start its HTTP adapter: {e}"));
-                    }
-                }
+                Origin::Http(spawned, bridge)
             }
             _ => Origin::Spawned(spawned),
         };
