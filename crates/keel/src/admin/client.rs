@@ -125,7 +125,7 @@ fn stop(socket: &Path, timeout: Duration) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
     loop {
         let socket_gone = matches!(connect(socket), Err(Failure::NotRunning(_)));
-        let process_gone = !process_running(pid);
+        let process_gone = !crate::os::proc::running(pid);
         if socket_gone && process_gone {
             println!("keel stopped");
             return Ok(());
@@ -138,18 +138,6 @@ fn stop(socket: &Path, timeout: Duration) -> Result<(), Failure> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Whether `pid` still runs: it has a `/proc` entry and is not a zombie (an exited process
-/// its parent has not reaped yet).
-fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // "PID (COMMAND) STATE ...": the command may hold spaces and parentheses.
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
-    })
 }
 
 /// One answer of the admin API.

@@ -26,24 +26,36 @@ pub fn uid_gid(pid: u32) -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+/// The process still runs: it has a `/proc` entry and is not a zombie (an exited process
+/// its parent has not reaped yet).
+pub fn running(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != "Z")
+}
+
 /// The process is gone or on its way out: no `/proc/PID/stat`, a zombie or dead state, or
 /// the kernel's `PF_EXITING` flag (set when exit begins, before the process closes its
 /// files: a connection it held can break while it still looks alive otherwise).
 pub fn exiting(pid: u32) -> bool {
     /// `PF_EXITING` in `include/linux/sched.h`.
     const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
+    match stat(pid) {
+        None => true,
+        Some((state, flags)) => {
+            matches!(state.as_str(), "Z" | "X" | "x") || flags & PF_EXITING != 0
+        }
+    }
+}
+
+/// The state letter and the flags of a process, from `/proc/PID/stat`; `None` if it is gone.
+fn stat(pid: u32) -> Option<(String, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "PID (comm) STATE PPID PGRP SESSION TTY TPGID FLAGS ...": comm may hold spaces and
     // parentheses, so the fields are counted after its last ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return true;
-    };
+    let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
-    let state = fields.next().unwrap_or("X");
-    let flags: u64 = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
-    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+    let state = fields.next().unwrap_or("X").to_owned();
+    let flags = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Some((state, flags))
 }
 
 /// The first whitespace-separated word after `key` on its line.
@@ -78,7 +90,9 @@ mod tests {
     #[test]
     fn a_running_process_is_not_exiting_a_zombie_and_a_missing_one_are() {
         assert!(!exiting(std::process::id()));
+        assert!(running(std::process::id()));
         assert!(exiting(u32::MAX));
+        assert!(!running(u32::MAX));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Not yet reaped: a zombie once it has exited.
@@ -87,6 +101,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{pid} never exited");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert!(!running(pid), "a zombie does not run");
         child.wait().unwrap();
         assert!(exiting(pid));
     }
