@@ -392,29 +392,16 @@ async fn reload_certificates_serves_the_new_files_to_new_connections() {
     assert_eq!(handshake_cert(addr, name()).await, second.as_ref());
 }
 
-/// The cache keys responses by scheme: an answer fetched over http never answers https (an
-/// app's redirect to https, cached for http, would otherwise loop), and the admin API's
-/// invalidation of a URL drops both.
-#[tokio::test(flavor = "multi_thread")]
-async fn http_and_https_answers_are_cached_apart() {
-    let pki = Pki::new();
-    pki.leaf("a.test");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (plain_port, secure_port) = (free(), free());
+/// Site `a` (the demo worker) bound to `http://a.test:0` and `https://a.test:0`, with
+/// `top` (config sections) before it; the daemon, and the ports the two sockets got.
+fn site_a_on_both_schemes(pki: &Pki, top: &str) -> (Daemon, u16, u16) {
     let d = Daemon::start(&format!(
         r#"
-[cache]
-admission = "always"
+{top}
 
 [[site]]
 name = "a"
-bindings = ["http://a.test:{plain_port}", "https://a.test:{secure_port}"]
+bindings = ["http://a.test:0", "https://a.test:0"]
 {tls}
 app = [{{ path = "/", pool = "pa" }}]
 
@@ -423,6 +410,29 @@ command = ["{{demo}}"]
 "#,
         tls = pki.tls("a.test"),
     ));
+    let port_for = |binding: &str| -> u16 {
+        let lines = d.log_lines();
+        let line = lines
+            .iter()
+            .find(|l| l.contains("listening on ") && l.contains(&format!("for {binding} ")))
+            .unwrap_or_else(|| panic!("no socket for {binding}: {lines:#?}"));
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+        addr.port()
+    };
+    let (plain, secure) = (port_for("http://a.test:0"), port_for("https://a.test:0"));
+    (d, plain, secure)
+}
+
+/// The cache keys responses by scheme: an answer fetched over http never answers https (an
+/// app's redirect to https, cached for http, would otherwise loop), and the admin API's
+/// invalidation of a URL drops both.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_and_https_answers_are_cached_apart() {
+    let pki = Pki::new();
+    pki.leaf("a.test");
+    let (d, plain_port, secure_port) =
+        site_a_on_both_schemes(&pki, "[cache]\nadmission = \"always\"");
     let localhost = |port| SocketAddr::new("127.0.0.1".parse().unwrap(), port);
     let (plain, secure) = (localhost(plain_port), localhost(secure_port));
     let http = client(&pki, secure).http1_only().build().unwrap();
@@ -474,30 +484,7 @@ command = ["{{demo}}"]
 async fn http_and_https_on_port_0_get_a_socket_each() {
     let pki = Pki::new();
     pki.leaf("a.test");
-    let d = Daemon::start(&format!(
-        r#"
-[[site]]
-name = "a"
-bindings = ["http://a.test:0", "https://a.test:0"]
-{tls}
-app = [{{ path = "/", pool = "pa" }}]
-
-[pool.pa]
-command = ["{{demo}}"]
-"#,
-        tls = pki.tls("a.test"),
-    ));
-    let port_for = |binding: &str| -> u16 {
-        let lines = d.log_lines();
-        let line = lines
-            .iter()
-            .find(|l| l.contains("listening on ") && l.contains(&format!("for {binding} ")))
-            .unwrap_or_else(|| panic!("no socket for {binding}: {lines:#?}"));
-        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
-        let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-        addr.port()
-    };
-    let (plain_port, secure_port) = (port_for("http://a.test:0"), port_for("https://a.test:0"));
+    let (_d, plain_port, secure_port) = site_a_on_both_schemes(&pki, "");
     assert_ne!(plain_port, secure_port);
     let localhost = |port| SocketAddr::new("127.0.0.1".parse().unwrap(), port);
     let plain =
