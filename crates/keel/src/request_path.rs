@@ -618,10 +618,10 @@ pub(crate) async fn answer_in_front(
             return None;
         }
         let url = url.get_or_insert_with(|| cache_url(req, conn.tls));
-        cache.peek_fresh(url, req.headers(), &target.site)
+        cache.peek_fresh(url, req.headers(), &target.site, arrived)
     });
     let (status, body_bytes, file) = if let Some(entry) = cached {
-        let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, out);
+        let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, arrived, out);
         (w.status, w.body_bytes, None)
     } else if let Some(root) = root
         && files

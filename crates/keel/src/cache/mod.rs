@@ -524,6 +524,7 @@ impl Cache {
         url: &Arc<str>,
         req: &HeaderMap,
         site: &Arc<str>,
+        now: Instant,
     ) -> Option<Arc<Entry>> {
         let entry = match self.get(url, None)? {
             Slot::Response(e) => e,
@@ -532,7 +533,7 @@ impl Cache {
                 Slot::Vary(_) => return None,
             },
         };
-        if !entry.is_fresh(Instant::now()) {
+        if !entry.is_fresh(now) {
             return None;
         }
         self.counters

@@ -193,7 +193,7 @@ pub struct Written {
 }
 
 /// Appends to `out` the HTTP/1.1 answer to `method` with headers `req` from the fresh entry
-/// `entry`: the same answer [`respond`] gives, its head ended as hyper would end it
+/// `entry` at `now`: the same answer [`respond`] gives, its head ended as hyper would end it
 /// (`http1_head::put_end`), with `Connection: close` when `close`. A plain GET or HEAD is
 /// the entry's prepared head, `Age`, `x-cache`, the end of the head and the body.
 pub fn write_http1(
@@ -201,6 +201,7 @@ pub fn write_http1(
     method: &Method,
     req: &HeaderMap,
     close: bool,
+    now: Instant,
     out: &mut BytesMut,
 ) -> Written {
     let head_only = *method == Method::HEAD;
@@ -212,7 +213,7 @@ pub fn write_http1(
         out.reserve(entry.prepared.len() + 160 + entry.body.len());
         out.put_slice(&entry.prepared);
         out.put_slice(b"age: ");
-        http1_head::put_decimal(entry.age(Instant::now()).as_secs(), out);
+        http1_head::put_decimal(entry.age(now).as_secs(), out);
         out.put_slice(b"\r\nx-cache: HIT\r\n");
         (entry.status, &entry.headers, Some(entry.body.clone()))
     } else {

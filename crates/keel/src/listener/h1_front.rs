@@ -233,8 +233,16 @@ fn parse(buf: &[u8]) -> Parsed {
     if !target.starts_with('/') {
         return Parsed::NotOurs;
     }
-    let Ok(uri) = http::Uri::from_maybe_shared(bytes::Bytes::copy_from_slice(target.as_bytes()))
-    else {
+    // One copy of the head; the target and the field values are slices of it.
+    let copy = bytes::Bytes::copy_from_slice(&buf[..len]);
+    let shared = |part: &[u8]| {
+        if part.is_empty() {
+            return bytes::Bytes::new();
+        }
+        let at = part.as_ptr() as usize - buf.as_ptr() as usize;
+        copy.slice(at..at + part.len())
+    };
+    let Ok(uri) = http::Uri::from_maybe_shared(shared(target.as_bytes())) else {
         return Parsed::NotOurs;
     };
     let mut headers = http::HeaderMap::with_capacity(head.headers.len());
@@ -259,7 +267,7 @@ fn parse(buf: &[u8]) -> Parsed {
         hosts += usize::from(name.eq_ignore_ascii_case("host"));
         let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_bytes(field.value),
+            http::HeaderValue::from_maybe_shared(shared(field.value)),
         ) else {
             return Parsed::NotOurs;
         };
