@@ -5,7 +5,9 @@
 //! Invariant: every request that does not get a worker's answer gets a status from here
 //! (400, 502, 503) and an error-log line with its reason; nothing here runs application code.
 
-use crate::cache::{Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lookup, policy};
+use crate::cache::{
+    Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lookup, Peek, policy,
+};
 use crate::compress::{self, CompressBody};
 use crate::config::Unavailable;
 use crate::dispatch::Job;
@@ -181,12 +183,12 @@ pub async fn serve_request<B: RequestBody>(
 }
 
 /// [`serve_request`] after the route lookup (which the access log also needs: done once);
-/// `url`: the request's cache key, when a caller has built it already.
+/// `key`: the request's cache key, when a caller has built it already.
 async fn serve_routed<B: RequestBody>(
     mut req: Request<B>,
     conn: Arc<ConnContext>,
     routed: Result<AppTarget, Unrouted>,
-    url: Option<Arc<str>>,
+    key: Option<CacheKey>,
 ) -> Result<Response<ResponseBody>, ResetConnection> {
     let meta = |site: Arc<str>| {
         Arc::new(RequestMeta {
@@ -228,7 +230,7 @@ async fn serve_routed<B: RequestBody>(
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.current(),
         Backend::Static(root) => {
-            return Ok(serve_static(&req, root, &target, conn.tls, url).await);
+            return Ok(serve_static(&req, root, &target, conn.tls, key).await);
         }
     };
 
@@ -242,8 +244,8 @@ async fn serve_routed<B: RequestBody>(
         && policy::request_may_use_cache(req.method())
         && req.body().body_is_empty()
     {
-        let url = url.unwrap_or_else(|| cache_url(&req, conn.tls));
-        match CacheCtx::begin(cache, &req, url, &target.site, pool.settings.queue_timeout).await {
+        let key = key.unwrap_or_else(|| CacheKey::new(cache_url(&req, conn.tls)));
+        match CacheCtx::begin(cache, &req, key, &target.site, pool.settings.queue_timeout).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return Ok(hit),
         }
@@ -399,22 +401,22 @@ pub const STATIC_CACHE_TTL: u32 = 5;
 /// or unknown-length bodies are compressed as they stream and are not cached.
 const COMPRESS_WHOLE_MAX: u64 = 1 << 20;
 
-/// An app served from a static root: through the response cache like any response. `url`:
+/// An app served from a static root: through the response cache like any response. `key`:
 /// the request's cache key, when a caller has built it already.
 async fn serve_static<B>(
     req: &Request<B>,
     root: &StaticRoot,
     target: &AppTarget,
     tls: bool,
-    url: Option<Arc<str>>,
+    key: Option<CacheKey>,
 ) -> Response<ResponseBody> {
     let mut cached = None;
     if let Some(cache) = crate::cache::installed()
         && policy::request_may_use_cache(req.method())
         && !req.headers().contains_key(header::RANGE)
     {
-        let url = url.unwrap_or_else(|| cache_url(req, tls));
-        match CacheCtx::begin(cache, req, url, &target.site, Duration::from_secs(10)).await {
+        let key = key.unwrap_or_else(|| CacheKey::new(cache_url(req, tls)));
+        match CacheCtx::begin(cache, req, key, &target.site, Duration::from_secs(10)).await {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return hit,
         }
@@ -602,7 +604,7 @@ pub(crate) async fn answer_in_front(
         Err(e) => {
             return FrontAnswer::Serve(Routed {
                 target: Err(e),
-                url: None,
+                key: None,
             });
         }
     };
@@ -611,14 +613,21 @@ pub(crate) async fn answer_in_front(
         Backend::Static(root) => (None, Some(root)),
     };
     // Built once for the lookup here and for the request's own path after it.
-    let mut url = None;
+    let mut key = None;
     let cached = crate::cache::installed().and_then(|cache| {
         // As `serve_static`: a range of a static file is read from the file.
         if root.is_some() && req.headers().contains_key(header::RANGE) {
             return None;
         }
-        let url = url.get_or_insert_with(|| cache_url(req, conn.tls));
-        cache.peek_fresh(url, req.headers(), &target.site, arrived)
+        let key = key.insert(CacheKey::new(cache_url(req, conn.tls)));
+        match cache.peek_fresh(&key.url, req.headers(), &target.site, arrived) {
+            Peek::Fresh(entry) => Some(entry),
+            Peek::Absent => {
+                key.absent = true;
+                None
+            }
+            Peek::NotFresh => None,
+        }
     });
     let (status, body_bytes, file) = if let Some(entry) = cached {
         let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, arrived, out);
@@ -627,7 +636,7 @@ pub(crate) async fn answer_in_front(
         && files
         && !target.compression
     {
-        let resp = serve_static(req, root, &target, conn.tls, url.clone()).await;
+        let resp = serve_static(req, root, &target, conn.tls, key.clone()).await;
         let head_only = req.method() == http::Method::HEAD;
         match write_static_head(resp, head_only, close, out) {
             Some(sent) => sent,
@@ -635,14 +644,14 @@ pub(crate) async fn answer_in_front(
                 out.clear();
                 return FrontAnswer::Serve(Routed {
                     target: Ok(target),
-                    url,
+                    key,
                 });
             }
         }
     } else {
         return FrontAnswer::Serve(Routed {
             target: Ok(target),
-            url,
+            key,
         });
     };
     target.metrics.done(status, arrived.elapsed());
@@ -707,12 +716,13 @@ impl CacheCtx {
     async fn begin<B>(
         cache: Arc<Cache>,
         req: &Request<B>,
-        url: Arc<str>,
+        key: CacheKey,
         site: &Arc<str>,
         collapse_wait: Duration,
     ) -> Result<CacheCtx, Response<ResponseBody>> {
         let method = req.method();
-        let (found, passed) = cache.lookup_noting_pass(&url, req.headers(), site);
+        let CacheKey { url, absent } = key;
+        let (found, passed) = cache.lookup_noting_pass(&url, req.headers(), site, absent);
         let stale = match found {
             Lookup::Fresh(entry) => {
                 return Err(crate::cache::respond(
@@ -1126,7 +1136,7 @@ pub async fn serve_logged<B: RequestBody>(
 ) -> Result<Response<LoggedBody>, ResetConnection> {
     let routed = Routed {
         target: route(&req, &conn),
-        url: None,
+        key: None,
     };
     serve_logged_routed(req, conn, routed).await
 }
@@ -1135,7 +1145,21 @@ pub async fn serve_logged<B: RequestBody>(
 /// it.
 pub(crate) struct Routed {
     target: Result<AppTarget, Unrouted>,
-    url: Option<Arc<str>>,
+    key: Option<CacheKey>,
+}
+
+/// A request's cache key, and whether the store held nothing for it when the HTTP/1.1
+/// front looked (so the request's own lookup need not ask the store again).
+#[derive(Clone)]
+pub(crate) struct CacheKey {
+    url: Arc<str>,
+    absent: bool,
+}
+
+impl CacheKey {
+    fn new(url: Arc<str>) -> Self {
+        CacheKey { url, absent: false }
+    }
 }
 
 /// [`serve_logged`] with the route already found.
@@ -1144,7 +1168,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
     conn: Arc<ConnContext>,
     Routed {
         target: routed,
-        url,
+        key,
     }: Routed,
 ) -> Result<Response<LoggedBody>, ResetConnection> {
     let arrived = Instant::now();
@@ -1167,7 +1191,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
         }
     };
     let Some(log) = conn.access_log.clone() else {
-        let mut resp = serve_routed(req, conn, routed, url).await?;
+        let mut resp = serve_routed(req, conn, routed, key).await?;
         counted(resp.status());
         start_tunnel(&mut resp, None);
         return Ok(resp.map(|inner| LoggedBody {
@@ -1177,7 +1201,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
     };
     let mut pending = PendingLog::new(&req, &conn, log, site.clone(), pool.clone());
     pending.bytes_received = req.body().declared_len().unwrap_or(0);
-    match serve_routed(req, conn, routed, url).await {
+    match serve_routed(req, conn, routed, key).await {
         Ok(mut resp) => {
             counted(resp.status());
             pending.status = resp.status().as_u16();

@@ -300,6 +300,15 @@ pub struct CacheFigures {
     pub sites: BTreeMap<String, SiteFigures>,
 }
 
+/// What [`Cache::peek_fresh`] found.
+pub enum Peek {
+    Fresh(Arc<Entry>),
+    /// Nothing is stored for the URL.
+    Absent,
+    /// Something is stored for the URL, but no fresh entry for this request.
+    NotFresh,
+}
+
 /// The result of a lookup.
 pub enum Lookup {
     Fresh(Arc<Entry>),
@@ -451,19 +460,22 @@ impl Cache {
     /// Looks `url` up for a request with headers `req` (counting a hit or a miss for
     /// `site`).
     pub fn lookup(&self, url: &Arc<str>, req: &HeaderMap, site: &Arc<str>) -> Lookup {
-        self.lookup_noting_pass(url, req, site).0
+        self.lookup_noting_pass(url, req, site, false).0
     }
 
     /// [`Cache::lookup`], and whether `url` was answered uncacheably a moment ago (for
     /// [`Cache::join_flight`] and the request's own bookkeeping, without asking again).
+    /// `absent`: [`Cache::peek_fresh`] found nothing stored for `url` a moment ago, so the
+    /// store is not asked again (an entry stored in between is found by the next request).
     pub fn lookup_noting_pass(
         &self,
         url: &Arc<str>,
         req: &HeaderMap,
         site: &Arc<str>,
+        absent: bool,
     ) -> (Lookup, bool) {
         let passed = self.pass.contains_key(url);
-        (self.lookup_inner(url, req, site, passed), passed)
+        (self.lookup_inner(url, req, site, passed, absent), passed)
     }
 
     /// The URL's responses may be stored again: the next request takes the whole path.
@@ -477,9 +489,10 @@ impl Cache {
         req: &HeaderMap,
         site: &Arc<str>,
         passed: bool,
+        absent: bool,
     ) -> Lookup {
         // Answered uncacheably a moment ago: nothing stored, nothing to count for admission.
-        if passed && self.get(url, None).is_none() {
+        if passed && (absent || self.get(url, None).is_none()) {
             self.counters
                 .site(site)
                 .misses
@@ -487,7 +500,8 @@ impl Cache {
             return Lookup::Miss;
         }
         let now = Instant::now();
-        let entry = match self.get(url, None) {
+        let stored = if absent { None } else { self.get(url, None) };
+        let entry = match stored {
             Some(Slot::Response(e)) => Some(e),
             Some(Slot::Vary(spec)) => match self.get(url, Some(spec.variant(req))) {
                 Some(Slot::Response(e)) => Some(e),
@@ -517,30 +531,33 @@ impl Cache {
     }
 
     /// A fresh entry for `url` and a request with headers `req`, counted as a hit for
-    /// `site`; `None` (counting nothing, remembering nothing for admission) otherwise, so
-    /// that the request's own [`Cache::lookup`] later counts it once.
+    /// `site`; otherwise nothing is counted or remembered for admission, so that the
+    /// request's own [`Cache::lookup_noting_pass`] later counts it once.
     pub fn peek_fresh(
         &self,
         url: &Arc<str>,
         req: &HeaderMap,
         site: &Arc<str>,
         now: Instant,
-    ) -> Option<Arc<Entry>> {
-        let entry = match self.get(url, None)? {
+    ) -> Peek {
+        let Some(slot) = self.get(url, None) else {
+            return Peek::Absent;
+        };
+        let entry = match slot {
             Slot::Response(e) => e,
-            Slot::Vary(spec) => match self.get(url, Some(spec.variant(req)))? {
-                Slot::Response(e) => e,
-                Slot::Vary(_) => return None,
+            Slot::Vary(spec) => match self.get(url, Some(spec.variant(req))) {
+                Some(Slot::Response(e)) => e,
+                _ => return Peek::NotFresh,
             },
         };
         if !entry.is_fresh(now) {
-            return None;
+            return Peek::NotFresh;
         }
         self.counters
             .site(site)
             .hits
             .fetch_add(1, Ordering::Relaxed);
-        Some(entry)
+        Peek::Fresh(entry)
     }
 
     /// Counts an answer given from an entry other than a fresh lookup hit.
