@@ -13,7 +13,7 @@
 
 use super::endpoint::{Address, Endpoint};
 use super::forward::{self, ClientView};
-use super::upstream::{Lease, RequestBody, ResponseBody, Upstream};
+use super::upstream::{self, Lease, RequestBody, ResponseBody, Upstream};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -124,7 +124,7 @@ async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {
 /// accepts on a listening socket whether or not the application ever reads it.
 async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
     let check = async {
-        let mut sender = upstream.connect().await.ok()?;
+        let mut lease = upstream.connect().await.ok()?;
         let host = match upstream.address() {
             Address::Tcp(addr) => addr.to_string(),
             Address::Unix(_) => "localhost".to_owned(),
@@ -138,7 +138,9 @@ async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
             .header(http::header::USER_AGENT, "keel-health-check")
             .body(RequestBody::empty())
             .ok()?;
-        let response = sender.send_request(request).await.ok()?;
+        let response = upstream::drive(&mut lease.driver, lease.sender.send_request(request))
+            .await
+            .ok()?;
         Some(health_path.is_none() || response.status().is_success())
     };
     matches!(
@@ -237,14 +239,15 @@ async fn forward_one(
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
         let leased = if fresh_only {
-            upstream.connect().await.map(|sender| Lease {
-                sender,
-                reused: false,
-            })
+            upstream.connect().await
         } else {
             upstream.lease().await
         };
-        let Lease { mut sender, reused } = match leased {
+        let Lease {
+            mut sender,
+            reused,
+            mut driver,
+        } = match leased {
             Ok(lease) => lease,
             Err(e) if Instant::now() < patience => {
                 tracing::trace!(address = %upstream.address(), "worker not accepting yet: {e}");
@@ -260,16 +263,25 @@ async fn forward_one(
         {
             return Err("the request ended before it was sent".into());
         }
-        match sender.try_send_request(request).await {
+        match upstream::drive(&mut driver, sender.try_send_request(request)).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 forward::response_headers(&mut head.headers);
+                if !small(&head.headers) {
+                    // The body streams after the head: the connection needs its own task.
+                    upstream::release(&mut driver);
+                }
                 let mut body = ResponseBody::new(body, sender, upstream.clone());
                 if small(&head.headers) {
                     // Read whole before the head goes on: the answer then leaves in one
                     // frame, and a worker lost meanwhile leaves a request that can still
                     // be replayed rather than a response cut short.
-                    let whole = match http_body_util::BodyExt::collect(&mut body).await {
+                    let collected =
+                        upstream::drive(&mut driver, http_body_util::BodyExt::collect(&mut body))
+                            .await;
+                    // Kept open for reuse (the body has given the connection back).
+                    upstream::release(&mut driver);
+                    let whole = match collected {
                         Ok(whole) => whole,
                         Err(error) => {
                             if idempotent && let Some(copy) = resend.take() {

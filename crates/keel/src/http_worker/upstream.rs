@@ -2,6 +2,11 @@
 //! connection at a time, idle connections reused newest first and dropped after
 //! [`IDLE_KEEP`] (shorter than the keep-alive timeouts of common servers, so keel rarely
 //! sends on a connection the worker is closing).
+//!
+//! A new connection's HTTP/1.1 state machine (its [`Driver`]) is driven by the request that
+//! opened it until that request's response is read ([`drive`]), and by a task of its
+//! own only if the connection then stays open for reuse: a worker that closes every
+//! connection (gunicorn's sync worker) costs no task and no wake-up between tasks.
 
 use super::endpoint::Address;
 use bytes::Bytes;
@@ -9,6 +14,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,11 +37,55 @@ pub struct Upstream {
     max_idle: usize,
 }
 
+/// A connection's HTTP/1.1 state machine; it resolves when the connection closes.
+pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A connection taken for one request.
 pub struct Lease {
     pub sender: SendRequest<RequestBody>,
     /// It served a request before (a failure on it may be the worker closing it).
     pub reused: bool,
+    /// A new connection's state machine, for the request that took it to [`drive`] until
+    /// it [`release`]s it (a reused connection has its own task already). Dropped without
+    /// a release, the connection closes.
+    pub driver: Option<Driver>,
+}
+
+/// Runs `work` (sending on the lease's connection, reading its response) while driving the
+/// connection, if the request drives it.
+pub async fn drive<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output {
+    let Some(running) = driver.as_mut() else {
+        return work.await;
+    };
+    let mut work = std::pin::pin!(work);
+    let mut closed = false;
+    let out = std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if !closed && running.as_mut().poll(cx).is_ready() {
+            // The connection is done: what `work` waits for has happened, or has failed.
+            closed = true;
+            return work.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await;
+    if closed {
+        *driver = None;
+    }
+    out
+}
+
+/// The request is done driving its connection: the connection goes on in a task of its own
+/// while it stays open (for reuse, or for a body still streaming).
+pub fn release(driver: &mut Option<Driver>) {
+    if let Some(mut running) = driver.take() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if running.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(running);
+        }
+    }
 }
 
 impl Upstream {
@@ -67,17 +117,15 @@ impl Upstream {
                 return Ok(Lease {
                     sender,
                     reused: true,
+                    driver: None,
                 });
             }
         }
-        Ok(Lease {
-            sender: self.connect().await?,
-            reused: false,
-        })
+        self.connect().await
     }
 
     /// A fresh connection.
-    pub async fn connect(&self) -> io::Result<SendRequest<RequestBody>> {
+    pub async fn connect(&self) -> io::Result<Lease> {
         match &self.address {
             Address::Unix(path) => handshake(tokio::net::UnixStream::connect(path).await?).await,
             Address::Tcp(addr) => {
@@ -100,19 +148,23 @@ impl Upstream {
     }
 }
 
-/// HTTP/1.1 on a connected stream; the connection task runs until either side closes it.
-async fn handshake<S>(stream: S) -> io::Result<SendRequest<RequestBody>>
+/// HTTP/1.1 on a connected stream; its driver runs until either side closes it.
+async fn handshake<S>(stream: S) -> io::Result<Lease>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        // Its end (worker closed it, or keel dropped the sender) needs no report.
+    // Its end (worker closed it, or keel dropped the sender) needs no report.
+    let driver: Driver = Box::pin(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok(Lease {
+        sender,
+        reused: false,
+        driver: Some(driver),
+    })
 }
 
 /// A worker's response body; the connection goes back to the [`Upstream`] once the body has
