@@ -220,6 +220,14 @@ median() {
         if (NR % 2) printf "%.3f\n", a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+# paired "A1 A2 ..." "B1 B2 ...": each round's A / B (the two ran back to back in that
+# round), as "r1 r2 ...". The machine's speed drifts between rounds by more than the
+# differences measured here; a ratio within one round cancels most of that drift.
+paired() {
+    paste <(tr ' ' '\n' <<<"$1" | sed '/^$/d') <(tr ' ' '\n' <<<"$2" | sed '/^$/d') |
+        awk '$2 > 0 { printf "%s%.2f", (n++ ? " " : ""), $1 / $2 } END { print "" }'
+}
+
 # ---------------------------------------------------------------- CPU time
 
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
