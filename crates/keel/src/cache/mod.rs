@@ -458,13 +458,15 @@ impl Cache {
     }
 
     /// Looks `url` up for a request with headers `req` (counting a hit or a miss for
-    /// `site`).
+    /// `site`). The request path uses [`Cache::lookup_noting_pass`].
+    #[cfg(test)]
     pub fn lookup(&self, url: &Arc<str>, req: &HeaderMap, site: &Arc<str>) -> Lookup {
         self.lookup_noting_pass(url, req, site, false).0
     }
 
-    /// [`Cache::lookup`], and whether `url` was answered uncacheably a moment ago (for
-    /// [`Cache::join_flight`] and the request's own bookkeeping, without asking again).
+    /// Looks `url` up (counting a hit or a miss for `site`), and tells whether `url` was
+    /// answered uncacheably a moment ago (for [`Cache::join_flight`] and the request's own
+    /// bookkeeping, without asking again).
     /// `absent`: [`Cache::peek_fresh`] found nothing stored for `url` a moment ago, so the
     /// store is not asked again (an entry stored in between is found by the next request).
     pub fn lookup_noting_pass(
