@@ -63,12 +63,13 @@ pub async fn drive<F: Future>(driver: &mut Option<Driver>, work: F) -> F::Output
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
+        // Once the connection has closed, what `work` waits for has happened, or failed.
         if !closed && running.as_mut().poll(cx).is_ready() {
-            // The connection is done: what `work` waits for has happened, or has failed.
             closed = true;
-            return work.as_mut().poll(cx);
         }
-        Poll::Pending
+        // What the connection just did (written the request, read the response) may have
+        // completed `work`: looked at again now rather than after a wake-up of this task.
+        work.as_mut().poll(cx)
     })
     .await;
     if closed {
