@@ -209,6 +209,90 @@ fn sigterm_closes_a_connection_idle_after_hits_and_the_daemon_exits() {
 
 /// A site whose /files root (no compression) is sent with sendfile on cleartext
 /// connections, beside the demo pool; `[log]` access log on.
+/// Sends `request` on a new connection and reads until the server closes it (or 5 s pass:
+/// then the text ends with "<still open>").
+fn exchange_until_closed(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                got.extend_from_slice(b"<still open>");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// An HTTP/1.0 client gets the answer hyper gives it, whether a cache hit answers it or the
+/// worker: `HTTP/1.0` in the status line; the connection closed after the answer, unless the
+/// client asked to keep it alive, and then `connection: keep-alive` in the answer.
+#[test]
+fn http10_requests_are_answered_as_http10_from_the_cache_and_from_the_worker() {
+    let d = start("");
+    let a = d.addr();
+    let warm = exchange_until_closed(
+        a,
+        b"GET /cached?id=v10 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(warm.contains("x-cache: MISS"), "{warm}");
+
+    // A hit, then the connection closes: HTTP/1.0 without keep-alive.
+    let hit = exchange_until_closed(a, b"GET /cached?id=v10 HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    assert!(hit.starts_with("HTTP/1.0 200 OK\r\n"), "{hit}");
+    assert!(hit.contains("x-cache: HIT\r\n"), "{hit}");
+    assert!(!hit.to_ascii_lowercase().contains("connection:"), "{hit}");
+    assert!(hit.ends_with("\r\n\r\n/cached id=v10 call=1"), "{hit}");
+
+    // HEAD from the entry: the head alone, then closed.
+    let head = exchange_until_closed(
+        a,
+        b"HEAD /cached?id=v10 HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("x-cache: HIT\r\n") && head.contains("content-length: 21\r\n"),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "{head}");
+
+    // Kept alive: a hit, a request for the worker and another hit, pipelined; the last
+    // one does not ask to keep the connection, so it closes after that answer.
+    let both = exchange_until_closed(
+        a,
+        b"GET /cached?id=v10 HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n\
+          GET /count?id=v10 HTTP/1.0\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n\
+          GET /cached?id=v10 HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    );
+    let answers: Vec<&str> = both.split("HTTP/1.0 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{both}");
+    assert!(
+        answers[0].contains("x-cache: HIT\r\n")
+            && answers[0].contains("connection: keep-alive\r\n"),
+        "{both}"
+    );
+    assert!(answers[1].contains("connection: keep-alive\r\n"), "{both}");
+    assert!(
+        answers[1].ends_with("\r\n\r\n1"),
+        "the worker counted one call: {both}"
+    );
+    assert!(answers[2].contains("x-cache: HIT\r\n"), "{both}");
+    assert!(answers[2].ends_with("/cached id=v10 call=1"), "{both}");
+    assert_eq!(count(a, "v10"), 1, "hits never reached the worker");
+}
+
 fn start_files(listener: &str, files: &[(&str, Vec<u8>)]) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("files")).unwrap();

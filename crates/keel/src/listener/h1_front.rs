@@ -3,19 +3,25 @@
 //! any other GET or HEAD skips hyper's connection machinery.
 //!
 //! Every HTTP/1.1 connection (cleartext, or TLS without ALPN `h2`) begins here. Each request
-//! head is parsed with httparse. A GET or HEAD without a body (HTTP/1.1, origin-form target,
-//! one Host, no `Upgrade`/`Expect`, `Connection` at most `keep-alive` or `close`) is served:
+//! head is parsed with httparse. A GET or HEAD without a body (HTTP/1.1 or 1.0,
+//! origin-form target, one Host, no `Upgrade`/`Expect`, `Connection` at most `keep-alive` or
+//! `close`) is served:
 //! - from a fresh cache entry's prepared bytes, or, on a cleartext socket, a static root's
 //!   file with `sendfile(2)` after its head (`request_path::answer_in_front`);
-//! - otherwise by `request_path::serve_logged`, the same path hyper's requests take (routing
-//!   and its 400s, cache, queue, worker, stale-if-error, compression, logs), its response
-//!   written by `h1_writer.rs`.
+//! - otherwise, for HTTP/1.1, by `request_path::serve_logged`, the same path hyper's
+//!   requests take (routing and its 400s, cache, queue, worker, stale-if-error,
+//!   compression, logs), its response written by `h1_writer.rs`.
 //!
-//! The first head that is anything else (a body, an upgrade, HTTP/1.0, an absolute-form
-//! target, an HTTP/2 preface, anything httparse or the rules above refuse) hands the
-//! connection over to hyper for the rest of its life: hyper gets the bytes read so far first
-//! ([`Prepend`]), and everything (the framing scanner, the error answers) goes on from that
-//! head exactly as for a connection that never came here.
+//! An HTTP/1.0 request is answered here only from the cache or a static root, as hyper
+//! answers HTTP/1.0: the status line says `HTTP/1.0`, the connection closes after the
+//! answer unless the client sent `Connection: keep-alive`, and then the answer says
+//! `connection: keep-alive`. Anything else it asks for goes to hyper, with its head.
+//!
+//! The first head that is anything else (a body, an upgrade, an HTTP/1.0 request that needs
+//! a worker, an absolute-form target, an HTTP/2 preface, anything httparse or the rules
+//! above refuse) hands the connection over to hyper for the rest of its life: hyper gets the
+//! bytes read so far first ([`Prepend`]), and everything (the framing scanner, the error
+//! answers) goes on from that head exactly as for a connection that never came here.
 //!
 //! Invariants:
 //! - nothing here reads a body or judges a malformed head: such a request reaches hyper
@@ -92,11 +98,22 @@ where
                 Parsed::Request(req, len, asked_close) => (req, len, asked_close),
             };
             let close = asked_close || super::draining();
+            let http10 = req.version() == Version::HTTP_10;
             let in_flight = clock.begin_request(false);
-            buf.advance(len);
             out.clear();
             let files = io.can_send_file();
-            let file = match answer_in_front(&req, ctx, close, files, &mut out).await {
+            // HTTP/1.0 closes by default: its answer names no `Connection`, unless it keeps
+            // the connection alive.
+            let answered = answer_in_front(&req, ctx, close && !http10, files, &mut out).await;
+            if http10 {
+                if matches!(answered, FrontAnswer::Serve(_)) {
+                    // Nothing was answered or counted: hyper serves it from its head.
+                    return Front::HandOff(buf);
+                }
+                as_http10(&mut out, !close);
+            }
+            buf.advance(len);
+            let file = match answered {
                 FrontAnswer::Serve(routed) => {
                     let head_only = req.method() == Method::HEAD;
                     let served = serve_logged_routed(req, ctx.clone(), routed);
@@ -227,7 +244,7 @@ fn parse(buf: &[u8]) -> Parsed {
         Some("HEAD") => Method::HEAD,
         _ => return Parsed::NotOurs,
     };
-    let (Some(1), Some(target)) = (head.version, head.path) else {
+    let (Some(minor @ (0 | 1)), Some(target)) = (head.version, head.path) else {
         return Parsed::NotOurs;
     };
     if !target.starts_with('/') {
@@ -246,14 +263,16 @@ fn parse(buf: &[u8]) -> Parsed {
         return Parsed::NotOurs;
     };
     let mut headers = http::HeaderMap::with_capacity(head.headers.len());
-    let (mut hosts, mut close) = (0, false);
+    let (mut hosts, mut close, mut keep_alive) = (0, false, false);
     for field in head.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("connection") {
             let value = field.value.trim_ascii();
             if value.eq_ignore_ascii_case(b"close") {
                 close = true;
-            } else if !value.eq_ignore_ascii_case(b"keep-alive") {
+            } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive = true;
+            } else {
                 return Parsed::NotOurs;
             }
         }
@@ -279,9 +298,35 @@ fn parse(buf: &[u8]) -> Parsed {
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
+    if minor == 0 {
+        // HTTP/1.0 keeps a connection only when asked to.
+        *req.version_mut() = Version::HTTP_10;
+        close |= !keep_alive;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
     Parsed::Request(req, len, close)
+}
+
+/// Makes the answer head at the start of `out` (written for HTTP/1.1) an answer to HTTP/1.0,
+/// as hyper writes one: `HTTP/1.0` in the status line and, when the connection stays open,
+/// `connection: keep-alive` (an HTTP/1.0 client closes after the answer otherwise).
+fn as_http10(out: &mut BytesMut, keep_alive: bool) {
+    const VERSION: std::ops::Range<usize> = 5..8;
+    if out.starts_with(b"HTTP/1.1 ") {
+        out[VERSION].copy_from_slice(b"1.0");
+    }
+    if !keep_alive {
+        return;
+    }
+    // The head ends at its first empty line; the field goes before that line.
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let rest = out.split_off(end + 2);
+    out.extend_from_slice(b"connection: keep-alive\r\n");
+    out.unsplit(rest);
 }
 
 /// A socket whose first bytes were already read: they are read again first, then the
@@ -370,10 +415,39 @@ mod tests {
     }
 
     #[test]
+    fn http10_closes_unless_asked_to_keep_alive() {
+        let raw = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+        let Parsed::Request(req, _, close) = parse(raw) else {
+            panic!("HTTP/1.0 GET not parsed");
+        };
+        assert_eq!(req.version(), Version::HTTP_10);
+        assert!(close);
+        let raw = b"HEAD / HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n";
+        assert!(matches!(parse(raw), Parsed::Request(_, _, false)));
+    }
+
+    #[test]
+    fn an_answer_is_turned_into_http10() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nbody";
+        let mut out = BytesMut::from(head);
+        as_http10(&mut out, false);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.0 200 OK\r\ncontent-length: 4\r\n\r\nbody"
+        );
+        let mut out = BytesMut::from(head);
+        as_http10(&mut out, true);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.0 200 OK\r\ncontent-length: 4\r\nconnection: keep-alive\r\n\r\nbody"
+        );
+    }
+
+    #[test]
     fn leaves_everything_else_to_hyper() {
         for raw in [
             "POST / HTTP/1.1\r\nHost: x\r\n\r\n",
-            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
