@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A client has this long to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 /// Admin connections served at once on each socket; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// When the daemon stops: how long the admin connections still open may take to finish
+/// (the answer to `POST /upgrade` or `/stop` is written while the daemon is already
+/// stopping). A connection still open after that is cut when the process exits.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The running admin API; [`AdminServer::close`] stops it and removes the socket.
 pub struct AdminServer {
@@ -40,6 +45,8 @@ pub struct AdminServer {
     tcp: Option<std::net::SocketAddr>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// The connections being served (one request each).
+    connections: TaskTracker,
     /// Bound, not yet served: the unix socket, the TCP listener, whether a token is set.
     pending: Option<(UnixListener, Option<TcpListener>, bool)>,
 }
@@ -59,6 +66,7 @@ impl AdminServer {
             tcp: None,
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
+            connections: TaskTracker::new(),
             pending: None,
         };
         let tcp = match cfg.listen {
@@ -94,6 +102,7 @@ impl AdminServer {
                 NetworkSocket(tcp),
                 ctx.clone(),
                 self.stop.clone(),
+                self.connections.clone(),
             ));
         }
         self.tasks.spawn(super::history::sample_queues(
@@ -104,7 +113,12 @@ impl AdminServer {
             listener: unix,
             own_uid: rustix::process::geteuid().as_raw(),
         };
-        self.tasks.spawn(accept_loop(local, ctx, self.stop.clone()));
+        self.tasks.spawn(accept_loop(
+            local,
+            ctx,
+            self.stop.clone(),
+            self.connections.clone(),
+        ));
     }
 
     /// Where the TCP listener is bound, if there is one.
@@ -113,10 +127,21 @@ impl AdminServer {
     }
 
     /// Stops serving and removes the socket file.
+    /// Connections already accepted get [`CLOSE_GRACE`] to finish their answers.
     pub async fn close(mut self) {
         self.stop.cancel();
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        self.connections.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "{} admin connection(s) still open after {CLOSE_GRACE:?}: cut",
+                self.connections.len()
+            );
+        }
         self.remove_socket();
     }
 
@@ -266,7 +291,12 @@ impl AdminSocket for NetworkSocket {
 }
 
 /// Accepts admin connections until `stop`, at most [`MAX_CONNECTIONS`] at once.
-async fn accept_loop<L: AdminSocket>(socket: L, ctx: Arc<AdminContext>, stop: CancellationToken) {
+async fn accept_loop<L: AdminSocket>(
+    socket: L,
+    ctx: Arc<AdminContext>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Some(slot) = take_slot(&slots, &stop).await else {
@@ -284,7 +314,7 @@ async fn accept_loop<L: AdminSocket>(socket: L, ctx: Arc<AdminContext>, stop: Ca
             _ = stop.cancelled() => return,
         };
         if socket.admits(&stream) {
-            tokio::spawn(serve(stream, ctx.clone(), L::ACCESS, slot));
+            connections.spawn(serve(stream, ctx.clone(), L::ACCESS, slot));
         }
     }
 }

@@ -370,7 +370,8 @@ pub fn admin_request(socket: &Path, method: &str, path: &str, body: Option<&str>
         body.len()
     )
     .unwrap();
-    read_response(&mut BufReader::new(s)).expect("an answer from the admin API")
+    read_response(&mut BufReader::new(s))
+        .unwrap_or_else(|| panic!("no answer from the admin API to {method} {path}"))
 }
 
 /// A parsed HTTP/1.1 response read off a raw socket.
