@@ -393,6 +393,29 @@ fn static_files_are_sent_whole_by_range_and_by_head_on_one_connection() {
     }
 }
 
+/// A static file for HTTP/1.0 goes out as for HTTP/1.1 (head, then the file), with the
+/// head an HTTP/1.0 head: kept alive when asked, closed after the file otherwise.
+#[test]
+fn static_files_for_http10_keep_alive_only_when_asked() {
+    let d = start_files("", &[("a.txt", b"file for 1.0".to_vec())]);
+    let a = d.addr();
+    let both = exchange_until_closed(
+        a,
+        b"GET /files/a.txt HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n\
+          HEAD /files/a.txt HTTP/1.0\r\nHost: x\r\n\r\n",
+    );
+    let answers: Vec<&str> = both.split("HTTP/1.0 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{both}");
+    assert!(answers[0].contains("connection: keep-alive\r\n"), "{both}");
+    assert!(answers[0].contains("content-length: 12\r\n"), "{both}");
+    assert!(answers[0].ends_with("\r\n\r\nfile for 1.0"), "{both}");
+    assert!(!answers[1].contains("connection:"), "{both}");
+    assert!(
+        answers[1].ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {both}"
+    );
+}
+
 #[test]
 fn a_client_that_stops_reading_a_static_file_is_cut_by_min_send_rate() {
     let d = start_files("min_send_rate = 5000000", &[]);
