@@ -493,8 +493,9 @@ impl Cache {
         passed: bool,
         absent: bool,
     ) -> Lookup {
+        let stored = if absent { None } else { self.get(url, None) };
         // Answered uncacheably a moment ago: nothing stored, nothing to count for admission.
-        if passed && (absent || self.get(url, None).is_none()) {
+        if passed && stored.is_none() {
             self.counters
                 .site(site)
                 .misses
@@ -502,15 +503,7 @@ impl Cache {
             return Lookup::Miss;
         }
         let now = Instant::now();
-        let stored = if absent { None } else { self.get(url, None) };
-        let entry = match stored {
-            Some(Slot::Response(e)) => Some(e),
-            Some(Slot::Vary(spec)) => match self.get(url, Some(spec.variant(req))) {
-                Some(Slot::Response(e)) => Some(e),
-                _ => None,
-            },
-            None => None,
-        };
+        let entry = stored.and_then(|slot| self.entry_of(url, slot, req));
         let counters = self.counters.site(site);
         match entry {
             Some(e) if e.is_fresh(now) => {
@@ -532,6 +525,18 @@ impl Cache {
         }
     }
 
+    /// The response stored for `url` in `slot` for a request with headers `req`: the slot's
+    /// own, or, behind a `Vary`, the variant the request's headers select.
+    fn entry_of(&self, url: &Arc<str>, slot: Slot, req: &HeaderMap) -> Option<Arc<Entry>> {
+        match slot {
+            Slot::Response(e) => Some(e),
+            Slot::Vary(spec) => match self.get(url, Some(spec.variant(req)))? {
+                Slot::Response(e) => Some(e),
+                Slot::Vary(_) => None,
+            },
+        }
+    }
+
     /// A fresh entry for `url` and a request with headers `req`, counted as a hit for
     /// `site`; otherwise nothing is counted or remembered for admission, so that the
     /// request's own [`Cache::lookup_noting_pass`] later counts it once.
@@ -545,16 +550,9 @@ impl Cache {
         let Some(slot) = self.get(url, None) else {
             return Peek::Absent;
         };
-        let entry = match slot {
-            Slot::Response(e) => e,
-            Slot::Vary(spec) => match self.get(url, Some(spec.variant(req))) {
-                Some(Slot::Response(e)) => e,
-                _ => return Peek::NotFresh,
-            },
-        };
-        if !entry.is_fresh(now) {
+        let Some(entry) = self.entry_of(url, slot, req).filter(|e| e.is_fresh(now)) else {
             return Peek::NotFresh;
-        }
+        };
         self.counters
             .site(site)
             .hits
