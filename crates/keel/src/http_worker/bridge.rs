@@ -267,12 +267,13 @@ async fn forward_one(
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 forward::response_headers(&mut head.headers);
-                if !small(&head.headers) {
+                let read_whole = small(&head.headers);
+                if !read_whole {
                     // The body streams after the head: the connection needs its own task.
                     upstream::release(&mut driver);
                 }
                 let mut body = ResponseBody::new(body, sender, upstream.clone());
-                if small(&head.headers) {
+                if read_whole {
                     // Read whole before the head goes on: the answer then leaves in one
                     // frame, and a worker lost meanwhile leaves a request that can still
                     // be replayed rather than a response cut short.
