@@ -75,23 +75,23 @@ async fn app(req: Request<Body>, dropped: Arc<AtomicBool>) -> Response<TestBody>
 }
 
 async fn start(initial_window: u32) -> (FakeDaemon, Arc<AtomicBool>) {
-    let dropped = Arc::new(AtomicBool::new(false));
-    let flag = dropped.clone();
-    let daemon = FakeDaemon::start(initial_window, move |worker| {
-        worker.serve(move |req| app(req, flag.clone()))
-    })
-    .await;
-    (daemon, dropped)
+    start_over(initial_window, false).await
 }
 
 /// As [`start`], the worker on an in-memory pipe instead of a socket.
 async fn start_in_memory(initial_window: u32) -> (FakeDaemon, Arc<AtomicBool>) {
+    start_over(initial_window, true).await
+}
+
+async fn start_over(initial_window: u32, in_memory: bool) -> (FakeDaemon, Arc<AtomicBool>) {
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = dropped.clone();
-    let daemon = FakeDaemon::start_in_memory(initial_window, move |worker| {
-        worker.serve(move |req| app(req, flag.clone()))
-    })
-    .await;
+    let serve = move |worker: keel_worker::Worker| worker.serve(move |req| app(req, flag.clone()));
+    let daemon = if in_memory {
+        FakeDaemon::start_in_memory(initial_window, serve).await
+    } else {
+        FakeDaemon::start(initial_window, serve).await
+    };
     (daemon, dropped)
 }
 

@@ -14,11 +14,11 @@ use keel_worker::{Error, Worker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
 
 /// The daemon's end of the connection.
 trait Link: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Link for T {}
-use tokio::task::JoinHandle;
 
 /// How long a test waits for a frame it expects.
 const PATIENCE: Duration = Duration::from_secs(5);
