@@ -1,8 +1,8 @@
 // A plain Node.js HTTP server for keel's HTTP workers, unmodified but for where it listens:
 // the socket keel passes as fd 3 (LISTEN_FDS=1), else KEEL_SOCKET or PORT.
 //
-// Routes: /  /pid  /headers  /cached  /count  /sleep?ms=N  /echo (POST)  /crash  /health
-// /sick (from then on /health answers 500)
+// Routes: /  /pid  /headers  /cached  /count  /sleep?ms=N  /echo (POST)  /big?bytes=N  /crash
+// /health  /sick (from then on /health answers 500)
 'use strict';
 const http = require('http');
 
@@ -45,6 +45,21 @@ const server = http.createServer((req, res) => {
         reply(200, Buffer.concat(chunks), {
           'Content-Type': req.headers['content-type'] || 'application/octet-stream',
         }));
+    }
+    case '/big': {
+      // BYTES bytes of 'x', written as the client (through keel) takes them.
+      let left = Number(url.searchParams.get('bytes') || 0);
+      const chunk = Buffer.alloc(64 * 1024, 'x');
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': left });
+      const more = () => {
+        while (left > 0) {
+          const part = left >= chunk.length ? chunk : chunk.subarray(0, left);
+          left -= part.length;
+          if (!res.write(part)) return res.once('drain', more);
+        }
+        res.end();
+      };
+      return more();
     }
     case '/crash':
       return process.kill(process.pid, 'SIGKILL');

@@ -40,6 +40,7 @@ pub use connection::HealthCheck;
 pub use error::Error;
 pub use keel_proto::CachePolicy;
 pub use request::{Invalidator, RequestInfo, StartSignal};
+pub use response::wire_headers;
 
 use bytes::Bytes;
 use http::{Request, Response};

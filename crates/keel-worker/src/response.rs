@@ -208,8 +208,9 @@ async fn send_bytes(conn: &Conn, id: StreamId, mut data: Bytes, end: bool) -> Re
 
 /// The response headers as the protocol carries them: lower-case names (the http crate
 /// already lower-cases them), hop-by-hop fields dropped since the daemon frames the body
-/// itself. All names and values share one allocation.
-fn wire_headers(headers: &HeaderMap) -> Vec<Header> {
+/// itself. All names and values share one allocation. Public for adapters that build
+/// RESPONSE frames themselves.
+pub fn wire_headers(headers: &HeaderMap) -> Vec<Header> {
     let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len())

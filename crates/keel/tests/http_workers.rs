@@ -270,3 +270,90 @@ fn a_response_broken_twice_or_a_broken_post_gets_502_and_the_pool_carries_on() {
     assert!(dir.path().join("marker").exists());
     assert_eq!(get(d.addr(), "/pid").status, 200);
 }
+
+/// Requests the pool's one worker holds now, by the admin API.
+fn worker_in_flight(d: &Daemon) -> u64 {
+    let status = d.admin_json("GET", "/status");
+    let workers = status["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "demo"))
+        .map(|p| p["workers"].clone())
+        .unwrap_or_else(|| panic!("no pool demo in {status}"));
+    workers[0]["in_flight"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no in_flight in {workers}"))
+}
+
+#[test]
+fn a_large_response_streams_whole_and_a_client_that_leaves_frees_its_slot() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(&worker_config(&node_worker(), "workers = 1\ncapacity = 2"));
+    // 5 MB: twenty times the stream's window, so the worker is held back and let go again
+    // as the client reads.
+    let r = get(d.addr(), "/big?bytes=5000000");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.len(), 5_000_000);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+
+    // A client that asks for 50 MB, reads a little and leaves.
+    let mut slow = std::net::TcpStream::connect(d.addr()).unwrap();
+    slow.write_all(b"GET /big?bytes=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 1024];
+    slow.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(worker_in_flight(&d), 1);
+    // The other slot still serves.
+    assert_eq!(get(d.addr(), "/").status, 200);
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker_in_flight(&d) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        worker_in_flight(&d),
+        0,
+        "the slot of the client that left is still held"
+    );
+    // Both slots serve: two slow requests run side by side.
+    let t = Instant::now();
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = d.addr();
+            std::thread::spawn(move || get(addr, "/sleep?ms=800"))
+        })
+        .collect();
+    for h in both {
+        assert_eq!(h.join().unwrap().text(), "slept 800 ms");
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_recycle_lets_a_running_request_finish_before_the_worker_is_stopped() {
+    let d = Daemon::start(&worker_config(
+        &node_worker(),
+        "workers = 1\ncapacity = 4\nstart = \"always\"",
+    ));
+    let old = d.wait_for_workers(1, Duration::from_secs(20));
+    let addr = d.addr();
+    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = d.admin("POST", "/pools/demo/recycle", None);
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "slept 1500 ms");
+    d.wait_for_line("drained and exited", Duration::from_secs(10));
+    let pid: u32 = get(d.addr(), "/pid").text().parse().unwrap();
+    assert!(
+        !old.contains(&pid),
+        "still served by {pid}, the recycled worker"
+    );
+    let lines = d.log_lines();
+    assert!(!lines.iter().any(|l| l.contains("killed")), "{lines:#?}");
+}

@@ -39,6 +39,23 @@ impl WorkerLink {
     }
 }
 
+/// A way to hand a worker its requests without the protocol's bytes: an HTTP worker's
+/// adapter runs inside the daemon, so a request whose body is complete goes to it as a
+/// task that plays the worker's side of the stream, its frames applied straight to the
+/// [`WorkerConn`] (checked as any worker's frames are). Requests that stream a body or
+/// upgrade still travel the in-memory pipe.
+pub trait DirectLane: Send + Sync {
+    /// Starts serving stream `id` of `conn` from `job`'s REQUEST frame. `window` is
+    /// notified whenever the daemon grants the stream more response-body credit.
+    fn start(
+        &self,
+        conn: Arc<WorkerConn>,
+        id: StreamId,
+        job: &Job,
+        window: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::AbortHandle;
+}
+
 /// Everything a request learns about its trip through a pool, in order.
 pub enum Event {
     /// A worker has it, as stream `id` (sent again after every replay).

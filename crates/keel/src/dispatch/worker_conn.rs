@@ -7,9 +7,12 @@
 //! - never more than `capacity` streams are open on the connection;
 //! - frames to the worker are appended to one buffer and written by one task, so many
 //!   requests share one `write` syscall;
-//! - the streams lock is never held while taking the pool lock (lock order: pool → streams).
+//! - the streams lock is never held while taking the pool lock (lock order: pool → streams);
+//! - a stream served by a [`DirectLane`] (an HTTP worker's request with its whole body) is
+//!   in the same table, counts against the same capacity and its frames pass the same
+//!   checks ([`WorkerConn::handle_frame`]); only the bytes on the pipe are skipped.
 
-use super::{Event, EventTx, Job, LinkRead, LinkWrite};
+use super::{DirectLane, Event, EventTx, Job, LinkRead, LinkWrite};
 use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
@@ -24,6 +27,22 @@ use tokio::sync::Notify;
 struct StreamEntry {
     state: StreamState,
     events: EventTx,
+    /// Served by the direct lane: its task, and what wakes it when the window opens.
+    lane: Option<LaneStream>,
+}
+
+struct LaneStream {
+    task: Option<tokio::task::AbortHandle>,
+    window: Arc<Notify>,
+}
+
+impl StreamEntry {
+    /// Stops the lane task serving this stream, if any.
+    fn stop_lane(&self) {
+        if let Some(task) = self.lane.as_ref().and_then(|l| l.task.as_ref()) {
+            task.abort();
+        }
+    }
 }
 
 /// How many streams closed by the daemon's own last frame are remembered (see
@@ -82,6 +101,8 @@ pub struct WorkerConn {
     /// When a stream last opened or closed (idle shutdown): milliseconds since `born`.
     last_activity: AtomicU64,
     born: Instant,
+    /// Requests with their whole body go here instead of the pipe (HTTP workers).
+    lane: Option<Arc<dyn DirectLane>>,
 }
 
 /// What ended a worker connection's reading side.
@@ -117,7 +138,14 @@ impl WorkerConn {
             recycle_after,
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
+            lane: None,
         }
+    }
+
+    /// Serves requests whose body is complete through `lane` instead of the pipe.
+    pub fn with_lane(mut self, lane: Arc<dyn DirectLane>) -> Self {
+        self.lane = Some(lane);
+        self
     }
 
     /// Requests given to this worker so far.
@@ -199,6 +227,8 @@ impl WorkerConn {
     /// Opens a stream for `job` and queues its REQUEST frame. Called by the pool, which has
     /// checked `has_room`.
     pub fn open_stream(self: &Arc<Self>, job: &Job) -> StreamId {
+        let lane = self.lane.as_ref().filter(|_| job.end);
+        let window = lane.map(|_| Arc::new(Notify::new()));
         let mut streams = self.streams.lock();
         let id = streams.allocate_id();
         streams.open.insert(
@@ -206,6 +236,9 @@ impl WorkerConn {
             StreamEntry {
                 state: StreamState::opened(id, self.initial_window, job.inline_len, job.end),
                 events: job.events.clone(),
+                lane: window
+                    .clone()
+                    .map(|window| LaneStream { task: None, window }),
             },
         );
         drop(streams);
@@ -216,6 +249,19 @@ impl WorkerConn {
             pool.checkup.notify_one();
         }
         self.touch();
+        if let (Some(lane), Some(window)) = (lane, window) {
+            // Assigned first: the lane's frames become events that must follow it.
+            let _ = job.events.send(Event::Assigned {
+                worker: self.clone(),
+                id,
+            });
+            let task = lane.start(self.clone(), id, job, window);
+            // Unless already over (answered, or aborted by the client): nothing to stop.
+            if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
+                l.task = Some(task);
+            }
+            return id;
+        }
         self.push_out(|out| {
             let start = out.len();
             out.extend_from_slice(&job.head);
@@ -227,6 +273,15 @@ impl WorkerConn {
             id,
         });
         id
+    }
+
+    /// The response-body credit stream `id` has left (`None`: the stream is gone).
+    pub fn response_window(&self, id: StreamId) -> Option<u32> {
+        let streams = self.streams.lock();
+        streams
+            .open
+            .get(&id)
+            .map(|e| e.state.response_window.available())
     }
 
     /// Sends as much of `data` as the stream's window allows (at most one frame's worth) and
@@ -275,6 +330,10 @@ impl WorkerConn {
             return;
         };
         entry.state.response_window.grant(n);
+        if let Some(lane) = &entry.lane {
+            lane.window.notify_one();
+            return;
+        }
         drop(streams);
         self.push_out(|out| {
             let _ = keel_proto::encode(&Frame::Window { id, increment: n }, out);
@@ -290,6 +349,15 @@ impl WorkerConn {
         let Some(entry) = streams.open.get_mut(&id) else {
             return;
         };
+        if entry.lane.is_some() {
+            // No worker to tell: its task stops here, the stream closes at once (the
+            // connection to the server closes with the task).
+            entry.stop_lane();
+            streams.close_by_us(id);
+            drop(streams);
+            self.stream_closed();
+            return;
+        }
         entry.state.abort_sent();
         let closed = entry.state.is_closed();
         if closed {
@@ -352,14 +420,41 @@ impl WorkerConn {
                 other => Err(format!("unexpected connection frame {other:?}")),
             };
         }
+        let may_cross = matches!(frame, Frame::Window { .. } | Frame::Abort { .. });
+        if self.stream_frame(frame)? {
+            return Ok(());
+        }
+        if may_cross && self.streams.lock().closed_by_us.contains(&id) {
+            return Ok(()); // crossed the daemon's last frame on the stream
+        }
+        Err(format!("frame for unknown stream {id}"))
+    }
+
+    /// Applies a frame of a stream served by the direct lane, as if its worker had sent it.
+    /// `false`: the stream is over (the client left, the worker was lost, or the frame broke
+    /// the stream's rules, which ends it with an abort): the lane task stops.
+    pub fn lane_frame(self: &Arc<Self>, frame: Frame) -> bool {
+        let id = frame.stream_id();
+        match self.stream_frame(frame) {
+            Ok(applied) => applied,
+            Err(why) => {
+                tracing::error!(pid = self.pid, "HTTP worker adapter, stream {id}: {why}");
+                let entry = self.streams.lock().open.remove(&id);
+                if let Some(entry) = entry {
+                    let _ = entry.events.send(Event::Aborted(AbortCode::Protocol));
+                    self.stream_closed();
+                }
+                false
+            }
+        }
+    }
+
+    /// Applies one frame of an open stream (`Ok(false)`: its stream is not open).
+    fn stream_frame(self: &Arc<Self>, frame: Frame) -> Result<bool, String> {
+        let id = frame.stream_id();
         let mut streams = self.streams.lock();
         let Some(entry) = streams.open.get_mut(&id) else {
-            if matches!(frame, Frame::Window { .. } | Frame::Abort { .. })
-                && streams.closed_by_us.contains(&id)
-            {
-                return Ok(()); // crossed the daemon's last frame on the stream
-            }
-            return Err(format!("frame for unknown stream {id}"));
+            return Ok(false);
         };
         entry
             .state
@@ -380,7 +475,7 @@ impl WorkerConn {
             drop(streams);
             self.stream_closed();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The worker is gone: every open stream learns it, and no stream can be opened again.
@@ -388,6 +483,7 @@ impl WorkerConn {
         self.closed.store(true, Ordering::Release);
         let open = std::mem::take(&mut self.streams.lock().open);
         for (_, entry) in open {
+            entry.stop_lane();
             let _ = entry.events.send(Event::WorkerLost {
                 killed_from_outside,
                 started: entry.state.started,

@@ -10,13 +10,19 @@
 //!   request lost before that goes back to the queue whatever its method;
 //! - after DRAIN, open requests finish and the bridge closes its end; the worker task then
 //!   sends the process SIGTERM and waits for it to exit.
+//!
+//! A request whose body is complete (most of them) skips the pipe: the worker connection
+//! hands it to the bridge's direct lane (`lane.rs`), which runs the same [`forward_one`].
 
 use super::endpoint::{Address, Endpoint};
 use super::forward::{self, ClientView};
+use super::lane::Lane;
 use super::upstream::{self, Lease, RequestBody, ResponseBody, Upstream};
+use crate::dispatch::WorkerConn;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
+use keel_proto::{Frame, StreamId};
 use keel_worker::{HealthCheck, RequestInfo, StartSignal};
 use std::future::Future;
 use std::pin::Pin;
@@ -48,7 +54,7 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// A response body: read whole (small), or streamed from the worker's connection.
-type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
+pub(super) type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
 
 fn small(headers: &http::HeaderMap) -> bool {
     headers
@@ -69,20 +75,27 @@ pub struct BridgeSpec {
     pub pool: Arc<str>,
 }
 
-/// A running bridge: the daemon's end of its protocol pipe, and its task.
+/// A running bridge: the daemon's end of its protocol pipe, its task, and its direct lane.
 pub struct Bridge {
     pub pipe: tokio::io::DuplexStream,
     pub task: tokio::task::JoinHandle<()>,
+    pub lane: Arc<Lane>,
 }
 
 /// Starts the bridge for one HTTP worker process.
 pub fn start(spec: BridgeSpec) -> Bridge {
     let (ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
-    let task = tokio::spawn(run(spec, theirs));
-    Bridge { pipe: ours, task }
+    let upstream = Upstream::new(spec.endpoint.address.clone(), spec.capacity as usize);
+    let lane = Arc::new(Lane::new(upstream.clone(), spec.pid));
+    let task = tokio::spawn(run(spec, upstream, theirs));
+    Bridge {
+        pipe: ours,
+        task,
+        lane,
+    }
 }
 
-async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {
+async fn run(spec: BridgeSpec, upstream: Arc<Upstream>, pipe: tokio::io::DuplexStream) {
     let BridgeSpec {
         endpoint,
         health_path,
@@ -90,7 +103,6 @@ async fn run(spec: BridgeSpec, pipe: tokio::io::DuplexStream) {
         pid,
         pool,
     } = spec;
-    let upstream = Upstream::new(endpoint.address.clone(), capacity as usize);
     let health_path: Option<Arc<str>> = health_path.map(Into::into);
     while !healthy(&upstream, health_path.as_deref()).await {
         tokio::time::sleep(READY_POLL).await;
@@ -166,8 +178,54 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        Box::pin(forward_one(self.upstream.clone(), self.pid, request))
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let start = Start::Signal(request.extensions_mut().remove::<StartSignal>());
+        let view = request
+            .extensions()
+            .get::<RequestInfo>()
+            .map(|info| ClientView {
+                client: info.client,
+                local: info.local,
+                tls: info.tls,
+            })
+            .unwrap_or_default();
+        Box::pin(forward_one(
+            self.upstream.clone(),
+            self.pid,
+            request,
+            start,
+            view,
+        ))
+    }
+}
+
+/// What is told, right before a request is written to the worker's socket, that it is
+/// (STARTED): a request lost before that goes back to the queue whatever its method.
+pub(super) enum Start {
+    /// Through the protocol pipe (the SDK's signal, when it gave one).
+    Signal(Option<StartSignal>),
+    /// A direct-lane stream: applied to its worker connection at once, the first time.
+    Lane {
+        conn: Arc<WorkerConn>,
+        id: StreamId,
+        sent: bool,
+    },
+}
+
+impl Start {
+    /// `false`: the request's stream is over (it must not be sent).
+    async fn send(&mut self) -> bool {
+        match self {
+            Start::Signal(None) => true,
+            Start::Signal(Some(signal)) => signal.send().await,
+            Start::Lane { conn, id, sent } => {
+                if *sent {
+                    return conn.response_window(*id).is_some();
+                }
+                *sent = true;
+                conn.lane_frame(Frame::Started { id: *id })
+            }
+        }
     }
 }
 
@@ -190,22 +248,14 @@ async fn await_worker_exit(pid: u32) {
 
 /// One request to the worker and its response head back. An `Err` aborts the stream (the
 /// daemon answers 502).
-async fn forward_one(
+pub(super) async fn forward_one(
     upstream: Arc<Upstream>,
     pid: u32,
     request: Request<RequestBody>,
+    mut start: Start,
+    view: ClientView,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (mut parts, body) = request.into_parts();
-    let start = parts.extensions.remove::<StartSignal>();
-    let view = parts
-        .extensions
-        .get::<RequestInfo>()
-        .map(|info| ClientView {
-            client: info.client,
-            local: info.local,
-            tls: info.tls,
-        })
-        .unwrap_or_default();
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
     forward::request_headers(&mut parts.headers, &view, authority.as_deref());
     // Origin-form for an HTTP/1.1 server, whatever the client spoke.
@@ -258,9 +308,7 @@ async fn forward_one(
                 return Err(format!("cannot connect to {}: {e}", upstream.address()).into());
             }
         };
-        if let Some(start) = &start
-            && !start.send().await
-        {
+        if !start.send().await {
             return Err("the request ended before it was sent".into());
         }
         match upstream::drive(&mut driver, sender.try_send_request(request)).await {

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 
 /// How long a worker may stay alive after closing its socket before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Between looks at an HTTP worker's direct-lane requests while its drain finishes them.
+const LANE_DRAIN_POLL: Duration = Duration::from_millis(10);
 /// How long an exited worker's socket is read for the frames it wrote before exiting.
 const EXIT_READ_GRACE: Duration = Duration::from_millis(500);
 
@@ -135,17 +137,18 @@ pub async fn run(
     events: mpsc::UnboundedSender<WorkerEvent>,
     mut control: mpsc::UnboundedReceiver<WorkerControl>,
 ) {
-    let (spawned, socket, bridge) = match origin {
+    let (spawned, socket, bridge, lane) = match origin {
         Origin::Spawned(mut s) => {
             let socket = s.socket.take().map(WorkerLink::Socket);
-            (Ok(s), socket, None)
+            (Ok(s), socket, None, None)
         }
         Origin::Http(s, bridge) => (
             Ok(s),
             Some(WorkerLink::Memory(bridge.pipe)),
             Some(bridge.task),
+            Some(bridge.lane),
         ),
-        Origin::Attached(a) => (Err(a), None, None),
+        Origin::Attached(a) => (Err(a), None, None, None),
     };
     let http = bridge.is_some();
     let _bridge = AbortOnDrop(bridge);
@@ -242,13 +245,17 @@ pub async fn run(
         Some(cap) => hello.capacity.min(cap),
         None => hello.capacity,
     };
-    let conn = Arc::new(WorkerConn::new(
+    let mut conn = WorkerConn::new(
         pid,
         Arc::downgrade(&pool),
         capacity as usize,
         keel_proto::DEFAULT_INITIAL_WINDOW,
         pool.settings.config.recycle.requests,
-    ));
+    );
+    if let Some(lane) = lane {
+        conn = conn.with_lane(lane);
+    }
+    let conn = Arc::new(conn);
     conn.send_control(&Frame::Welcome(Welcome {
         version: keel_proto::PROTOCOL_VERSION,
         max_payload: decoder.max_payload(),
@@ -290,6 +297,11 @@ pub async fn run(
                     ReadEnd::Eof | ReadEnd::Io(_) if http => {
                         let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + EXIT_GRACE);
                         if drain_deadline.is_some() {
+                            // The pipe's requests are done; those of the direct lane may
+                            // not be yet.
+                            while conn.in_flight() > 0 && Instant::now() < deadline {
+                                tokio::time::sleep(LANE_DRAIN_POLL).await;
+                            }
                             terminate(pid);
                         } else {
                             killed_for_fault = Some("its HTTP adapter stopped".into());
