@@ -16,12 +16,14 @@ use super::forward::ClientView;
 use super::upstream::{RequestBody, Upstream};
 use crate::dispatch::{DirectLane, Job, WorkerConn};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either};
 use keel_proto::{
     AbortCode, CachePolicy, Decoder, Frame, HttpVersion, RequestHead, ResponseHead, StreamId,
 };
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -61,7 +63,24 @@ impl DirectLane for Lane {
             Ok(Some(Frame::Request(head))) => Some(head),
             _ => None,
         };
-        let task = serve(self.upstream.clone(), self.pid, conn, id, head, window);
+        let served = serve(
+            self.upstream.clone(),
+            self.pid,
+            conn.clone(),
+            id,
+            head,
+            window,
+        );
+        let task = async move {
+            // A panic ends the stream (502), not the slot: as for a protocol worker's handler.
+            if AssertUnwindSafe(served).catch_unwind().await.is_err() {
+                tracing::error!(id, "HTTP worker adapter panicked; aborting the stream");
+                conn.lane_frame(Frame::Abort {
+                    id,
+                    code: AbortCode::HandlerFailed,
+                });
+            }
+        };
         tokio::spawn(task).abort_handle()
     }
 }

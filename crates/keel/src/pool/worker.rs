@@ -298,11 +298,20 @@ pub async fn run(
                         let deadline = drain_deadline.unwrap_or_else(|| Instant::now() + EXIT_GRACE);
                         if drain_deadline.is_some() {
                             // The pipe's requests are done; those of the direct lane may
-                            // not be yet.
-                            while conn.in_flight() > 0 && Instant::now() < deadline {
-                                tokio::time::sleep(LANE_DRAIN_POLL).await;
+                            // not be yet (unless the process is gone meanwhile).
+                            let lane_done = async {
+                                while conn.in_flight() > 0 {
+                                    tokio::time::sleep(LANE_DRAIN_POLL).await;
+                                }
+                            };
+                            let exited = tokio::select! {
+                                _ = lane_done => false,
+                                _ = tokio::time::sleep_until(deadline.into()) => false,
+                                _ = exit.wait() => true,
+                            };
+                            if !exited {
+                                terminate(pid);
                             }
-                            terminate(pid);
                         } else {
                             killed_for_fault = Some("its HTTP adapter stopped".into());
                             kill_group(pid);
