@@ -18,11 +18,9 @@ use crate::dispatch::{DirectLane, Job, WorkerConn};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either};
-use keel_proto::{
-    AbortCode, CachePolicy, Decoder, Frame, HttpVersion, RequestHead, ResponseHead, StreamId,
-};
+use keel_proto::{AbortCode, CachePolicy, Decoder, Frame, RequestHead, ResponseHead, StreamId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -75,10 +73,7 @@ impl DirectLane for Lane {
             // A panic ends the stream (502), not the slot: as for a protocol worker's handler.
             if AssertUnwindSafe(served).catch_unwind().await.is_err() {
                 tracing::error!(id, "HTTP worker adapter panicked; aborting the stream");
-                conn.lane_frame(Frame::Abort {
-                    id,
-                    code: AbortCode::HandlerFailed,
-                });
+                fail(&conn, id);
             }
         };
         tokio::spawn(task).abort_handle()
@@ -98,10 +93,7 @@ async fn serve(
             pid,
             "HTTP worker adapter: a queued request that does not decode"
         );
-        conn.lane_frame(Frame::Abort {
-            id,
-            code: AbortCode::HandlerFailed,
-        });
+        fail(&conn, id);
         return;
     };
     let view = ClientView {
@@ -112,10 +104,9 @@ async fn serve(
     let Some(request) = to_request(head) else {
         // The daemon let through something the http crate refuses (as the SDK answers).
         tracing::warn!(pid, id, "request refused before the HTTP worker");
-        let bad = Response::new(Either::Left(http_body_util::Full::new(Bytes::from_static(
+        let mut bad = Response::new(Either::Left(http_body_util::Full::new(Bytes::from_static(
             b"bad request",
         ))));
-        let mut bad = bad;
         *bad.status_mut() = StatusCode::BAD_REQUEST;
         respond(&conn, id, bad, &window).await;
         return;
@@ -129,16 +120,22 @@ async fn serve(
         Ok(response) => respond(&conn, id, response, &window).await,
         Err(error) => {
             tracing::warn!(pid, id, %error, "HTTP worker request failed; aborting the stream");
-            conn.lane_frame(Frame::Abort {
-                id,
-                code: AbortCode::HandlerFailed,
-            });
+            fail(&conn, id);
         }
     }
 }
 
-/// The request as hyper sends it, from the REQUEST frame (`None`: the http crate refuses
-/// one of its parts).
+/// Ends the stream as a failed handler's would: the daemon answers 502.
+fn fail(conn: &Arc<WorkerConn>, id: StreamId) {
+    conn.lane_frame(Frame::Abort {
+        id,
+        code: AbortCode::HandlerFailed,
+    });
+}
+
+/// The request for [`forward_one`], from the REQUEST frame (`None`: the http crate refuses
+/// one of its parts). Its version is left alone: `forward_one` speaks HTTP/1.1 whatever the
+/// client spoke.
 fn to_request(head: RequestHead) -> Option<Request<RequestBody>> {
     let mut headers = HeaderMap::with_capacity(head.headers.len());
     for (name, value) in head.headers {
@@ -149,12 +146,6 @@ fn to_request(head: RequestHead) -> Option<Request<RequestBody>> {
     let mut request = Request::new(RequestBody::from(head.body));
     *request.method_mut() = Method::from_bytes(&head.method).ok()?;
     *request.uri_mut() = Uri::from_maybe_shared(head.target).ok()?;
-    *request.version_mut() = match head.version {
-        HttpVersion::Http10 => Version::HTTP_10,
-        HttpVersion::Http11 => Version::HTTP_11,
-        HttpVersion::Http2 => Version::HTTP_2,
-        HttpVersion::Http3 => Version::HTTP_3,
-    };
     *request.headers_mut() = headers;
     Some(request)
 }
@@ -174,10 +165,7 @@ async fn respond(
             id,
             "HTTP worker answered 101 to a request that did not ask to upgrade"
         );
-        conn.lane_frame(Frame::Abort {
-            id,
-            code: AbortCode::HandlerFailed,
-        });
+        fail(conn, id);
         return;
     }
     let mut head = ResponseHead {
@@ -226,10 +214,7 @@ async fn respond(
                     }
                     Some(Err(error)) => {
                         tracing::warn!(id, %error, "HTTP worker response broke off");
-                        conn.lane_frame(Frame::Abort {
-                            id,
-                            code: AbortCode::HandlerFailed,
-                        });
+                        fail(conn, id);
                         return;
                     }
                 }
