@@ -93,11 +93,13 @@ pub fn check<B>(req: &http::Request<B>, limits: &RequestLimits) -> Result<String
         "Bad Request (Invalid URL)\n",
     );
     let canonical = crate::static_files::canonical_path(parts.uri.path()).map_err(|_| bad_url)?;
-    let segments = canonical.split('/').filter(|s| !s.is_empty());
+    let segments = canonical.as_bytes().split(|&b| b == b'/');
     let mut count = 0;
-    for seg in segments {
+    for seg in segments.filter(|s| !s.is_empty()) {
         count += 1;
-        if count > limits.max_segments || seg.chars().count() > limits.max_segment_chars {
+        // Characters, not bytes: a byte that does not start a UTF-8 character continues one.
+        let chars = seg.iter().filter(|&&b| (b as i8) >= -0x40).count();
+        if count > limits.max_segments || chars > limits.max_segment_chars {
             return Err(bad_url);
         }
     }
@@ -290,6 +292,10 @@ mod tests {
         let long_seg = format!("/{}", "s".repeat(limits.max_segment_chars + 1));
         let many_segs = "/s".repeat(limits.max_segments + 1);
         let ok_segs = "/s".repeat(limits.max_segments);
+        // A segment's limit counts characters: two bytes each here.
+        let wide_seg = format!("/{}", "%C3%A9".repeat(limits.max_segment_chars));
+        let wide_seg_decoded = format!("/{}", "é".repeat(limits.max_segment_chars));
+        let too_wide_seg = format!("/{}", "%C3%A9".repeat(limits.max_segment_chars + 1));
         let cases: Vec<Case<'_>> = vec![
             ("GET", "/", vec![], Ok("/")),
             ("GET", "/a/./b/../c//d", vec![], Ok("/a/c/d")),
@@ -300,6 +306,8 @@ mod tests {
             ("GET", "/a/..", vec![], Ok("/")),
             ("OPTIONS", "*", vec![], Ok("*")),
             ("GET", "/..", vec![], Err((400, "URL"))),
+            ("GET", &wide_seg, vec![], Ok(&wide_seg_decoded)),
+            ("GET", &too_wide_seg, vec![], Err((400, "URL"))),
             ("GET", "/a/../..", vec![], Err((400, "URL"))),
             ("GET", "/%2e%2e/etc/passwd", vec![], Err((400, "URL"))),
             ("GET", "/..%2fetc", vec![], Err((400, "URL"))),

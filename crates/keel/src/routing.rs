@@ -11,8 +11,8 @@
 //! so all normalisation (lower-casing, slash trimming, sorting) happens once in
 //! [`RouteTable::new`], and `route` allocates only when the Host header has upper-case letters.
 
+use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// The host part of a binding, one variant per HTTP.sys host category, in precedence order.
@@ -68,8 +68,10 @@ impl RouteError {
 pub struct RouteTable<T> {
     targets: Vec<T>,
     strong: Option<Bucket>,
-    names: HashMap<Box<str>, Bucket>,
-    ips: HashMap<IpAddr, Bucket>,
+    // Fx, not SipHash: the keys come from the config, so a client's Host only looks up and
+    // cannot build collisions.
+    names: FxHashMap<Box<str>, Bucket>,
+    ips: FxHashMap<IpAddr, Bucket>,
     weak: Option<Bucket>,
 }
 
@@ -97,8 +99,8 @@ impl<T> RouteTable<T> {
         let mut table = RouteTable {
             targets: Vec::with_capacity(entries.len()),
             strong: None,
-            names: HashMap::new(),
-            ips: HashMap::new(),
+            names: FxHashMap::default(),
+            ips: FxHashMap::default(),
             weak: None,
         };
         for entry in entries {
@@ -237,13 +239,16 @@ fn normalize_name(name: &str) -> String {
 /// removed, ASCII lower-cased (borrowed unless it had upper-case letters). `[v6]:port` keeps
 /// its brackets, since explicit-host bindings hold IPv6 literals in that form.
 fn host_key(header: &str) -> Cow<'_, str> {
+    // Byte searches: a Host is a few bytes, where `str::find`'s searcher costs more than
+    // the search.
+    let at = |byte: u8| header.bytes().position(|b| b == byte);
     let host = if header.starts_with('[') {
-        match header.find(']') {
+        match at(b']') {
             Some(end) => &header[..=end],
             None => header,
         }
     } else {
-        match header.find(':') {
+        match at(b':') {
             Some(colon) => &header[..colon],
             None => header,
         }

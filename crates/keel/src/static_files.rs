@@ -85,10 +85,10 @@ fn is_canonical(raw: &str) -> bool {
     {
         return false;
     }
-    let mut segments = rest.split('/').peekable();
+    let mut segments = rest.as_bytes().split(|&b| b == b'/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
-        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+        if seg == b"." || seg == b".." || (seg.is_empty() && !last) {
             return false;
         }
     }

@@ -260,7 +260,8 @@ struct SiteCounters {
 
 #[derive(Default)]
 struct Counters {
-    sites: RwLock<HashMap<Arc<str>, Arc<SiteCounters>>>,
+    // Fx, not SipHash: site names come from the config.
+    sites: RwLock<rustc_hash::FxHashMap<Arc<str>, Arc<SiteCounters>>>,
 }
 
 impl Counters {
@@ -445,7 +446,9 @@ impl Cache {
         let mut s = String::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
         s.push_str(scheme);
         s.push_str("://");
-        s.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        let at = s.len();
+        s.push_str(host);
+        s[at..].make_ascii_lowercase();
         s.push_str(path_and_query);
         s.into()
     }

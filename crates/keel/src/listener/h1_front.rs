@@ -39,7 +39,7 @@ use super::conn_clock::{ConnClock, SendFile};
 use super::h1_writer::write_response;
 use crate::log::Reason;
 use crate::request_path::{ConnContext, FrontAnswer, answer_in_front, serve_logged_routed};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Version};
 use std::io;
 use std::pin::Pin;
@@ -82,6 +82,8 @@ where
 {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(OUT_KEPT);
+    // An answered head's field map, emptied, for the next head to fill.
+    let mut spare_fields = http::HeaderMap::new();
     let expired = clock.expired();
     tokio::pin!(expired);
     // The daemon's drain closes a connection between requests (as hyper's graceful
@@ -89,13 +91,18 @@ where
     let drain = super::IDLE_CLOSE.notified();
     tokio::pin!(drain);
     drain.as_mut().enable();
+    // Every `select!` here is `biased` with the socket first: a read or write that is ready
+    // returns without polling the timers (and no random branch order is drawn per request).
+    // The timers are still looked at whenever the socket is not ready, so a connection that
+    // stalls is still timed out.
     loop {
         // Every complete head already read: answered in turn, or handed over.
         while !buf.is_empty() {
-            let (req, len, asked_close) = match parse(&buf) {
+            let (mut req, head, asked_close) = match parse(&mut buf, &mut spare_fields) {
                 Parsed::Partial if buf.len() < MAX_BUFFERED => break,
                 Parsed::Partial | Parsed::NotOurs => return Front::HandOff(buf),
-                Parsed::Request(req, len, asked_close) => (req, len, asked_close),
+                Parsed::Refused(head) => return Front::HandOff(rejoin(&head, buf)),
+                Parsed::Request(req, head, asked_close) => (req, head, asked_close),
             };
             let close = asked_close || super::draining();
             let http10 = req.version() == Version::HTTP_10;
@@ -108,11 +115,11 @@ where
             if http10 {
                 if matches!(answered, FrontAnswer::Serve(_)) {
                     // Nothing was answered or counted: hyper serves it from its head.
-                    return Front::HandOff(buf);
+                    return Front::HandOff(rejoin(&head, buf));
                 }
                 as_http10(&mut out, !close);
             }
-            buf.advance(len);
+            drop(head);
             let file = match answered {
                 FrontAnswer::Serve(routed) => {
                     let head_only = req.method() == Method::HEAD;
@@ -123,6 +130,7 @@ where
                     // request are kept for later.
                     let resp = loop {
                         tokio::select! {
+                            biased;
                             resp = &mut served => break resp,
                             read = io.read_buf(&mut buf), if buf.len() < MAX_BUFFERED => {
                                 if matches!(read, Ok(0) | Err(_)) {
@@ -137,6 +145,7 @@ where
                         return Front::Closed;
                     };
                     tokio::select! {
+                        biased;
                         written = write_response(io, resp, head_only, close, &mut out) => {
                             if !matches!(written, Ok(true)) {
                                 let _ = io.shutdown().await;
@@ -160,10 +169,15 @@ where
                     log,
                 } => Some((file, offset, len, log)),
             };
+            // The field map's room is kept for the next head.
+            spare_fields = std::mem::take(req.headers_mut());
+            spare_fields.clear();
+            drop(req);
             if file.is_some() {
                 io.cork(true);
             }
             tokio::select! {
+                biased;
                 written = io.write_all(&out) => if written.is_err() {
                     return Front::Closed;
                 },
@@ -171,6 +185,7 @@ where
             }
             if let Some((file, offset, len, log)) = file {
                 tokio::select! {
+                    biased;
                     sent = io.send_file(&file, offset, len) => if let Err(e) = sent {
                         // The client went away, or the file shrank under its
                         // Content-Length: the answer is cut, as under hyper.
@@ -203,6 +218,7 @@ where
             return Front::Closed;
         }
         tokio::select! {
+            biased;
             read = io.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) if buf.is_empty() => return Front::Closed,
                 // A head cut short by EOF, or a read error: hyper reports it as it would.
@@ -221,92 +237,124 @@ where
 enum Parsed {
     /// More bytes are needed to see the whole head.
     Partial,
-    /// A head this path leaves to hyper.
+    /// A head this path leaves to hyper (the buffer is as it was).
     NotOurs,
-    /// A GET or HEAD without a body, the head's length, and whether the client asked for
-    /// the connection to close after the answer (`Connection: close`).
-    Request(Request<()>, usize, bool),
+    /// A head this path leaves to hyper, found out after it was taken off the buffer: it
+    /// goes back in front of the rest ([`rejoin`]).
+    Refused(Bytes),
+    /// A GET or HEAD without a body, its head (taken off the buffer; the request's target
+    /// and field values are slices of it), and whether the client asked for the connection
+    /// to close after the answer (`Connection: close`).
+    Request(Request<()>, Bytes, bool),
+}
+
+/// Where one field of a head lies in it.
+#[derive(Clone, Copy, Default)]
+struct FieldAt {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 /// Reads the head at the start of `buf`, if it is one this path may answer: HTTP/1.1, GET
 /// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
-/// an expectation, or a connection option other than `keep-alive` or `close`.
-fn parse(buf: &[u8]) -> Parsed {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut head = httparse::Request::new(&mut fields);
-    let len = match head.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::NotOurs,
-    };
-    let method = match head.method {
-        Some("GET") => Method::GET,
-        Some("HEAD") => Method::HEAD,
-        _ => return Parsed::NotOurs,
-    };
-    let (Some(minor @ (0 | 1)), Some(target)) = (head.version, head.path) else {
-        return Parsed::NotOurs;
-    };
-    if !target.starts_with('/') {
-        return Parsed::NotOurs;
-    }
-    // One copy of the head; the target and the field values are slices of it.
-    let copy = bytes::Bytes::copy_from_slice(&buf[..len]);
-    let shared = |part: &[u8]| {
-        if part.is_empty() {
-            return bytes::Bytes::new();
-        }
-        let at = part.as_ptr() as usize - buf.as_ptr() as usize;
-        copy.slice(at..at + part.len())
-    };
-    let Ok(uri) = http::Uri::from_maybe_shared(shared(target.as_bytes())) else {
-        return Parsed::NotOurs;
-    };
-    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
-    let (mut hosts, mut close, mut keep_alive) = (0, false, false);
-    for field in head.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("connection") {
-            let value = field.value.trim_ascii();
-            if value.eq_ignore_ascii_case(b"close") {
-                close = true;
-            } else if value.eq_ignore_ascii_case(b"keep-alive") {
-                keep_alive = true;
-            } else {
-                return Parsed::NotOurs;
-            }
-        }
-        let leaves_it = name.eq_ignore_ascii_case("content-length")
-            || name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
-            || name.eq_ignore_ascii_case("expect");
-        if leaves_it {
-            return Parsed::NotOurs;
-        }
-        hosts += usize::from(name.eq_ignore_ascii_case("host"));
-        let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_maybe_shared(shared(field.value)),
-        ) else {
+/// an expectation, or a connection option other than `keep-alive` or `close`. Such a head
+/// is taken off `buf` without a copy; `fields` (empty, its room kept from an earlier head)
+/// becomes the request's field map.
+fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
+    // First the rules, on httparse's view of the buffer; only offsets survive it.
+    let mut raw = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut at = [FieldAt::default(); MAX_FIELDS];
+    let (len, method, minor, target, count, close) = {
+        let mut head = httparse::Request::new(&mut raw);
+        let len = match head.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::NotOurs,
+        };
+        let method = match head.method {
+            Some("GET") => Method::GET,
+            Some("HEAD") => Method::HEAD,
+            _ => return Parsed::NotOurs,
+        };
+        let (Some(minor @ (0 | 1)), Some(target)) = (head.version, head.path) else {
             return Parsed::NotOurs;
         };
+        if !target.starts_with('/') {
+            return Parsed::NotOurs;
+        }
+        let offset = |part: &[u8]| {
+            let from = part.as_ptr() as usize - buf.as_ptr() as usize;
+            (from, from + part.len())
+        };
+        let (mut hosts, mut close, mut keep_alive) = (0, false, false);
+        for (field, at) in head.headers.iter().zip(at.iter_mut()) {
+            let name = field.name;
+            if name.eq_ignore_ascii_case("connection") {
+                let value = field.value.trim_ascii();
+                if value.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else {
+                    return Parsed::NotOurs;
+                }
+            }
+            let leaves_it = name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect");
+            if leaves_it {
+                return Parsed::NotOurs;
+            }
+            hosts += usize::from(name.eq_ignore_ascii_case("host"));
+            *at = FieldAt {
+                name: offset(name.as_bytes()),
+                value: offset(field.value),
+            };
+        }
+        if hosts != 1 {
+            return Parsed::NotOurs;
+        }
+        // HTTP/1.0 keeps a connection only when asked to.
+        let close = close || (minor == 0 && !keep_alive);
+        let target = offset(target.as_bytes());
+        (len, method, minor, target, head.headers.len(), close)
+    };
+    let head = buf.split_to(len).freeze();
+    let part = |(from, to): (usize, usize)| head.slice(from..to);
+    let Ok(uri) = http::Uri::from_maybe_shared(part(target)) else {
+        return Parsed::Refused(head);
+    };
+    let mut headers = std::mem::take(fields);
+    headers.reserve(count);
+    for at in &at[..count] {
+        let name = &head[at.name.0..at.name.1];
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_maybe_shared(part(at.value)),
+        ) else {
+            return Parsed::Refused(head);
+        };
         headers.append(name, value);
-    }
-    if hosts != 1 {
-        return Parsed::NotOurs;
     }
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    if minor == 0 {
-        // HTTP/1.0 keeps a connection only when asked to.
-        *req.version_mut() = Version::HTTP_10;
-        close |= !keep_alive;
+    *req.version_mut() = if minor == 0 {
+        Version::HTTP_10
     } else {
-        *req.version_mut() = Version::HTTP_11;
-    }
-    Parsed::Request(req, len, close)
+        Version::HTTP_11
+    };
+    Parsed::Request(req, head, close)
+}
+
+/// A head taken off the buffer, back in front of what followed it (for hyper).
+fn rejoin(head: &[u8], rest: BytesMut) -> BytesMut {
+    let mut all = BytesMut::with_capacity(head.len() + rest.len());
+    all.extend_from_slice(head);
+    all.unsplit(rest);
+    all
 }
 
 /// Makes the answer head at the start of `out` (written for HTTP/1.1) an answer to HTTP/1.0,
@@ -393,14 +441,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prepend<S> {
 mod tests {
     use super::*;
 
-    fn parsed(raw: &str) -> Option<Request<()>> {
-        match parse(raw.as_bytes()) {
-            Parsed::Request(req, len, _) => {
-                assert_eq!(len, raw.len());
-                Some(req)
+    /// Parses `raw` (with a byte of the next request after it); the buffer keeps exactly
+    /// what this path does not take.
+    fn parse_all(raw: &[u8]) -> Parsed {
+        let mut buf = BytesMut::from(raw);
+        buf.extend_from_slice(b"G");
+        let parsed = parse(&mut buf, &mut http::HeaderMap::new());
+        match &parsed {
+            Parsed::Request(_, head, _) | Parsed::Refused(head) => {
+                assert_eq!(&head[..], raw);
+                assert_eq!(&buf[..], b"G");
             }
+            Parsed::Partial | Parsed::NotOurs => assert_eq!(&buf[..raw.len()], raw),
+        }
+        parsed
+    }
+
+    fn parsed(raw: &str) -> Option<Request<()>> {
+        match parse_all(raw.as_bytes()) {
+            Parsed::Request(req, _, _) => Some(req),
             Parsed::Partial => panic!("partial: {raw:?}"),
-            Parsed::NotOurs => None,
+            Parsed::NotOurs | Parsed::Refused(_) => None,
         }
     }
 
@@ -411,19 +472,19 @@ mod tests {
         assert_eq!(req.headers()["accept"], "*/*");
         assert!(parsed("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").is_some());
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n";
-        assert!(matches!(parse(raw), Parsed::Request(_, _, true)));
+        assert!(matches!(parse_all(raw), Parsed::Request(_, _, true)));
     }
 
     #[test]
     fn http10_closes_unless_asked_to_keep_alive() {
         let raw = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
-        let Parsed::Request(req, _, close) = parse(raw) else {
+        let Parsed::Request(req, _, close) = parse_all(raw) else {
             panic!("HTTP/1.0 GET not parsed");
         };
         assert_eq!(req.version(), Version::HTTP_10);
         assert!(close);
         let raw = b"HEAD / HTTP/1.0\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n";
-        assert!(matches!(parse(raw), Parsed::Request(_, _, false)));
+        assert!(matches!(parse_all(raw), Parsed::Request(_, _, false)));
     }
 
     #[test]
@@ -463,8 +524,14 @@ mod tests {
             assert!(parsed(raw).is_none(), "{raw:?}");
         }
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            parse_all(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Parsed::Partial
         ));
+    }
+
+    #[test]
+    fn a_head_taken_off_goes_back_in_front() {
+        let all = rejoin(b"GET / HTTP/1.1\r\n\r\n", BytesMut::from(&b"GET /next"[..]));
+        assert_eq!(&all[..], b"GET / HTTP/1.1\r\n\r\nGET /next");
     }
 }
