@@ -25,68 +25,83 @@ pub struct ClientView {
 /// list, as for requests to protocol workers).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed = crate::request_path::connection_listed(headers);
-    let gone: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| crate::request_path::is_hop_by_hop(n) || listed.contains(n))
-        .cloned()
-        .collect();
+    let goes = |n: &HeaderName| crate::request_path::is_hop_by_hop(n) || listed.contains(n);
+    // Most heads have none (the daemon's own encoding already left them out): no list then.
+    if !headers.keys().any(goes) {
+        return;
+    }
+    let gone: Vec<HeaderName> = headers.keys().filter(|n| goes(n)).cloned().collect();
     for name in gone {
         headers.remove(name);
     }
 }
 
-/// Prepares a request's headers for the worker.
+/// Prepares a request's headers for the worker. Each proxy field is either set (`insert`
+/// replaces every copy a client sent) or removed.
 pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Option<&str>) {
     strip_hop_by_hop(headers);
     // The daemon has answered any `Expect: 100-continue` already.
     headers.remove(header::EXPECT);
-    for name in [
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_FORWARDED_HOST,
-        X_FORWARDED_PORT,
-        X_REAL_IP,
-        header::FORWARDED,
-    ] {
-        headers.remove(name);
-    }
     let proto = if view.tls { "https" } else { "http" };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| authority.map(str::to_owned));
+    let host = match headers.get(header::HOST) {
+        Some(h) if h.to_str().is_ok() => Some(h.clone()),
+        _ => authority.and_then(|a| HeaderValue::from_str(a).ok()),
+    };
     // HTTP/2 requests carry `:authority` instead of `Host`; HTTP/1.1 servers want `Host`.
     if !headers.contains_key(header::HOST)
-        && let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(h) = &host
     {
-        headers.insert(header::HOST, h);
+        headers.insert(header::HOST, h.clone());
     }
-    let mut forwarded = Vec::new();
-    if let Some(client) = view.client {
-        let ip = client.ip();
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            headers.insert(X_FORWARDED_FOR, v.clone());
-            headers.insert(X_REAL_IP, v);
+    let mut forwarded = String::with_capacity(96);
+    match view.client.map(|c| c.ip()) {
+        Some(ip) => {
+            let text = ip.to_string();
+            forwarded.push_str("for=");
+            forwarded_node(ip, &text, &mut forwarded);
+            if let Ok(v) = HeaderValue::try_from(text) {
+                headers.insert(X_FORWARDED_FOR, v.clone());
+                headers.insert(X_REAL_IP, v);
+            }
         }
-        forwarded.push(format!("for={}", forwarded_node(ip)));
+        None => {
+            headers.remove(X_FORWARDED_FOR);
+            headers.remove(X_REAL_IP);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(local) = view.local
-        && let Ok(v) = HeaderValue::from_str(&local.port().to_string())
-    {
-        headers.insert(X_FORWARDED_PORT, v);
+    match view.local {
+        Some(local) => {
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from(local.port()));
+        }
+        None => {
+            headers.remove(X_FORWARDED_PORT);
+        }
     }
-    if let Some(h) = host.as_deref()
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        headers.insert(X_FORWARDED_HOST, v);
-        forwarded.push(format!("host={}", quoted(h)));
+    match host {
+        Some(h) => {
+            if let Ok(text) = h.to_str() {
+                if !forwarded.is_empty() {
+                    forwarded.push(';');
+                }
+                forwarded.push_str("host=");
+                quoted(text, &mut forwarded);
+            }
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
     }
-    forwarded.push(format!("proto={proto}"));
-    if let Ok(v) = HeaderValue::from_str(&forwarded.join(";")) {
-        headers.insert(header::FORWARDED, v);
+    if !forwarded.is_empty() {
+        forwarded.push(';');
     }
+    forwarded.push_str("proto=");
+    forwarded.push_str(proto);
+    match HeaderValue::try_from(forwarded) {
+        Ok(v) => headers.insert(header::FORWARDED, v),
+        Err(_) => headers.remove(header::FORWARDED),
+    };
 }
 
 /// Prepares a worker's response headers for the daemon (and so for the client).
@@ -94,20 +109,27 @@ pub fn response_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }
 
-/// RFC 7239 §6: an IPv6 node is quoted and bracketed; IPv4 is a bare token.
-fn forwarded_node(ip: IpAddr) -> String {
+/// RFC 7239 §6: an IPv6 node is quoted and bracketed; IPv4 is a bare token. `text` is
+/// `ip` as text.
+fn forwarded_node(ip: IpAddr, text: &str, out: &mut String) {
+    use std::fmt::Write;
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(_) => out.push_str(text),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("\"[{v6}]\""),
+            Some(v4) => {
+                let _ = write!(out, "{v4}");
+            }
+            None => {
+                out.push_str("\"[");
+                out.push_str(text);
+                out.push_str("]\"");
+            }
         },
     }
 }
 
 /// A quoted-string (RFC 9110 §5.6.4) for `Forwarded` values.
-fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+fn quoted(value: &str, out: &mut String) {
     out.push('"');
     for c in value.chars() {
         if c == '"' || c == '\\' {
@@ -116,7 +138,6 @@ fn quoted(value: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]

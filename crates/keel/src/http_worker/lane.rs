@@ -61,14 +61,16 @@ impl DirectLane for Lane {
             Ok(Some(Frame::Request(head))) => Some(head),
             _ => None,
         };
-        let served = serve(
+        // Boxed: the request's state (its HTTP/1.1 connection's handshake and exchange) is
+        // kilobytes, which the task would otherwise copy when spawned and again when done.
+        let served = Box::pin(serve(
             self.upstream.clone(),
             self.pid,
             conn.clone(),
             id,
             head,
             window,
-        );
+        ));
         let task = async move {
             // A panic ends the stream (502), not the slot: as for a protocol worker's handler.
             if AssertUnwindSafe(served).catch_unwind().await.is_err() {
@@ -137,7 +139,8 @@ fn fail(conn: &Arc<WorkerConn>, id: StreamId) {
 /// one of its parts). Its version is left alone: `forward_one` speaks HTTP/1.1 whatever the
 /// client spoke.
 fn to_request(head: RequestHead) -> Option<Request<RequestBody>> {
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Room for the forwarding fields `forward::request_headers` adds (no regrowth then).
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 6);
     for (name, value) in head.headers {
         let name = HeaderName::from_bytes(&name).ok()?;
         let value = HeaderValue::from_maybe_shared(value).ok()?;
