@@ -327,7 +327,7 @@ impl Exchange {
     fn on_assigned(&mut self, worker: Arc<WorkerConn>, id: StreamId) {
         self.queue_timer = None;
         if let Some(at) = self.submitted.take() {
-            crate::metrics::queue_waited(&self.pool.settings.name, at.elapsed());
+            self.pool.queue_wait.observe(at.elapsed());
         }
         self.phase = Phase::Assigned { worker, id };
     }

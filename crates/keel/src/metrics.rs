@@ -282,12 +282,35 @@ pub fn request_done(site: &Arc<str>, pool: &Arc<str>, status: u16, took: Duratio
         .observe(took.as_secs_f64());
 }
 
-/// A request of `pool` waited `waited` in its queue before a worker took it.
-pub fn queue_waited(pool: &Arc<str>, waited: Duration) {
-    METRICS
-        .queue_wait
-        .get_or_create(&PoolLabels { pool: pool.clone() })
-        .observe(waited.as_secs_f64());
+/// One pool's queue-wait histogram, its series kept (the pool holds it) so that a request
+/// taken from the queue costs an observation instead of a family lookup. The series
+/// appears in the output on its first use.
+pub struct QueueWaitMetric {
+    pool: Arc<str>,
+    series: std::sync::OnceLock<Histogram>,
+}
+
+impl QueueWaitMetric {
+    pub fn new(pool: Arc<str>) -> Self {
+        QueueWaitMetric {
+            pool,
+            series: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A request of the pool waited `waited` in its queue before a worker took it.
+    pub fn observe(&self, waited: Duration) {
+        self.series
+            .get_or_init(|| {
+                METRICS
+                    .queue_wait
+                    .get_or_create(&PoolLabels {
+                        pool: self.pool.clone(),
+                    })
+                    .clone()
+            })
+            .observe(waited.as_secs_f64());
+    }
 }
 
 /// A request ended abnormally with `reason` (an error-log line was written).

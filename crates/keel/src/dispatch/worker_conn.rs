@@ -17,7 +17,8 @@ use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -51,7 +52,8 @@ const CLOSED_BY_US: usize = 256;
 
 #[derive(Default)]
 struct Streams {
-    open: HashMap<StreamId, StreamEntry>,
+    // Fx, not SipHash: the daemon picks the ids; a worker's frame only looks one up.
+    open: FxHashMap<StreamId, StreamEntry>,
     next_id: StreamId,
     /// Streams the daemon's own frame closed (its request END_STREAM after the worker's
     /// response had ended, or its ABORT then): the worker may have sent WINDOW or ABORT for

@@ -251,6 +251,8 @@ impl ConnClock {
             match self.check(Instant::now()) {
                 Err(reason) => return reason,
                 Ok(Some(due)) => tokio::select! {
+                    // Either wakes a look at the clock: no random order to draw.
+                    biased;
                     _ = tokio::time::sleep_until(due) => {}
                     _ = self.changed.notified() => {}
                 },

@@ -151,6 +151,8 @@ pub struct Pool {
     pub figures: Mutex<PoolFigures>,
     /// Set when a reload replaced this pool: new requests go to the successor.
     successor: Mutex<Option<Arc<Pool>>>,
+    /// How long its requests waited in the queue (the metrics series).
+    pub queue_wait: crate::metrics::QueueWaitMetric,
 }
 
 impl Pool {
@@ -158,6 +160,7 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let pool = Arc::new(Pool {
+            queue_wait: crate::metrics::QueueWaitMetric::new(settings.name.clone()),
             inner: Mutex::new(PoolInner {
                 queue: RequestQueue::new(settings.queue_length),
                 ready: Vec::new(),
