@@ -9,8 +9,10 @@
 
     keel_worker.serve(handler)
 
-The connection is an :class:`asyncio.Protocol`, so frames are read in ``data_received``
-(the "read loop"): PING is answered there, never behind application work. Every frame of
+The connection is an :class:`asyncio.BufferedProtocol`: the event loop reads into one
+buffer the connection keeps (no new 256 KiB object per read), and the bytes read are handled
+in ``data_received`` (the "read loop"): PING is answered there, never behind application
+work. Every frame of
 one read is handled in one pass; the STARTED frames of the requests that arrived in it
 leave in one ``write`` (checked to be in the kernel before any handler runs), and the
 frames the handlers produce leave in one more.
@@ -401,9 +403,14 @@ class Exchange:
         self._conn.invalidate(url, prefix)
 
 
-class _Connection(asyncio.Protocol):
+# Bytes one read may take from the socket (as much as asyncio's own reads take).
+READ_BUFFER = 256 * 1024
+
+
+class _Connection(asyncio.BufferedProtocol):
     def __init__(self, worker: Worker, preamble: bytes = b"") -> None:
         self.worker = worker
+        self.rbuf = memoryview(bytearray(READ_BUFFER))  # what the event loop reads into
         self.loop = asyncio.get_running_loop()
         self.preamble = preamble
         self.transport: asyncio.Transport | None = None
@@ -439,6 +446,14 @@ class _Connection(asyncio.Protocol):
         self.queue(self.preamble + p.encode_hello(os.getpid(), w.capacity, w.max_payload,
                                                   w.software))
         self.flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # A copy of just the bytes read: frames are decoded from (and their payloads kept
+        # as) bytes, and the buffer is read into again on the next turn.
+        self.data_received(self.rbuf[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
