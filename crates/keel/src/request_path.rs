@@ -99,8 +99,10 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// The fields a `Connection` header names (`Connection: close, X-Secret`): hop-by-hop as
-/// well, so they are dropped with the rest. Empty (no allocation) without the header.
+/// The fields a `Connection` header names (`Connection: close, X-Secret`) that the head
+/// has: hop-by-hop as well, so they are dropped with the rest. Names that are hop-by-hop
+/// anyway, and the `close` option when no field is called `close`, are left out, so the
+/// common `Connection: close` or `keep-alive` allocates nothing.
 pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
@@ -108,6 +110,7 @@ pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !is_hop_by_hop(name) && headers.contains_key(name))
         .collect()
 }
 

@@ -258,11 +258,14 @@ pub(super) async fn forward_one(
     let (mut parts, body) = request.into_parts();
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
     forward::request_headers(&mut parts.headers, &view, authority.as_deref());
-    // Origin-form for an HTTP/1.1 server, whatever the client spoke.
-    parts.uri = match parts.uri.path_and_query() {
-        Some(pq) => Uri::try_from(pq.as_str())?,
-        None => Uri::from_static("/"),
-    };
+    // Origin-form for an HTTP/1.1 server, whatever the client spoke (most targets are
+    // already).
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) => Uri::try_from(pq.as_str())?,
+            None => Uri::from_static("/"),
+        };
+    }
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
     // A request without a body can be sent again after a keep-alive race.

@@ -24,17 +24,28 @@ pub struct ClientView {
 /// Removes hop-by-hop fields, including those listed in `Connection` (the daemon's own
 /// list, as for requests to protocol workers).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed = crate::request_path::connection_listed(headers);
-    let goes = |n: &HeaderName| crate::request_path::is_hop_by_hop(n) || listed.contains(n);
-    // Most heads have none (the daemon's own encoding already left them out): no list then.
-    if !headers.keys().any(goes) {
+    // Most heads have none (the daemon's own encoding already left them out of requests).
+    if !headers.keys().any(crate::request_path::is_hop_by_hop) {
         return;
     }
-    let gone: Vec<HeaderName> = headers.keys().filter(|n| goes(n)).cloned().collect();
-    for name in gone {
+    for name in crate::request_path::connection_listed(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// The hop-by-hop fields of [`crate::request_path::is_hop_by_hop`], by name.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
 
 /// Prepares a request's headers for the worker. Each proxy field is either set (`insert`
 /// replaces every copy a client sent) or removed.
@@ -236,5 +247,27 @@ mod tests {
         response_headers(&mut r);
         assert!(!r.contains_key("connection"));
         assert_eq!(r["content-type"], "text/plain");
+    }
+
+    #[test]
+    fn connection_options_across_lines_and_a_field_called_close() {
+        let mut r = map(&[
+            ("connection", "Close"),
+            ("connection", " X-Private ,proxy-connection"),
+            ("close", "1"),
+            ("x-private", "2"),
+            ("proxy-connection", "keep-alive"),
+            ("x-public", "3"),
+        ]);
+        response_headers(&mut r);
+        for gone in ["connection", "close", "x-private", "proxy-connection"] {
+            assert!(!r.contains_key(gone), "{gone}");
+        }
+        assert_eq!(r["x-public"], "3");
+        // `close` alone names no field: nothing else goes.
+        let mut r = map(&[("connection", "close"), ("x-public", "3")]);
+        response_headers(&mut r);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r["x-public"], "3");
     }
 }
