@@ -153,7 +153,7 @@ class Exchange:
     def path(self) -> str:
         """The percent-decoded path (UTF-8, undecodable bytes replaced)."""
         raw = self.raw_path
-        if b"%" not in raw:
+        if raw.find(b"%") < 0:
             return raw.decode("utf-8", "replace")
         return urllib.parse.unquote_to_bytes(raw).decode("utf-8", "replace")
 
