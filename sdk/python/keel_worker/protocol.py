@@ -610,11 +610,12 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
         pos += 2
         headers: list[Header] = []
         for _ in range(count):
-            (n,) = u16(b, pos)
+            # Lengths by indexing: struct's unpack_from costs a call and a tuple each.
+            n = b[pos] << 8 | b[pos + 1]
             pos += 2
             name = b[pos:pos + n]
             pos += n
-            (n,) = u16(b, pos)
+            n = b[pos] << 8 | b[pos + 1]
             pos += 2
             value = b[pos:pos + n]
             pos += n
