@@ -86,17 +86,18 @@ pub struct ConnContext {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and never cross
 /// between the client and a worker.
+pub(crate) const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(name)
 }
 
 /// The fields a `Connection` header names (`Connection: close, X-Secret`) that the head

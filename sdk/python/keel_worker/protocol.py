@@ -622,9 +622,7 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
             if name not in good and not _good_token(name):
                 raise ProtocolError(f"REQUEST: header name {name!r} is not a token")
             if value not in good_values:
-                # find(), not `in`: CPython 3.11's bytes `in` first tries the operand as
-                # an integer and builds (then drops) a TypeError every time.
-                if value.find(b"\r") >= 0 or value.find(b"\n") >= 0 or value.find(b"\x00") >= 0:
+                if not check_header_value(value):
                     raise ProtocolError(f"REQUEST: header {name!r} value holds CR, LF or NUL")
                 _remember(good_values, value)
             headers.append((name, value))

@@ -31,21 +31,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in crate::request_path::connection_listed(headers) {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in crate::request_path::HOP_BY_HOP {
         headers.remove(name);
     }
 }
-
-/// The hop-by-hop fields of [`crate::request_path::is_hop_by_hop`], by name.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
 
 /// Prepares a request's headers for the worker. Each proxy field is either set (`insert`
 /// replaces every copy a client sent) or removed.
