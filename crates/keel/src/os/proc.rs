@@ -95,12 +95,18 @@ mod tests {
         assert!(!running(u32::MAX));
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
-        // Not yet reaped: a zombie once it has exited.
+        // Not yet reaped: a zombie once it has exited. `exiting` turns true as exit begins
+        // (PF_EXITING), a moment before the state becomes Z, so the loop waits for the
+        // zombie itself.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !exiting(pid) {
-            assert!(std::time::Instant::now() < deadline, "{pid} never exited");
+        while running(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} never became a zombie"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert!(exiting(pid), "a zombie is exiting");
         assert!(!running(pid), "a zombie does not run");
         child.wait().unwrap();
         assert!(exiting(pid));
