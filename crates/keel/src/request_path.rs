@@ -374,7 +374,8 @@ async fn serve_routed<B: RequestBody>(
     });
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.reserve(head.headers.len());
+    // Room for `x-cache` too, so that its insertion does not grow the map.
+    headers.reserve(head.headers.len() + usize::from(cached.is_some()));
     for (name, value) in head.headers {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&name),
@@ -796,7 +797,7 @@ impl CacheCtx {
         pool: &str,
     ) {
         resp.headers_mut().insert(
-            HeaderName::from_static("x-cache"),
+            crate::cache::X_CACHE,
             HeaderValue::from_static(CacheStatus::Miss.as_str()),
         );
         resp.extensions_mut().insert(CacheStatus::Miss);

@@ -52,6 +52,9 @@ pub enum CacheStatus {
     Collapsed,
 }
 
+/// The response field that tells the client what the cache did ([`CacheStatus::as_str`]).
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
 impl CacheStatus {
     /// The `x-cache` value.
     pub fn as_str(self) -> &'static str {

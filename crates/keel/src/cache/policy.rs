@@ -94,6 +94,14 @@ pub fn decide(
     if resp.contains_key(header::SET_COOKIE) {
         return Err(NoStore::SetCookie);
     }
+    // Nothing could give it a lifetime: most dynamic responses end here, without the
+    // lookups below.
+    if worker == CachePolicy::None
+        && !resp.contains_key(header::CACHE_CONTROL)
+        && !resp.contains_key(header::EXPIRES)
+    {
+        return Err(NoStore::NoLifetime);
+    }
     let cc = directives(resp);
     let has = |name: &str| cc.iter().any(|(n, _)| n == name);
     let arg = |name: &str| cc.iter().find(|(n, _)| n == name).map(|(_, a)| a);

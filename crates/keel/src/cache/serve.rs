@@ -23,7 +23,7 @@ pub fn respond(
     let mut headers = entry.headers.clone();
     let age = entry.age(now).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert("x-cache", HeaderValue::from_static(status.as_str()));
+    headers.insert(super::X_CACHE, HeaderValue::from_static(status.as_str()));
     if status == CacheStatus::Stale {
         // RFC 7234 §5.5.1 / §5.5.2: served stale because the origin failed.
         headers.append(
