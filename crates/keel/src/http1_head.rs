@@ -47,12 +47,40 @@ pub fn put_end(
     close: bool,
     out: &mut BytesMut,
 ) -> Framing {
+    let written = Written {
+        content_length: headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok()),
+        date: headers.contains_key(header::DATE),
+        connection: close && headers.contains_key(header::CONNECTION),
+    };
+    put_end_known(status, written, body_len, head_only, close, out)
+}
+
+/// What the fields written by [`put_start`] already say, for [`put_end_known`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Written {
+    /// Their `Content-Length`, when it parses.
+    pub content_length: Option<u64>,
+    /// They have a `Date`.
+    pub date: bool,
+    /// They have a `Connection` (only looked at when the head is to close).
+    pub connection: bool,
+}
+
+/// [`put_end`] for fields known in advance (a cache entry's, looked at once when stored).
+pub fn put_end_known(
+    status: StatusCode,
+    written: Written,
+    body_len: Option<u64>,
+    head_only: bool,
+    close: bool,
+    out: &mut BytesMut,
+) -> Framing {
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let declared = written.content_length;
     let framing = if no_body {
         Framing::None
     } else if let Some(n) = declared {
@@ -68,12 +96,12 @@ pub fn put_end(
         out.put_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     };
-    if !headers.contains_key(header::DATE) {
+    if !written.date {
         out.put_slice(b"date: ");
         put_date_now(out);
         out.put_slice(b"\r\n");
     }
-    if close && !headers.contains_key(header::CONNECTION) {
+    if close && !written.connection {
         out.put_slice(b"connection: close\r\n");
     }
     out.put_slice(b"\r\n");

@@ -146,7 +146,11 @@ fn both_lengths() -> Refusal {
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; HTTP/1.0 and HTTP/2 at most
 /// one (HTTP/2's `:authority` became a Host field before this).
 fn check_host(parts: &Head<'_>) -> Result<(), Refusal> {
-    let count = parts.headers.get_all(HOST).iter().count();
+    let count = if parts.headers.keys_len() <= SCAN_MAX {
+        parts.headers.iter().filter(|(k, _)| *k == HOST).count()
+    } else {
+        parts.headers.get_all(HOST).iter().count()
+    };
     if count > 1 || (count == 0 && parts.version == Version::HTTP_11) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -157,8 +161,38 @@ fn check_host(parts: &Head<'_>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Field maps with at most this many fields are scanned by [`has_none_of`].
+const SCAN_MAX: usize = 16;
+
+/// Whether `headers` has none of the fields `names`. A request's map is usually small (one
+/// to a dozen fields): comparing its names (standard ones by their index) costs less than
+/// one hashed lookup per name.
+pub fn has_none_of(headers: &http::HeaderMap, names: &[http::HeaderName]) -> bool {
+    if headers.keys_len() <= SCAN_MAX {
+        headers.keys().all(|k| !names.contains(k))
+    } else {
+        names.iter().all(|n| !headers.contains_key(n))
+    }
+}
+
+/// The first value of `name` in `headers` (as `HeaderMap::get`, by a scan for a small map:
+/// see [`has_none_of`]).
+pub fn first_value<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    if headers.keys_len() <= SCAN_MAX {
+        headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
+
 /// RFC 9112 §6.3 and §11.2: one unambiguous body length, or refuse.
 fn check_framing(headers: &http::HeaderMap) -> Result<(), Refusal> {
+    if has_none_of(headers, &[TRANSFER_ENCODING, CONTENT_LENGTH]) {
+        return Ok(());
+    }
     let bad = |message| refuse(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
     let te: Vec<&http::HeaderValue> = headers.get_all(TRANSFER_ENCODING).iter().collect();
     if !te.is_empty() {
@@ -208,6 +242,9 @@ pub const BODY_TOO_LARGE: Refusal = refuse(
 /// A declared `Content-Length` past `max` (checked once the site is known: the limit may
 /// be set per site). A body without one is counted as it streams.
 pub fn check_declared_body(headers: &http::HeaderMap, max: u64) -> Result<(), Refusal> {
+    if has_none_of(headers, &[CONTENT_LENGTH]) {
+        return Ok(());
+    }
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -240,6 +277,35 @@ pub fn body_error_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scans for small maps answer as the map's own lookups do, for standard and
+    /// custom names, below and above `SCAN_MAX`.
+    #[test]
+    fn field_scans_agree_with_lookups() {
+        use http::header::{HeaderMap, HeaderName, HeaderValue, RANGE};
+        let custom = HeaderName::from_static("x-custom");
+        let absent = HeaderName::from_static("x-absent");
+        for fields in [0, 1, 5, SCAN_MAX, SCAN_MAX + 1, 40] {
+            let mut map = HeaderMap::new();
+            for i in 0..fields {
+                let name = HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap();
+                map.append(name, HeaderValue::from(i));
+            }
+            map.append(HOST, HeaderValue::from_static("a"));
+            map.append(HOST, HeaderValue::from_static("b"));
+            map.append(custom.clone(), HeaderValue::from_static("c"));
+            for name in [&HOST, &custom, &absent, &RANGE] {
+                assert_eq!(first_value(&map, name), map.get(name), "{fields} {name}");
+                assert_eq!(
+                    has_none_of(&map, std::slice::from_ref(name)),
+                    !map.contains_key(name),
+                    "{fields} {name}"
+                );
+            }
+            assert!(has_none_of(&map, &[RANGE, absent.clone()]));
+            assert!(!has_none_of(&map, &[RANGE, custom.clone()]));
+        }
+    }
 
     fn head(
         method: &str,

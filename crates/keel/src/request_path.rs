@@ -14,6 +14,7 @@ use crate::dispatch::Job;
 use crate::exchange::{BodyLimits, Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{AccessLog, AccessRecord, CacheMark, ErrorLog, Reason};
 use crate::pool::Pool;
+use crate::request_check::first_value;
 use crate::routing::{RouteError, RouteTable};
 use crate::static_files::{FileStream, StaticBody, StaticRoot};
 use bytes::{Bytes, BytesMut};
@@ -567,7 +568,7 @@ fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
     let host = req
         .uri()
         .host()
-        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+        .or_else(|| first_value(req.headers(), &header::HOST)?.to_str().ok())
         .unwrap_or("");
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     Cache::url(if tls { "https" } else { "http" }, host, pq)
@@ -908,7 +909,7 @@ fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted>
     let host = req
         .uri()
         .host()
-        .or_else(|| req.headers().get(header::HOST)?.to_str().ok());
+        .or_else(|| first_value(req.headers(), &header::HOST)?.to_str().ok());
     let table = conn.routes.read().clone();
     let target = table
         .route(conn.local.ip(), host, &path)

@@ -130,6 +130,8 @@ pub struct Entry {
     /// without the blank line): what a plain hit writes before `Age`, `x-cache`,
     /// `Content-Length` and `Date`.
     pub prepared: Bytes,
+    /// What `headers` say about the end of the head (`http1_head::put_end_known`).
+    pub prepared_says: crate::http1_head::Written,
     pub body: Bytes,
     pub etag: Option<HeaderValue>,
     pub last_modified: Option<SystemTime>,
@@ -711,9 +713,18 @@ impl Cache {
             ENTRY_OVERHEAD + header_bytes + prepared.len() + body.len() + variant_bytes,
         )
         .unwrap_or(u32::MAX);
+        let prepared_says = crate::http1_head::Written {
+            content_length: c
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            date: c.headers.contains_key(header::DATE),
+            connection: c.headers.contains_key(header::CONNECTION),
+        };
         let entry = Arc::new(Entry {
             status: c.status,
             prepared,
+            prepared_says,
             etag: c.headers.get(header::ETAG).cloned(),
             last_modified: c
                 .headers

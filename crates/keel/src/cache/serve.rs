@@ -5,9 +5,10 @@
 
 use super::{CacheStatus, Entry};
 use crate::http1_head;
+use crate::request_check::has_none_of;
 use crate::request_path::ResponseBody;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use std::time::{Instant, SystemTime};
 
@@ -204,29 +205,47 @@ pub fn write_http1(
     now: Instant,
     out: &mut BytesMut,
 ) -> Written {
+    const CONDITIONAL: [HeaderName; 3] = [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::RANGE,
+    ];
     let head_only = *method == Method::HEAD;
-    let plain = !req.contains_key(header::IF_NONE_MATCH)
-        && !req.contains_key(header::IF_MODIFIED_SINCE)
-        && !req.contains_key(header::RANGE);
-    let answer;
-    let (status, headers, body) = if plain {
+    let (status, body, framing) = if has_none_of(req, &CONDITIONAL) {
         out.reserve(entry.prepared.len() + 160 + entry.body.len());
         out.put_slice(&entry.prepared);
         out.put_slice(b"age: ");
         http1_head::put_decimal(entry.age(now).as_secs(), out);
         out.put_slice(b"\r\nx-cache: HIT\r\n");
-        (entry.status, &entry.headers, Some(entry.body.clone()))
+        let len = entry.body.len() as u64;
+        let framing = http1_head::put_end_known(
+            entry.status,
+            entry.prepared_says,
+            Some(len),
+            head_only,
+            close,
+            out,
+        );
+        (entry.status, Some(entry.body.clone()), framing)
     } else {
-        answer = respond(entry, method, req, CacheStatus::Hit);
+        let answer = respond(entry, method, req, CacheStatus::Hit);
         http1_head::put_start(answer.status(), answer.headers(), out);
         let body = match answer.body() {
             ResponseBody::Full(b) => b.clone(),
             _ => None,
         };
-        (answer.status(), answer.headers(), body)
+        let len = body.as_ref().map_or(0, Bytes::len) as u64;
+        let framing = http1_head::put_end(
+            answer.status(),
+            answer.headers(),
+            Some(len),
+            head_only,
+            close,
+            out,
+        );
+        (answer.status(), body, framing)
     };
     let len = body.as_ref().map_or(0, Bytes::len) as u64;
-    let framing = http1_head::put_end(status, headers, Some(len), head_only, close, out);
     let body_bytes = match (framing, body) {
         (http1_head::Framing::Length(_), Some(b)) if !head_only => {
             out.put_slice(&b);
