@@ -556,6 +556,13 @@ _GOOD_VALUES: set[bytes] = set()
 _GOOD_TARGETS: set[bytes] = set()
 _GOOD_MAX_LEN: Final = 256
 
+# Header blocks (the field count and the fields, when they end the payload: no inline body)
+# already decoded and checked: a client sends the same fields, byte for byte, with each of
+# its requests. Bounded in count and in the length of a block.
+_HEADER_BLOCKS: dict[bytes, tuple[Header, ...]] = {}
+_HEADER_BLOCKS_MAX: Final = 1024
+_HEADER_BLOCK_MAX_LEN: Final = 4096
+
 
 def _remember(good: set[bytes], b: bytes) -> None:
     if len(b) <= _GOOD_MAX_LEN:
@@ -606,9 +613,16 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
             pos += n
         if not n:
             raise ProtocolError("REQUEST: bad address family")
-        (count,) = u16(b, pos)
-        pos += 2
-        headers: list[Header] = []
+        block = b[pos:] if len(b) - pos <= _HEADER_BLOCK_MAX_LEN else None
+        known = _HEADER_BLOCKS.get(block) if block is not None else None
+        if known is not None:
+            headers: list[Header] = list(known)
+            count = 0
+            pos = len(b)
+        else:
+            (count,) = u16(b, pos)
+            pos += 2
+            headers = []
         for _ in range(count):
             # Lengths by indexing: struct's unpack_from costs a call and a tuple each.
             n = b[pos] << 8 | b[pos + 1]
@@ -630,6 +644,10 @@ def decode_request_payload(stream_id: int, flags: int, b: bytes) -> Request:
         raise ProtocolError("REQUEST: payload too short") from None
     if pos > len(b):
         raise ProtocolError("REQUEST: payload too short")
+    if count and pos == len(b) and block is not None:
+        if len(_HEADER_BLOCKS) >= _HEADER_BLOCKS_MAX:
+            _HEADER_BLOCKS.clear()
+        _HEADER_BLOCKS[block] = tuple(headers)
     if http_version not in _HTTP_VERSIONS:
         raise ProtocolError(f"REQUEST: bad http_version {http_version}")
     if method not in good and not _good_token(method):

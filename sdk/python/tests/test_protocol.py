@@ -185,6 +185,34 @@ class Codec(unittest.TestCase):
         with self.assertRaisesRegex(ProtocolError, "family"):
             p.decode_request(one(bytes(bad)))
 
+    def test_repeated_header_blocks(self) -> None:
+        """A client's repeated fields are decoded from the remembered block: the same
+        headers (a list of its own each time), the body never taken for fields, and a bad
+        block refused every time."""
+        fields = [(b"host", b"h.example"), (b"accept", b"*/*"), (b"cookie", b"a=1")]
+        first = p.decode_request(one(p.encode_request(1, b"GET", b"/", headers=fields)))
+        again = p.decode_request(one(p.encode_request(3, b"HEAD", b"/x", headers=fields)))
+        self.assertEqual((first.headers, again.headers), (fields, fields))
+        self.assertIsNot(first.headers, again.headers)
+        again.headers.append((b"x", b"y"))
+        self.assertEqual(p.decode_request(one(p.encode_request(
+            5, b"GET", b"/", headers=fields))).headers, fields)
+        # The same fields with an inline body: the body stays the body.
+        with_body = p.decode_request(one(p.encode_request(
+            7, b"POST", b"/", headers=fields, body=b"abc")))
+        self.assertEqual((with_body.headers, with_body.body), (fields, b"abc"))
+        # A body that looks like a remembered block is still a body.
+        encoded = p.encode_request(9, b"GET", b"/", headers=fields)
+        block = encoded[encoded.index(b"\x00\x03\x00\x04host"):]
+        tricky = p.decode_request(one(p.encode_request(
+            11, b"POST", b"/", headers=[(b"a", b"b")], body=block)))
+        self.assertEqual((tricky.headers, tricky.body), ([(b"a", b"b")], block))
+        raw = bytearray(p.encode_request(13, b"GET", b"/", headers=[(b"a", b"bad")]))
+        raw[raw.rindex(b"bad")] = 0x0A
+        for _ in range(2):
+            with self.assertRaisesRegex(ProtocolError, "CR, LF or NUL"):
+                p.decode_request(one(bytes(raw)))
+
     def test_response_rules_for_the_worker(self) -> None:
         for status in (100, 199, 99, 1000):
             with self.assertRaises(ValueError):
