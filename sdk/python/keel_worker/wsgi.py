@@ -148,12 +148,37 @@ def build_environ(ex: Exchange, body: IO[bytes], base: dict[str, Any],
     if remote is not None:
         env["REMOTE_ADDR"], env["REMOTE_PORT"] = remote
     env["wsgi.input"] = body
+    headers = req.headers
+    fields = tuple(headers)
+    header_keys = _HEADER_ENVS.get(fields)
+    if header_keys is None:
+        header_keys = _header_env(headers)
+        if (len(fields) <= _HEADER_ENV_FIELDS
+                and sum(len(n) + len(v) for n, v in fields) <= _HEADER_ENV_BYTES):
+            if len(_HEADER_ENVS) >= _HEADER_ENVS_MAX:
+                _HEADER_ENVS.clear()
+            _HEADER_ENVS[fields] = header_keys
+    env.update(header_keys)
+    return env
+
+
+# A request's fields -> their environ keys: a client sends the same fields with each
+# request. Bounded in entries, and in the fields and bytes of one entry.
+_HEADER_ENVS: dict[tuple[p.Header, ...], dict[str, str]] = {}
+_HEADER_ENVS_MAX = 1024
+_HEADER_ENV_FIELDS = 64
+_HEADER_ENV_BYTES = 4096
+
+
+def _header_env(headers: list[p.Header]) -> dict[str, str]:
+    """The environ keys of request fields: ``HTTP_*`` (repeated fields joined, as a CGI
+    server does, cookies with "; "), ``CONTENT_TYPE`` and ``CONTENT_LENGTH``."""
+    env: dict[str, str] = {}
     keys = _ENV_KEYS
-    for name, value in req.headers:
+    for name, value in headers:
         key = keys.get(name) or _env_key(name)
         v = value.decode("latin-1")
         if key in env and key.startswith("HTTP_"):
-            # Repeated fields are joined, as a CGI server does (cookies with "; ").
             env[key] += ("; " if key == "HTTP_COOKIE" else ",") + v
         else:
             env[key] = v

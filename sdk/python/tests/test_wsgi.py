@@ -224,6 +224,31 @@ class WSGI(unittest.IsolatedAsyncioTestCase):
         d.send(p.encode_drain(1000))
         self.assertEqual(await asyncio.wait_for(task, 5), 0)
 
+    async def test_repeated_fields_give_a_fresh_environ_each_time(self) -> None:
+        """Requests with the same fields get the same keys (remembered), in an environ of
+        their own: what an app does to one does not reach the next."""
+        seen: list[dict[str, Any]] = []
+
+        def app(environ: dict[str, Any], start: Any) -> list[bytes]:
+            seen.append({k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONT"))})
+            environ["HTTP_HOST"] = "changed"
+            environ["HTTP_ADDED"] = "x"
+            start("200 OK", [])
+            return [b""]
+
+        d, task = await session(wsgi_handler(app), window=1000)
+        fields = [(b"host", b"a.example"), (b"cookie", b"a=1"), (b"cookie", b"b=2"),
+                  (b"content-type", b"t/x")]
+        for sid, hdrs in ((1, fields), (3, fields), (5, [(b"host", b"b.example")]),
+                          (7, fields)):
+            d.send(p.encode_request(sid, b"GET", b"/", headers=hdrs))
+            r, _ = await collect(d, sid, 1000)
+            self.assertEqual(r.status, 200)
+        want = {"HTTP_HOST": "a.example", "HTTP_COOKIE": "a=1; b=2", "CONTENT_TYPE": "t/x"}
+        self.assertEqual(seen, [want, want, {"HTTP_HOST": "b.example"}, want])
+        d.send(p.encode_drain(1000))
+        self.assertEqual(await asyncio.wait_for(task, 5), 0)
+
     async def test_demo_routes_streamed_both_ways(self) -> None:
         d, task = await session(wsgi_handler(demo_wsgi, spool_bytes=1500), window=1000)
         d.send(p.encode_request(1, b"GET", b"/", headers=[(b"host", b"x")]))
