@@ -47,13 +47,7 @@ pub fn put_end(
     close: bool,
     out: &mut BytesMut,
 ) -> Framing {
-    let written = Written {
-        content_length: headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok()),
-        date: headers.contains_key(header::DATE),
-        connection: close && headers.contains_key(header::CONNECTION),
-    };
+    let written = Written::of(headers, close);
     put_end_known(status, written, body_len, head_only, close, out)
 }
 
@@ -66,6 +60,20 @@ pub struct Written {
     pub date: bool,
     /// They have a `Connection` (only looked at when the head is to close).
     pub connection: bool,
+}
+
+impl Written {
+    /// What `headers` say; `Connection` is looked up only when `close` (a head that stays
+    /// open never needs it).
+    pub fn of(headers: &HeaderMap, close: bool) -> Written {
+        Written {
+            content_length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            date: headers.contains_key(header::DATE),
+            connection: close && headers.contains_key(header::CONNECTION),
+        }
+    }
 }
 
 /// [`put_end`] for fields known in advance (a cache entry's, looked at once when stored).

@@ -146,11 +146,7 @@ fn both_lengths() -> Refusal {
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; HTTP/1.0 and HTTP/2 at most
 /// one (HTTP/2's `:authority` became a Host field before this).
 fn check_host(parts: &Head<'_>) -> Result<(), Refusal> {
-    let count = if parts.headers.keys_len() <= SCAN_MAX {
-        parts.headers.iter().filter(|(k, _)| *k == HOST).count()
-    } else {
-        parts.headers.get_all(HOST).iter().count()
-    };
+    let count = value_count(parts.headers, &HOST);
     if count > 1 || (count == 0 && parts.version == Version::HTTP_11) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -185,6 +181,16 @@ pub fn first_value<'a>(
         headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
     } else {
         headers.get(name)
+    }
+}
+
+/// How many values of `name` `headers` has (by a scan for a small map: see
+/// [`has_none_of`]).
+fn value_count(headers: &http::HeaderMap, name: &http::HeaderName) -> usize {
+    if headers.keys_len() <= SCAN_MAX {
+        headers.iter().filter(|(k, _)| *k == name).count()
+    } else {
+        headers.get_all(name).iter().count()
     }
 }
 
@@ -296,6 +302,11 @@ mod tests {
             map.append(custom.clone(), HeaderValue::from_static("c"));
             for name in [&HOST, &custom, &absent, &RANGE] {
                 assert_eq!(first_value(&map, name), map.get(name), "{fields} {name}");
+                assert_eq!(
+                    value_count(&map, name),
+                    map.get_all(name).iter().count(),
+                    "{fields} {name}"
+                );
                 assert_eq!(
                     has_none_of(&map, std::slice::from_ref(name)),
                     !map.contains_key(name),

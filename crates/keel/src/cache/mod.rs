@@ -713,14 +713,8 @@ impl Cache {
             ENTRY_OVERHEAD + header_bytes + prepared.len() + body.len() + variant_bytes,
         )
         .unwrap_or(u32::MAX);
-        let prepared_says = crate::http1_head::Written {
-            content_length: c
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
-            date: c.headers.contains_key(header::DATE),
-            connection: c.headers.contains_key(header::CONNECTION),
-        };
+        // Every hit may close its connection: `Connection` is looked at too.
+        let prepared_says = crate::http1_head::Written::of(&c.headers, true);
         let entry = Arc::new(Entry {
             status: c.status,
             prepared,

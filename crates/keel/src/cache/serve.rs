@@ -211,7 +211,7 @@ pub fn write_http1(
         header::RANGE,
     ];
     let head_only = *method == Method::HEAD;
-    let (status, body, framing) = if has_none_of(req, &CONDITIONAL) {
+    let (status, body, len, framing) = if has_none_of(req, &CONDITIONAL) {
         out.reserve(entry.prepared.len() + 160 + entry.body.len());
         out.put_slice(&entry.prepared);
         out.put_slice(b"age: ");
@@ -226,7 +226,7 @@ pub fn write_http1(
             close,
             out,
         );
-        (entry.status, Some(entry.body.clone()), framing)
+        (entry.status, Some(entry.body.clone()), len, framing)
     } else {
         let answer = respond(entry, method, req, CacheStatus::Hit);
         http1_head::put_start(answer.status(), answer.headers(), out);
@@ -243,9 +243,8 @@ pub fn write_http1(
             close,
             out,
         );
-        (answer.status(), body, framing)
+        (answer.status(), body, len, framing)
     };
-    let len = body.as_ref().map_or(0, Bytes::len) as u64;
     let body_bytes = match (framing, body) {
         (http1_head::Framing::Length(_), Some(b)) if !head_only => {
             out.put_slice(&b);

@@ -24,18 +24,18 @@ pub struct ClientView {
 /// Removes hop-by-hop fields, including those listed in `Connection` (the daemon's own
 /// list, as for requests to protocol workers).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most heads have none (the daemon's own encoding already left them out of requests).
-    if !headers.keys().any(crate::request_path::is_hop_by_hop) {
+    // Only the names the head has are removed (a removal costs a hashed lookup); most heads
+    // have none (the daemon's own encoding already left them out of requests), and an
+    // empty list allocates nothing.
+    let mut present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| crate::request_path::is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    if present.is_empty() {
         return;
     }
-    // Only the names the head has are removed: a removal costs a hashed lookup.
-    let mut present = crate::request_path::connection_listed(headers);
-    present.extend(
-        headers
-            .keys()
-            .filter(|k| crate::request_path::is_hop_by_hop(k))
-            .cloned(),
-    );
+    present.extend(crate::request_path::connection_listed(headers));
     for name in present {
         headers.remove(name);
     }
