@@ -8,7 +8,7 @@
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// How a response's body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,14 +137,12 @@ fn put_date_now(out: &mut BytesMut) {
     thread_local! {
         static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
     }
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // A date in seconds needs no more than the coarse clock.
+    let secs = crate::os::clock::coarse_unix_secs();
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let text = httpdate::fmt_http_date(now);
+            let text = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
             if text.len() != 29 {
                 // Never for dates in this era; written as is, uncached.
                 return out.put_slice(text.as_bytes());

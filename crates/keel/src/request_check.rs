@@ -45,7 +45,10 @@ const fn refuse(status: StatusCode, reason: Reason, message: &'static str) -> Re
 
 /// Checks one head. `Ok` carries the canonical path (decoded, dot segments removed), which
 /// routing uses; the worker still gets the target as the client sent it.
-pub fn check<B>(req: &http::Request<B>, limits: &RequestLimits) -> Result<String, Refusal> {
+pub fn check<'r, B>(
+    req: &'r http::Request<B>,
+    limits: &RequestLimits,
+) -> Result<std::borrow::Cow<'r, str>, Refusal> {
     let parts = Head {
         method: req.method(),
         uri: req.uri(),
@@ -85,7 +88,7 @@ pub fn check<B>(req: &http::Request<B>, limits: &RequestLimits) -> Result<String
     }
     // `OPTIONS *` has no path to canonicalise.
     if *parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
-        return Ok("*".to_owned());
+        return Ok("*".into());
     }
     let bad_url = refuse(
         StatusCode::BAD_REQUEST,
@@ -347,7 +350,8 @@ mod tests {
         let req = head(method, target, Version::HTTP_11, &headers);
         check(&req, &limits)
             .and_then(|path| {
-                check_declared_body(req.headers(), limits.max_body_bytes).map(|()| path)
+                check_declared_body(req.headers(), limits.max_body_bytes)
+                    .map(|()| path.into_owned())
             })
             .map_err(|r| (r.status.as_u16(), r.reason.phrase()))
     }
@@ -500,10 +504,8 @@ mod tests {
             (Version::HTTP_10, &two[..], false),
             (Version::HTTP_2, &[][..], true),
         ] {
-            let r = check(
-                &head("GET", "/", version, headers),
-                &RequestLimits::default(),
-            );
+            let req = head("GET", "/", version, headers);
+            let r = check(&req, &RequestLimits::default());
             assert_eq!(r.is_ok(), ok, "{version:?} {headers:?}");
             if let Err(r) = r {
                 assert_eq!((r.status.as_u16(), r.reason), (400, Reason::Hostname));
@@ -529,10 +531,8 @@ mod tests {
             (Version::HTTP_2, true),
             (Version::HTTP_3, false),
         ] {
-            let r = check(
-                &head("GET", "/", v, &[("host", "x")]),
-                &RequestLimits::default(),
-            );
+            let req = head("GET", "/", v, &[("host", "x")]);
+            let r = check(&req, &RequestLimits::default());
             assert_eq!(r.is_ok(), ok, "{v:?}");
             if let Err(r) = r {
                 assert_eq!(r.status, StatusCode::HTTP_VERSION_NOT_SUPPORTED);

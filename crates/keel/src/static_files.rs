@@ -7,6 +7,7 @@
 //! the caller hands in method, raw path and headers and gets a status, headers and a body.
 //! See docs/static-files.md.
 
+use std::borrow::Cow;
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -65,12 +66,14 @@ pub enum PathError {
 /// UTF-8, bad `%` escapes), merge repeated slashes, and remove `.`/`..` segments (RFC 3986
 /// §5.2.4); a `..` that would climb above `/` is an error (nginx answers 400). The result is
 /// decoded, starts with `/`, and keeps a trailing slash (also after a final `.` or `..`).
-pub fn canonical_path(raw: &str) -> Result<String, PathError> {
-    let raw = raw.split(['?', '#']).next().unwrap_or("");
+/// Most request paths are canonical as they are: those are borrowed, not copied.
+pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let raw = &raw[..end];
     if is_canonical(raw) {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
-    decode_and_merge(raw)
+    decode_and_merge(raw).map(Cow::Owned)
 }
 
 /// Whether `raw` (its query cut off) is its own canonical form: nothing to decode, refuse or
@@ -1019,7 +1022,11 @@ mod tests {
             ("*", Err(NotAbsolute)),
         ];
         for (raw, want) in table {
-            assert_eq!(canonical_path(raw), (*want).map(str::to_owned), "{raw:?}");
+            assert_eq!(
+                canonical_path(raw).map(Cow::into_owned),
+                (*want).map(str::to_owned),
+                "{raw:?}"
+            );
             let raw = raw.split(['?', '#']).next().unwrap();
             assert_eq!(decode_and_merge(raw), (*want).map(str::to_owned), "{raw:?}");
         }

@@ -248,12 +248,15 @@ enum Parsed {
     Request(Request<()>, Bytes, bool),
 }
 
-/// Where one field of a head lies in it.
+/// Where one field of a head lies in it (a head here is under [`MAX_BUFFERED`] bytes, so
+/// offsets fit in `u16`: the table is small enough to clear for each head).
 #[derive(Clone, Copy, Default)]
 struct FieldAt {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u16, u16),
+    value: (u16, u16),
 }
+
+const _: () = assert!(MAX_BUFFERED <= u16::MAX as usize);
 
 /// Reads the head at the start of `buf`, if it is one this path may answer: HTTP/1.1, GET
 /// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
@@ -262,11 +265,12 @@ struct FieldAt {
 /// becomes the request's field map.
 fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
     // First the rules, on httparse's view of the buffer; only offsets survive it.
-    let mut raw = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    // httparse fills what it uses of an uninitialised table (no 1 KiB clear per head).
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut at = [FieldAt::default(); MAX_FIELDS];
     let (len, method, minor, target, count, close) = {
-        let mut head = httparse::Request::new(&mut raw);
-        let len = match head.parse(buf) {
+        let mut head = httparse::Request::new(&mut []);
+        let len = match head.parse_with_uninit_headers(buf, &mut raw) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::NotOurs,
@@ -282,9 +286,14 @@ fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
         if !target.starts_with('/') {
             return Parsed::NotOurs;
         }
+        // Offsets into the head are kept as `u16`: a longer head (it can only have come
+        // whole in one read) goes to hyper.
+        if len > MAX_BUFFERED {
+            return Parsed::NotOurs;
+        }
         let offset = |part: &[u8]| {
             let from = part.as_ptr() as usize - buf.as_ptr() as usize;
-            (from, from + part.len())
+            (from as u16, (from + part.len()) as u16)
         };
         let (mut hosts, mut close, mut keep_alive) = (0, false, false);
         for (field, at) in head.headers.iter().zip(at.iter_mut()) {
@@ -321,14 +330,14 @@ fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
         (len, method, minor, target, head.headers.len(), close)
     };
     let head = buf.split_to(len).freeze();
-    let part = |(from, to): (usize, usize)| head.slice(from..to);
+    let part = |(from, to): (u16, u16)| head.slice(usize::from(from)..usize::from(to));
     let Ok(uri) = http::Uri::from_maybe_shared(part(target)) else {
         return Parsed::Refused(head);
     };
     let mut headers = std::mem::take(fields);
     headers.reserve(count);
     for at in &at[..count] {
-        let name = &head[at.name.0..at.name.1];
+        let name = &head[usize::from(at.name.0)..usize::from(at.name.1)];
         let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_maybe_shared(part(at.value)),
