@@ -3,7 +3,10 @@
 //!
 //! One request = one trip to the blocking pool (canonicalise → confine → stat → open →
 //! conditionals → small body read), then, for large bodies, one trip per chunk
-//! (`FileStream`, `CHUNK_SIZE` bytes, one chunk read ahead). Independent of the rest of keel:
+//! (`FileStream`, `CHUNK_SIZE` bytes, one chunk read ahead). What was opened is kept a few
+//! seconds per request path ([`OpenFile`]), so a repeated request whose answer needs no
+//! read (a large file, a head, a 304) costs one `lstat` on the runtime thread instead of
+//! the trip. Independent of the rest of keel:
 //! the caller hands in method, raw path and headers and gets a status, headers and a body.
 //! See docs/static-files.md.
 
@@ -34,6 +37,12 @@ pub const CHUNK_SIZE: usize = 128 * 1024;
 pub const SMALL_FILE_MAX: u64 = 256 * 1024;
 /// A directory listing shows at most this many entries.
 pub const MAX_LISTING: usize = 10_000;
+/// Files a root keeps open for the next requests ([`OpenFile`]): each holds up to three
+/// descriptors (the file and two precompressed siblings).
+const OPEN_FILES_MAX: u64 = 256;
+/// How long an opened file is kept. The file itself is checked before every use; a
+/// precompressed sibling added or changed alone is seen once its file's entry expires.
+const OPEN_FILE_VALID: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------
 // Path canonicalisation
@@ -300,9 +309,9 @@ pub struct FileStream {
 
 impl FileStream {
     /// Stream `len` bytes of `file` from `offset`, `chunk` bytes at a time.
-    pub fn new(file: File, offset: u64, len: u64, chunk: usize) -> Self {
+    pub fn new(file: Arc<File>, offset: u64, len: u64, chunk: usize) -> Self {
         FileStream {
-            file: Arc::new(file),
+            file,
             offset,
             remaining: len,
             chunk: chunk.max(1),
@@ -400,7 +409,6 @@ pub struct StaticRoot {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     /// Canonical (absolute, symlink-free) directory.
     root: PathBuf,
@@ -408,6 +416,20 @@ struct Inner {
     prefix: String,
     list: bool,
     follow_symlinks: bool,
+    /// Files opened for recent requests, by request path under the prefix.
+    open_files: moka::sync::Cache<Box<str>, Arc<OpenFile>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("root", &self.root)
+            .field("prefix", &self.prefix)
+            .field("list", &self.list)
+            .field("follow_symlinks", &self.follow_symlinks)
+            .field("open_files", &self.open_files.entry_count())
+            .finish()
+    }
 }
 
 /// The request headers that matter here, owned so they can go to the blocking pool.
@@ -485,6 +507,10 @@ impl StaticRoot {
                 prefix,
                 list,
                 follow_symlinks,
+                open_files: moka::sync::Cache::builder()
+                    .max_capacity(OPEN_FILES_MAX)
+                    .time_to_live(OPEN_FILE_VALID)
+                    .build(),
             }),
         })
     }
@@ -512,9 +538,12 @@ impl StaticRoot {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return r;
         };
+        let cond = Conditions::from(headers);
+        if let Some(answer) = self.serve_opened(head, path, &cond) {
+            return answer;
+        }
         let this = self.clone();
         let path = path.to_owned();
-        let cond = Conditions::from(headers);
         tokio::task::spawn_blocking(move || this.serve_blocking(head, &path, &cond))
             .await
             .unwrap_or_else(|_| StaticResponse::error(StatusCode::INTERNAL_SERVER_ERROR))
@@ -567,7 +596,7 @@ impl StaticRoot {
             }
             match self.confine_from(path.clone(), &["index.html"]) {
                 Ok(index) if fs::metadata(&index).is_ok_and(|m| m.is_file()) => {
-                    return self.serve_file(head, &index, cond);
+                    return self.serve_file(head, &index, cond, None);
                 }
                 Ok(_) | Err(Deny::NotFound) => {}
                 Err(d) => return d.into(),
@@ -577,7 +606,7 @@ impl StaticRoot {
             }
             return StaticResponse::error(StatusCode::FORBIDDEN);
         }
-        self.serve_file(head, &path, cond)
+        self.serve_file(head, &path, cond, Some(rest))
     }
 
     /// Walk `segs` from the root, checking every component: a symlink is resolved
@@ -602,17 +631,31 @@ impl StaticRoot {
         Ok(cur)
     }
 
-    fn serve_file(&self, head: bool, path: &Path, cond: &Conditions) -> StaticResponse {
-        let (file, meta) = match open_regular(path) {
-            Ok(f) => f,
+    /// Answers with the regular file at `path` (found by the path walk), opening it and its
+    /// precompressed siblings; `key` (the request path under the prefix) keeps what was
+    /// opened in the open-file cache for the next requests.
+    fn serve_file(
+        &self,
+        head: bool,
+        path: &Path,
+        cond: &Conditions,
+        key: Option<&str>,
+    ) -> StaticResponse {
+        let open = match self.open(path) {
+            Ok(open) => Arc::new(open),
             Err(d) => return d.into(),
         };
-        let content_type = content_type(path);
+        if let Some(key) = key {
+            self.inner.open_files.insert(key.into(), open.clone());
+        }
+        self.respond(head, &open, cond, true)
+            .unwrap_or_else(|| StaticResponse::error(StatusCode::INTERNAL_SERVER_ERROR))
+    }
 
-        // Precompressed siblings: any present and fresh → the response varies.
-        let mut vary = false;
-        let mut chosen: Option<(Encoding, File, Metadata)> = None;
-        let ranked = AcceptEncoding::parse(cond.accept_encoding.as_ref()).ranked();
+    /// Opens the regular file at `path` and its fresh precompressed siblings.
+    fn open(&self, path: &Path) -> Result<OpenFile, Deny> {
+        let (file, meta) = open_regular(path)?;
+        let mut siblings = Vec::new();
         for enc in [Encoding::Br, Encoding::Gzip] {
             let mut name = path.file_name().unwrap_or_default().to_os_string();
             name.push(".");
@@ -627,44 +670,71 @@ impl StaticRoot {
             if !fresh {
                 continue;
             }
-            vary = true;
-            let better = match &chosen {
-                None => true,
-                Some((c, ..)) => rank_of(&ranked, enc) < rank_of(&ranked, *c),
-            };
-            if ranked.contains(&enc)
-                && better
-                && let Ok((f, m)) = open_regular(&sib)
-            {
-                chosen = Some((enc, f, m));
+            // Present and fresh: the response varies, even if this one cannot be opened.
+            let opened = open_regular(&sib)
+                .ok()
+                .map(|(f, m)| Variant::new(f, &m, Some(enc)));
+            siblings.push((enc, opened));
+        }
+        Ok(OpenFile {
+            stamp: Stamp::of(&meta),
+            content_type: content_type(path),
+            path: path.to_owned(),
+            main: Variant::new(file, &meta, None),
+            siblings,
+        })
+    }
+
+    /// From the open-file cache, without the blocking pool: the file opened for this request
+    /// path a moment ago, if one `lstat` finds it unchanged and the answer needs no read (a
+    /// streamed body, no body, or a head only). `None`: the blocking path answers.
+    fn serve_opened(&self, head: bool, raw: &str, cond: &Conditions) -> Option<StaticResponse> {
+        let raw_path = raw.split_once('?').map_or(raw, |(p, _)| p);
+        let canon = canonical_path(raw_path).ok()?;
+        let rest = self.strip_prefix(&canon)?;
+        let open = self.inner.open_files.get(rest)?;
+        // A metadata call on a path resolved a moment ago (its directory entries cached by
+        // the kernel), as nginx's open_file_cache makes inline.
+        if !fs::symlink_metadata(&open.path).is_ok_and(|m| Stamp::of(&m) == open.stamp) {
+            self.inner.open_files.invalidate(rest);
+            return None;
+        }
+        self.respond(head, &open, cond, false)
+    }
+
+    /// The answer from an opened file: encoding, validators, conditionals, range, body.
+    /// `None` when the body would have to be read and `may_read` is false.
+    fn respond(
+        &self,
+        head: bool,
+        open: &OpenFile,
+        cond: &Conditions,
+        may_read: bool,
+    ) -> Option<StaticResponse> {
+        // Precompressed siblings: any present and fresh → the response varies.
+        let vary = !open.siblings.is_empty();
+        let ranked = AcceptEncoding::parse(cond.accept_encoding.as_ref()).ranked();
+        let mut chosen: Option<&Variant> = None;
+        for (enc, variant) in &open.siblings {
+            let Some(variant) = variant else { continue };
+            let better = chosen.is_none_or(|c| {
+                c.encoding
+                    .is_some_and(|c| rank_of(&ranked, *enc) < rank_of(&ranked, c))
+            });
+            if ranked.contains(enc) && better {
+                chosen = Some(variant);
             }
         }
-        let (file, meta, encoding) = match chosen {
-            Some((enc, f, m)) => (f, m, Some(enc)),
-            None => (file, meta, None),
-        };
-
-        let len = meta.len();
-        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-        let mtime_ns = mtime
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_nanos();
-        let etag = format!(
-            "\"{len:x}-{mtime_ns:x}{}\"",
-            encoding.map_or("", |e| match e {
-                Encoding::Br => "-br",
-                Encoding::Gzip => "-gz",
-            })
-        );
-        let last_modified = httpdate::fmt_http_date(mtime);
+        let variant = chosen.unwrap_or(&open.main);
+        let (len, mtime, encoding) = (variant.len, variant.mtime, variant.encoding);
+        let etag = &variant.etag;
 
         let mut headers = HeaderMap::new();
         let hv = |s: &str| HeaderValue::from_str(s).ok();
-        if let Some(v) = hv(&etag) {
+        if let Some(v) = hv(etag) {
             headers.insert(header::ETAG, v);
         }
-        if let Some(v) = hv(&last_modified) {
+        if let Some(v) = hv(&variant.last_modified) {
             headers.insert(header::LAST_MODIFIED, v);
         }
         if vary {
@@ -674,26 +744,26 @@ impl StaticRoot {
         // RFC 9110 §13.2.2 order.
         let mtime_s = secs(mtime);
         if let Some(im) = &cond.if_match {
-            if !etag_list_matches(im, &etag, true) {
-                return with_headers(StatusCode::PRECONDITION_FAILED, headers);
+            if !etag_list_matches(im, etag, true) {
+                return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
             }
         } else if let Some(t) = cond.if_unmodified_since.as_ref().and_then(parse_date)
             && mtime_s > t
         {
-            return with_headers(StatusCode::PRECONDITION_FAILED, headers);
+            return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
         }
         if let Some(inm) = &cond.if_none_match {
-            if etag_list_matches(inm, &etag, false) {
-                return with_headers(StatusCode::NOT_MODIFIED, headers);
+            if etag_list_matches(inm, etag, false) {
+                return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
             }
         } else if let Some(t) = cond.if_modified_since.as_ref().and_then(parse_date)
             && mtime_s <= t
         {
-            return with_headers(StatusCode::NOT_MODIFIED, headers);
+            return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
         }
 
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(v) = hv(&content_type) {
+        if let Some(v) = hv(&open.content_type) {
             headers.insert(header::CONTENT_TYPE, v);
         }
         if let Some(enc) = encoding {
@@ -705,7 +775,7 @@ impl StaticRoot {
             && cond
                 .if_range
                 .as_ref()
-                .is_none_or(|ir| if_range_matches(ir, &etag, mtime_s));
+                .is_none_or(|ir| if_range_matches(ir, etag, mtime_s));
         let (status, start, n) = match cond.range.as_ref().filter(|_| range_applies) {
             None => (StatusCode::OK, 0, len),
             Some(r) => match parse_range(r, len) {
@@ -716,7 +786,7 @@ impl StaticRoot {
                     if let Some(v) = hv(&format!("bytes */{len}")) {
                         headers.insert(header::CONTENT_RANGE, v);
                     }
-                    return with_headers(StatusCode::RANGE_NOT_SATISFIABLE, headers);
+                    return Some(with_headers(StatusCode::RANGE_NOT_SATISFIABLE, headers));
                 }
                 RangeOutcome::Partial(a, b) => {
                     if let Some(v) = hv(&format!("bytes {a}-{b}/{len}")) {
@@ -730,17 +800,98 @@ impl StaticRoot {
         let body = if head || n == 0 {
             StaticBody::Empty
         } else if n <= SMALL_FILE_MAX {
-            match read_at(&file, start, n as usize) {
+            if !may_read {
+                return None;
+            }
+            match read_at(&variant.file, start, n as usize) {
                 Ok(b) if b.len() as u64 == n => StaticBody::Full(b),
-                _ => return StaticResponse::error(StatusCode::INTERNAL_SERVER_ERROR),
+                _ => return Some(StaticResponse::error(StatusCode::INTERNAL_SERVER_ERROR)),
             }
         } else {
-            StaticBody::File(FileStream::new(file, start, n, CHUNK_SIZE))
+            StaticBody::File(FileStream::new(variant.file.clone(), start, n, CHUNK_SIZE))
         };
-        StaticResponse {
+        Some(StaticResponse {
             status,
             headers,
             body,
+        })
+    }
+}
+
+/// A regular file found for a request path and opened, with its fresh precompressed
+/// siblings: everything an answer needs besides the request's own fields. Kept a few seconds
+/// in its root's open-file cache ([`OPEN_FILE_VALID`]) and checked with one `lstat` before
+/// each use (nginx's `open_file_cache`, always on).
+struct OpenFile {
+    /// Where the path walk found it (symlinks resolved and confined).
+    path: PathBuf,
+    /// What `lstat` said of it when it was opened.
+    stamp: Stamp,
+    content_type: String,
+    main: Variant,
+    /// Precompressed siblings present and not older than the file (each makes the response
+    /// vary); `None` for one that could not be opened.
+    siblings: Vec<(Encoding, Option<Variant>)>,
+}
+
+/// One representation of a file: the file itself or a precompressed sibling.
+struct Variant {
+    file: Arc<File>,
+    len: u64,
+    mtime: SystemTime,
+    encoding: Option<Encoding>,
+    etag: String,
+    last_modified: String,
+}
+
+impl Variant {
+    fn new(file: File, meta: &Metadata, encoding: Option<Encoding>) -> Variant {
+        let len = meta.len();
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        let mtime_ns = mtime
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_nanos();
+        let etag = format!(
+            "\"{len:x}-{mtime_ns:x}{}\"",
+            encoding.map_or("", |e| match e {
+                Encoding::Br => "-br",
+                Encoding::Gzip => "-gz",
+            })
+        );
+        Variant {
+            file: Arc::new(file),
+            len,
+            mtime,
+            encoding,
+            etag,
+            last_modified: httpdate::fmt_http_date(mtime),
+        }
+    }
+}
+
+/// A file's identity and version as far as an answer goes: a file replaced (new inode),
+/// written (size, times) or turned into a symlink no longer matches.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    symlink: bool,
+}
+
+impl Stamp {
+    fn of(m: &Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            symlink: m.file_type().is_symlink(),
         }
     }
 }
@@ -1560,6 +1711,49 @@ mod tests {
         h.insert(header::RANGE, HeaderValue::from_static("bytes=-10"));
         let resp = r.serve(&Method::GET, "/static/big.bin", &h).await;
         assert!(matches!(&resp.body, StaticBody::Full(b) if b.ends_with(b"END")));
+    }
+
+    #[tokio::test]
+    async fn an_opened_file_is_reused_only_while_it_is_unchanged() {
+        let f = fixture();
+        let path = f.public.join("big.bin");
+        let big = |fill: u8, len: usize| vec![fill; len];
+        fs::write(&path, big(b'a', 300 * 1024)).unwrap();
+        let r = root(&f, false, false);
+        let (s, h1, b) = get(&r, "/static/big.bin").await;
+        assert_eq!((s, b.len()), (StatusCode::OK, 300 * 1024));
+        assert!(r.inner.open_files.contains_key("/big.bin"));
+        // Served again from what was opened: the same file, the same validators.
+        let (s, h2, b) = get(&r, "/static/big.bin").await;
+        assert_eq!((s, b.len(), b[0]), (StatusCode::OK, 300 * 1024, b'a'));
+        assert_eq!(h1[header::ETAG], h2[header::ETAG]);
+        let (s, _, b) = req(&r, Method::HEAD, "/static/big.bin", &[]).await;
+        assert_eq!((s, b.len()), (StatusCode::OK, 0));
+
+        // Written in place: its new length and bytes, a new ETag.
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_at(&big(b'b', 400 * 1024), 0).unwrap();
+        drop(file);
+        let (s, h3, b) = get(&r, "/static/big.bin").await;
+        assert_eq!((s, b.len(), b[0]), (StatusCode::OK, 400 * 1024, b'b'));
+        assert_ne!(h3[header::ETAG], h2[header::ETAG]);
+
+        // Replaced (a new file renamed over it, as deploys do).
+        let tmp = f.public.join("big.bin.new");
+        fs::write(&tmp, big(b'c', 350 * 1024)).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        let (s, _, b) = get(&r, "/static/big.bin").await;
+        assert_eq!((s, b.len(), b[0]), (StatusCode::OK, 350 * 1024, b'c'));
+
+        // Turned into a symlink out of the root: refused, not served from what was open.
+        fs::remove_file(&path).unwrap();
+        symlink(f.outer.join("outside/x.txt"), &path).unwrap();
+        let (s, _, _) = get(&r, "/static/big.bin").await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // Gone: 404.
+        fs::remove_file(&path).unwrap();
+        let (s, _, _) = get(&r, "/static/big.bin").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
