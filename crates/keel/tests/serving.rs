@@ -96,3 +96,51 @@ fn head_gets_the_headers_without_a_body() {
     assert_eq!(next.status, 200);
     assert!(next.text().parse::<u32>().is_ok(), "{}", next.text());
 }
+
+/// `Max open files` from /proc/PID/limits: (soft, hard).
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+}
+
+#[test]
+fn the_daemon_raises_its_open_files_limit_and_workers_keep_the_one_it_was_started_with() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // This test's process (nextest runs each test in its own) starts keel with a soft limit
+    // of 512 under its hard one, as a shell or service manager starts it with 1024.
+    let hard = getrlimit(Resource::Nofile).maximum;
+    assert!(hard.is_none_or(|h| h > 512), "hard limit {hard:?}");
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(512),
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    let hard_text = hard.map_or("unlimited".to_owned(), |h| h.to_string());
+    let d = Daemon::start(&demo_config(""));
+    assert_eq!(
+        open_files_limit(d.pid()),
+        (hard_text.clone(), hard_text.clone())
+    );
+    d.wait_for_line(
+        "open files limit raised from 512 to",
+        Duration::from_secs(5),
+    );
+    // A worker of a pool without `limits.nofile` gets 512 back.
+    let worker: u32 = get(d.addr(), "/pid").text().trim().parse().unwrap();
+    assert_eq!(open_files_limit(worker), ("512".to_owned(), hard_text));
+    // One with `limits.nofile` gets that.
+    let d = Daemon::start(&demo_config("limits = { nofile = 300 }"));
+    let worker: u32 = get(d.addr(), "/pid").text().trim().parse().unwrap();
+    assert_eq!(
+        open_files_limit(worker),
+        ("300".to_owned(), "300".to_owned())
+    );
+}

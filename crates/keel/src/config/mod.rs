@@ -538,7 +538,8 @@ impl Default for RapidFailConfig {
     }
 }
 
-/// setrlimit values for the workers (soft = hard); `None` = inherit keel's. `u64::MAX` is
+/// setrlimit values for the workers (soft = hard); `None` = the limits keel was started
+/// with (keel raises its own open-files soft limit, `os::limits`). `u64::MAX` is
 /// `RLIM_INFINITY` (written `"unlimited"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {

@@ -41,8 +41,31 @@ const UPGRADE_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// A handle to send [`Control`]s to the daemon loop.
 pub type ControlTx = mpsc::Sender<Control>;
 
+/// Raises keel's soft open-files limit to its hard one, and says when even that is short of
+/// `max_connections` (a descriptor per client connection, and some for everything else).
+fn raise_open_files(max_connections: u32) {
+    const OTHER_FILES: u64 = 256;
+    match crate::os::limits::raise_open_files() {
+        Ok(l) => {
+            if l.now != l.before {
+                tracing::info!("open files limit raised from {} to {}", l.before, l.now);
+            }
+            if l.now < u64::from(max_connections) + OTHER_FILES {
+                tracing::warn!(
+                    "open files limit {} (the hard limit) is below max_connections = \
+                     {max_connections} + {OTHER_FILES}: connections beyond it will be refused; \
+                     raise it (systemd: LimitNOFILE=, shell: ulimit -Hn)",
+                    l.now
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     listener::install_crypto_provider();
+    raise_open_files(config.listener.max_connections);
     // The admin socket first: if another keel answers on it, stop before touching anything.
     let mut admin = AdminServer::bind(&config.admin).await?;
     let (control_tx, mut control) = mpsc::channel(8);

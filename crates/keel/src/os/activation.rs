@@ -150,6 +150,11 @@ pub fn spawn_successor(
         .env("LISTEN_FDNAMES", vec!["keel"; listeners.len()].join(":"))
         .env(READY_FD_ENV, (3 + n).to_string())
         .env_remove("LISTEN_PID");
+    // The successor starts with this daemon's raised open-files limit; its workers get the
+    // one the first daemon was started with.
+    if let Some(soft) = super::limits::workers_open_files() {
+        cmd.env(super::limits::NOFILE_AT_START_ENV, soft.to_string());
+    }
     // SAFETY: runs between fork and exec: raw syscalls through rustix on descriptors that
     // stay open in the parent for the duration of the spawn, no allocation.
     unsafe {

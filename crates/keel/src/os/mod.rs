@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod cgroup;
 pub mod clock;
+pub mod limits;
 pub mod proc;
 pub mod spawn;
 pub mod users;

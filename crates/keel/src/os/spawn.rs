@@ -117,6 +117,7 @@ fn remove_daemon_env(cmd: &mut tokio::process::Command) {
         "WATCHDOG_USEC",
         "WATCHDOG_PID",
         super::activation::READY_FD_ENV,
+        super::limits::NOFILE_AT_START_ENV,
     ] {
         cmd.env_remove(name);
     }
@@ -200,6 +201,18 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
     // Prepared before the fork: the closure only reads these.
     let daemon_pid = rustix::process::getpid();
     let limits = spec.limits.entries();
+    // A pool without `limits.nofile`: the worker gets the open-files limit keel was started
+    // with, not the one keel raised for itself (`limits.rs`).
+    let start_nofile = spec
+        .limits
+        .nofile
+        .is_none()
+        .then(super::limits::workers_open_files)
+        .flatten()
+        .map(|soft| Rlimit {
+            current: Some(soft),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        });
     // The cgroup's `cgroup.procs` files, opened (CLOEXEC) by `PoolCgroup::worker`. The
     // closure keeps the `WorkerCgroup` clone alive so the raw numbers stay valid until the
     // fork; the worker does not inherit them.
@@ -232,6 +245,10 @@ pub fn spawn_worker(spec: &SpawnSpec) -> io::Result<Spawned> {
                     };
                     rustix::process::setrlimit(resource, limit)?;
                 }
+            }
+            // Lowering a soft limit is always allowed.
+            if let Some(limit) = start_nofile {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
             }
             if let Some((uid, gid)) = identity {
                 // 3. Drop root's supplementary groups: otherwise the worker keeps group 0
