@@ -748,7 +748,7 @@ impl CacheCtx {
                 None => {}
                 Some(Flight::Follower(rx)) => {
                     let wait = collapse_wait;
-                    if let Some(entry) = cache.follow(rx, req.headers(), wait).await {
+                    if let Some(entry) = cache.follow(rx, req.headers(), site, wait).await {
                         cache.count(site, CacheStatus::Collapsed);
                         return Err(crate::cache::respond(
                             &entry,

@@ -266,3 +266,65 @@ fn memory_stays_bounded() {
         "RSS grew from {before} KiB to {peak} KiB"
     );
 }
+
+/// Two sites whose bindings accept the same `Host` (on two ports here) compute the same
+/// key for a URL: each is answered only with what its own pool sent.
+#[test]
+fn a_site_is_never_answered_with_another_sites_entry() {
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (pa, pb) = (port(), port());
+    let d = Daemon::start(&format!(
+        r#"
+[cache]
+admission = "always"
+
+[[site]]
+name = "a"
+bindings = ["http://127.0.0.1:{pa}"]
+app = [{{ path = "/", pool = "a" }}]
+
+[[site]]
+name = "b"
+bindings = ["http://127.0.0.1:{pb}"]
+app = [{{ path = "/", pool = "b" }}]
+
+[pool.a]
+command = ["{{demo}}"]
+
+[pool.b]
+command = ["{{demo}}"]
+"#
+    ));
+    let (a, b): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{pa}").parse().unwrap(),
+        format!("127.0.0.1:{pb}").parse().unwrap(),
+    );
+    let url = "/cached?ttl=60&id=shared";
+    // Both with `Host: localhost`: one cache key.
+    let r = request(a, "GET", url, &[]);
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    assert_eq!(request(a, "GET", url, &[]).header("x-cache"), Some("HIT"));
+    let r = request(b, "GET", url, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-cache"),
+        Some("MISS"),
+        "b answered from a's entry"
+    );
+    assert_eq!(count(b, "shared"), 1, "b's own worker answered");
+    assert_eq!(request(b, "GET", url, &[]).header("x-cache"), Some("HIT"));
+    // b's response took the key: a's next request goes to a's worker, not to b's entry.
+    let r = request(a, "GET", url, &[]);
+    assert_eq!(
+        r.header("x-cache"),
+        Some("MISS"),
+        "a answered from b's entry"
+    );
+    assert_eq!(count(a, "shared"), 2);
+}

@@ -166,6 +166,11 @@ impl Entry {
         }
     }
 
+    /// The entry was stored by `site` (the same name: a reload keeps names, not `Arc`s).
+    fn of_site(&self, site: &Arc<str>) -> bool {
+        Arc::ptr_eq(&self.site, site) || *self.site == **site
+    }
+
     /// The entry answers a request with these headers (same variant).
     fn matches(&self, req: &HeaderMap) -> bool {
         match &self.vary {
@@ -535,7 +540,7 @@ impl Cache {
             return Lookup::Miss;
         }
         let now = Instant::now();
-        let entry = stored.and_then(|slot| self.entry_of(url, slot, req));
+        let entry = stored.and_then(|slot| self.entry_of(url, slot, req, site));
         let counters = self.counters.site(site);
         match entry {
             Some(e) if e.is_fresh(now) => {
@@ -557,16 +562,25 @@ impl Cache {
         }
     }
 
-    /// The response stored for `url` in `slot` for a request with headers `req`: the slot's
-    /// own, or, behind a `Vary`, the variant the request's headers select.
-    fn entry_of(&self, url: &Arc<str>, slot: Slot, req: &HeaderMap) -> Option<Arc<Entry>> {
-        match slot {
-            Slot::Response(e) => Some(e),
+    /// The response stored for `url` in `slot` for a request with headers `req` routed to
+    /// `site`: the slot's own, or, behind a `Vary`, the variant the request's headers select.
+    /// An entry stored by another site is none (two sites whose bindings accept the same
+    /// `Host` on different addresses or ports share a key, never a response).
+    fn entry_of(
+        &self,
+        url: &Arc<str>,
+        slot: Slot,
+        req: &HeaderMap,
+        site: &Arc<str>,
+    ) -> Option<Arc<Entry>> {
+        let entry = match slot {
+            Slot::Response(e) => e,
             Slot::Vary(spec) => match self.get(url, Some(spec.variant(req)))? {
-                Slot::Response(e) => Some(e),
-                Slot::Vary(_) => None,
+                Slot::Response(e) => e,
+                Slot::Vary(_) => return None,
             },
-        }
+        };
+        entry.of_site(site).then_some(entry)
     }
 
     /// A fresh entry for `url` and a request with headers `req`, counted as a hit for
@@ -582,7 +596,10 @@ impl Cache {
         let Some(slot) = self.get(url, None) else {
             return Peek::Absent;
         };
-        let Some(entry) = self.entry_of(url, slot, req).filter(|e| e.is_fresh(now)) else {
+        let Some(entry) = self
+            .entry_of(url, slot, req, site)
+            .filter(|e| e.is_fresh(now))
+        else {
             return Peek::NotFresh;
         };
         self.counters
@@ -653,11 +670,12 @@ impl Cache {
         &self,
         mut rx: watch::Receiver<Option<Arc<Entry>>>,
         req: &HeaderMap,
+        site: &Arc<str>,
         timeout: Duration,
     ) -> Option<Arc<Entry>> {
         let waited = tokio::time::timeout(timeout, rx.wait_for(|v| v.is_some())).await;
         let entry = waited.ok()?.ok()?.clone()?;
-        entry.matches(req).then_some(entry)
+        (entry.of_site(site) && entry.matches(req)).then_some(entry)
     }
 
     /// Prepares storing a response whose policy allows it. `req` are the request's headers,
