@@ -279,7 +279,7 @@ fn a_site_is_never_answered_with_another_sites_entry() {
             .port()
     };
     let (pa, pb) = (port(), port());
-    let d = Daemon::start(&format!(
+    let _daemon = Daemon::start(&format!(
         r#"
 [cache]
 admission = "always"
