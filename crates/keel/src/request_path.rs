@@ -564,12 +564,16 @@ struct CacheCtx {
 /// The cache key's URL for a request: its scheme (`https` on a TLS connection, so that an
 /// app's answer for one scheme, such as a redirect to https, never answers the other), host
 /// and target.
-fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
-    let host = req
-        .uri()
+/// The host a request names: an absolute-form target's (HTTP/1) or `:authority`'s
+/// (HTTP/2), else its `Host` field. What routing, the cache key and the access log use.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
         .host()
         .or_else(|| first_value(req.headers(), &header::HOST)?.to_str().ok())
-        .unwrap_or("");
+}
+
+fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
+    let host = request_host(req).unwrap_or("");
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     Cache::url(if tls { "https" } else { "http" }, host, pq)
 }
@@ -906,10 +910,7 @@ enum Unrouted {
 /// once its head has passed `request_check`.
 fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted> {
     let path = crate::request_check::check(req, &conn.request_limits).map_err(Unrouted::Refused)?;
-    let host = req
-        .uri()
-        .host()
-        .or_else(|| first_value(req.headers(), &header::HOST)?.to_str().ok());
+    let host = request_host(req);
     let table = conn.routes.read().clone();
     let target = table
         .route(conn.local.ip(), host, &path)
@@ -1295,11 +1296,7 @@ impl PendingLog {
                 .path_and_query()
                 .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
             version: req.version(),
-            host: req
-                .uri()
-                .host()
-                .map(str::to_owned)
-                .or_else(|| text(header::HOST)),
+            host: request_host(req).map(str::to_owned),
             user_agent: text(header::USER_AGENT),
             referer: text(header::REFERER),
             bytes_received: 0,

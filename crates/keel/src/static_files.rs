@@ -655,7 +655,7 @@ impl StaticRoot {
     /// Opens the regular file at `path` and its fresh precompressed siblings.
     fn open(&self, path: &Path) -> Result<OpenFile, Deny> {
         let (file, meta) = open_regular(path)?;
-        let mut siblings = Vec::new();
+        let (mut varies, mut siblings) = (false, Vec::new());
         for enc in [Encoding::Br, Encoding::Gzip] {
             let mut name = path.file_name().unwrap_or_default().to_os_string();
             name.push(".");
@@ -671,16 +671,17 @@ impl StaticRoot {
                 continue;
             }
             // Present and fresh: the response varies, even if this one cannot be opened.
-            let opened = open_regular(&sib)
-                .ok()
-                .map(|(f, m)| Variant::new(f, &m, Some(enc)));
-            siblings.push((enc, opened));
+            varies = true;
+            if let Ok((f, m)) = open_regular(&sib) {
+                siblings.push(Variant::new(f, &m, Some(enc)));
+            }
         }
         Ok(OpenFile {
             stamp: Stamp::of(&meta),
             content_type: content_type(path),
             path: path.to_owned(),
             main: Variant::new(file, &meta, None),
+            varies,
             siblings,
         })
     }
@@ -689,8 +690,7 @@ impl StaticRoot {
     /// path a moment ago, if one `lstat` finds it unchanged and the answer needs no read (a
     /// streamed body, no body, or a head only). `None`: the blocking path answers.
     fn serve_opened(&self, head: bool, raw: &str, cond: &Conditions) -> Option<StaticResponse> {
-        let raw_path = raw.split_once('?').map_or(raw, |(p, _)| p);
-        let canon = canonical_path(raw_path).ok()?;
+        let canon = canonical_path(raw).ok()?;
         let rest = self.strip_prefix(&canon)?;
         let open = self.inner.open_files.get(rest)?;
         // A metadata call on a path resolved a moment ago (its directory entries cached by
@@ -711,21 +711,15 @@ impl StaticRoot {
         cond: &Conditions,
         may_read: bool,
     ) -> Option<StaticResponse> {
-        // Precompressed siblings: any present and fresh → the response varies.
-        let vary = !open.siblings.is_empty();
+        // The precompressed sibling the client ranks best, if it accepts one.
         let ranked = AcceptEncoding::parse(cond.accept_encoding.as_ref()).ranked();
-        let mut chosen: Option<&Variant> = None;
-        for (enc, variant) in &open.siblings {
-            let Some(variant) = variant else { continue };
-            let better = chosen.is_none_or(|c| {
-                c.encoding
-                    .is_some_and(|c| rank_of(&ranked, *enc) < rank_of(&ranked, c))
-            });
-            if ranked.contains(enc) && better {
-                chosen = Some(variant);
-            }
-        }
-        let variant = chosen.unwrap_or(&open.main);
+        let rank = |v: &Variant| v.encoding.map_or(usize::MAX, |e| rank_of(&ranked, e));
+        let variant = open
+            .siblings
+            .iter()
+            .filter(|v| rank(v) < usize::MAX)
+            .min_by_key(|v| rank(v))
+            .unwrap_or(&open.main);
         let (len, mtime, encoding) = (variant.len, variant.mtime, variant.encoding);
         let etag = &variant.etag;
 
@@ -737,7 +731,7 @@ impl StaticRoot {
         if let Some(v) = hv(&variant.last_modified) {
             headers.insert(header::LAST_MODIFIED, v);
         }
-        if vary {
+        if open.varies {
             headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         }
 
@@ -829,9 +823,11 @@ struct OpenFile {
     stamp: Stamp,
     content_type: String,
     main: Variant,
-    /// Precompressed siblings present and not older than the file (each makes the response
-    /// vary); `None` for one that could not be opened.
-    siblings: Vec<(Encoding, Option<Variant>)>,
+    /// A precompressed sibling is present and not older than the file: the response varies
+    /// (also when that sibling could not be opened).
+    varies: bool,
+    /// Those siblings that could be opened, `br` before `gzip`.
+    siblings: Vec<Variant>,
 }
 
 /// One representation of a file: the file itself or a precompressed sibling.

@@ -461,7 +461,7 @@ impl Cache {
         // Most URLs are put together on the stack, so the `Arc` is their one allocation.
         const ON_STACK: usize = 256;
         let len = scheme.len() + 3 + host.len() + path_and_query.len();
-        let fill = |s: &mut [u8]| {
+        let fill = |s: &mut [u8]| -> Arc<str> {
             let (a, rest) = s.split_at_mut(scheme.len());
             a.copy_from_slice(scheme.as_bytes());
             let (b, rest) = rest.split_at_mut(3);
@@ -470,21 +470,14 @@ impl Cache {
             c.copy_from_slice(host.as_bytes());
             c.make_ascii_lowercase();
             d.copy_from_slice(path_and_query.as_bytes());
+            // Joined `str`s, with ASCII letters lower-cased: still UTF-8.
+            std::str::from_utf8(s).map_or_else(|_| "".into(), Arc::from)
         };
         if len <= ON_STACK {
-            let mut buf = [0u8; ON_STACK];
-            fill(&mut buf[..len]);
-            // Joined `str`s, with ASCII letters lower-cased: still UTF-8.
-            return std::str::from_utf8(&buf[..len]).map_or_else(|_| "".into(), Arc::from);
+            fill(&mut [0u8; ON_STACK][..len])
+        } else {
+            fill(&mut vec![0u8; len])
         }
-        let mut s = String::with_capacity(len);
-        s.push_str(scheme);
-        s.push_str("://");
-        let at = s.len();
-        s.push_str(host);
-        s[at..].make_ascii_lowercase();
-        s.push_str(path_and_query);
-        s.into()
     }
 
     fn get(&self, url: &Arc<str>, variant: Option<Box<[u8]>>) -> Option<Slot> {
