@@ -373,3 +373,73 @@ fn a_drained_server_that_stops_at_once_on_sigterm_gets_it_only_after_its_request
         script.display()
     ));
 }
+
+/// A one-connection-at-a-time server that closes every connection after its response (as
+/// gunicorn's sync worker does) and logs each connection: `accept`, then `request <line>`
+/// or, for a connection closed before any byte came, `unused`.
+const CLOSING_SERVER: &str = r#"
+import os, socket
+log = open(os.environ["CONN_LOG"], "a", buffering=1)
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    log.write("accept\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        log.write("unused\n")
+    else:
+        log.write("request " + data.split(b"\r\n", 1)[0].decode() + "\n")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+    conn.close()
+"#;
+
+#[test]
+fn a_worker_that_closes_its_connections_finds_the_next_one_waiting_and_an_unused_one_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("closing.py"), CLOSING_SERVER).unwrap();
+    let log = dir.path().join("connections.log");
+    let pool = format!(
+        "protocol = \"http\"\ncommand = [\"python3\", \"closing.py\"]\ncwd = \"{}\"\nenv = {{ CONN_LOG = \"{}\" }}",
+        dir.path().display(),
+        log.display()
+    );
+    let d = Daemon::start(&worker_config(&pool, ""));
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |text: &str, what: &str| text.lines().filter(|l| l.starts_with(what)).count();
+    let r = get(d.addr(), "/one");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // The next request's connection is already in the server's accept queue: accepted,
+    // and no request on it yet.
+    let t = Instant::now();
+    loop {
+        let text = read_log();
+        if count(&text, "accept") == count(&text, "request") + 1 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no connection opened ahead of the next request:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Unused, it is closed after a few seconds rather than holding the server (whose own
+    // watchdog would take a long silence for a hung worker).
+    let t = Instant::now();
+    while count(&read_log(), "unused") == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the unused connection was never closed:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = get(d.addr(), "/two");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    let text = read_log();
+    assert!(text.contains("request GET /two HTTP/1.1"), "{text}");
+}

@@ -121,11 +121,17 @@ async fn run(spec: BridgeSpec, upstream: Arc<Upstream>, pipe: tokio::io::DuplexS
         .announce_pid(pid)
         .started_by_handler()
         .health_check(check)
-        .serve_service(Proxy { upstream, pid })
+        .serve_service(Proxy {
+            upstream: upstream.clone(),
+            pid,
+        })
         .await;
     if let Err(e) = served {
         tracing::warn!(pool = %pool, pid, "HTTP worker adapter stopped: {e}");
     }
+    // The worker is about to be told to stop: a server reading an empty connection would
+    // wait for it to close.
+    upstream.stop_spares();
     // `endpoint` is dropped here (or when the task is aborted): the socket file goes.
     drop(endpoint);
 }
@@ -135,6 +141,7 @@ async fn run(spec: BridgeSpec, upstream: Arc<Upstream>, pipe: tokio::io::DuplexS
 /// `OPTIONS *` must get any answer at all. A connection alone proves nothing: the kernel
 /// accepts on a listening socket whether or not the application ever reads it.
 async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
+    upstream.close_spare();
     let check = async {
         let mut lease = upstream.connect().await.ok()?;
         let host = match upstream.address() {
@@ -317,6 +324,9 @@ pub(super) async fn forward_one(
         match upstream::drive(&mut driver, sender.try_send_request(request)).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
+                if forward::closes_connection(&head.headers) {
+                    upstream.saw_connection_close().await;
+                }
                 forward::response_headers(&mut head.headers);
                 let read_whole = small(&head.headers);
                 if !read_whole {

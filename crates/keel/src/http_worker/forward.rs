@@ -63,75 +63,108 @@ fn ip_text(ip: IpAddr) -> String {
     text
 }
 
-/// Prepares a request's headers for the worker. Each proxy field is either set (`insert`
-/// replaces every copy a client sent) or removed.
-pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Option<&str>) {
-    strip_hop_by_hop(headers);
-    // The daemon has answered any `Expect: 100-continue` already.
-    headers.remove(header::EXPECT);
+/// The fields keel sets on every request to a worker from what it saw itself: any copy a
+/// client sent is dropped, never passed on or appended to.
+pub const PROXY_FIELDS: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_REAL_IP,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+];
+
+/// Calls `set` with each proxy field's name and value, in [`PROXY_FIELDS`] order; a field
+/// keel cannot fill (no client address, no host) is left out. `host` is the host the
+/// client asked for (`Host`, or an HTTP/2 request's authority).
+pub fn proxy_fields(view: &ClientView, host: Option<&str>, mut set: impl FnMut(&HeaderName, &str)) {
     let proto = if view.tls { "https" } else { "http" };
-    let host = match headers.get(header::HOST) {
-        Some(h) if h.to_str().is_ok() => Some(h.clone()),
-        _ => authority.and_then(|a| HeaderValue::from_str(a).ok()),
-    };
-    // HTTP/2 requests carry `:authority` instead of `Host`; HTTP/1.1 servers want `Host`.
-    if !headers.contains_key(header::HOST)
-        && let Some(h) = &host
-    {
-        headers.insert(header::HOST, h.clone());
-    }
     let mut forwarded = String::with_capacity(96);
-    match view.client.map(|c| c.ip()) {
-        Some(ip) => {
-            let text = ip_text(ip);
-            forwarded.push_str("for=");
-            forwarded_node(ip, &text, &mut forwarded);
-            if let Ok(v) = HeaderValue::try_from(text) {
-                headers.insert(X_FORWARDED_FOR, v.clone());
-                headers.insert(X_REAL_IP, v);
-            }
-        }
-        None => {
-            headers.remove(X_FORWARDED_FOR);
-            headers.remove(X_REAL_IP);
-        }
+    if let Some(ip) = view.client.map(|c| c.ip()) {
+        let text = ip_text(ip);
+        forwarded.push_str("for=");
+        forwarded_node(ip, &text, &mut forwarded);
+        set(&X_FORWARDED_FOR, &text);
+        set(&X_REAL_IP, &text);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match view.local {
-        Some(local) => {
-            headers.insert(X_FORWARDED_PORT, HeaderValue::from(local.port()));
-        }
-        None => {
-            headers.remove(X_FORWARDED_PORT);
-        }
+    set(&X_FORWARDED_PROTO, proto);
+    if let Some(local) = view.local {
+        let mut digits = [0u8; 5];
+        set(&X_FORWARDED_PORT, port_text(local.port(), &mut digits));
     }
-    match host {
-        Some(h) => {
-            if let Ok(text) = h.to_str() {
-                if !forwarded.is_empty() {
-                    forwarded.push(';');
-                }
-                forwarded.push_str("host=");
-                quoted(text, &mut forwarded);
-            }
-            headers.insert(X_FORWARDED_HOST, h);
+    if let Some(host) = host {
+        if !forwarded.is_empty() {
+            forwarded.push(';');
         }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
+        forwarded.push_str("host=");
+        quoted(host, &mut forwarded);
+        set(&X_FORWARDED_HOST, host);
     }
     if !forwarded.is_empty() {
         forwarded.push(';');
     }
     forwarded.push_str("proto=");
     forwarded.push_str(proto);
-    match HeaderValue::try_from(forwarded) {
-        Ok(v) => headers.insert(header::FORWARDED, v),
-        Err(_) => headers.remove(header::FORWARDED),
+    set(&header::FORWARDED, &forwarded);
+}
+
+/// A port number in decimal, written into `digits`.
+fn port_text(mut port: u16, digits: &mut [u8; 5]) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (port % 10) as u8;
+        port /= 10;
+        if port == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
+}
+
+/// Prepares a request's headers for the worker: hop-by-hop fields and `Expect` out, the
+/// proxy fields set from `view` (client copies dropped), and `Host` from `authority` when
+/// the request has none (HTTP/2 requests carry `:authority` instead; HTTP/1.1 servers
+/// want `Host`).
+pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Option<&str>) {
+    strip_hop_by_hop(headers);
+    // The daemon has answered any `Expect: 100-continue` already.
+    headers.remove(header::EXPECT);
+    for name in PROXY_FIELDS {
+        headers.remove(name);
+    }
+    let host = match headers.get(header::HOST) {
+        Some(h) if h.to_str().is_ok() => Some(h.clone()),
+        _ => authority.and_then(|a| HeaderValue::from_str(a).ok()),
     };
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = &host
+    {
+        headers.insert(header::HOST, h.clone());
+    }
+    let host = host.as_ref().and_then(|h| h.to_str().ok());
+    let mut set = Vec::with_capacity(PROXY_FIELDS.len());
+    proxy_fields(view, host, |name, value| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            set.push((name.clone(), value));
+        }
+    });
+    for (name, value) in set {
+        headers.insert(name, value);
+    }
 }
 
 /// Prepares a worker's response headers for the daemon (and so for the client).
+/// The response says its connection closes after it (`Connection: close`).
+pub fn closes_connection(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
 pub fn response_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }
@@ -170,6 +203,13 @@ fn quoted(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_as_text() {
+        for port in [0u16, 7, 80, 443, 8080, 10000, 65535] {
+            assert_eq!(port_text(port, &mut [0; 5]), port.to_string());
+        }
+    }
 
     #[test]
     fn addresses_as_text() {
