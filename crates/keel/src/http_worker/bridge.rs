@@ -12,17 +12,16 @@
 //!   sends the process SIGTERM and waits for it to exit.
 //!
 //! A request whose body is complete (most of them) skips the pipe: the worker connection
-//! hands it to the bridge's direct lane (`lane.rs`), which runs the same [`forward_one`].
+//! hands it to the bridge's direct lane (`lane.rs`), which follows the same replay rules
+//! as [`forward_one`] with its own HTTP/1.1 client.
 
 use super::endpoint::{Address, Endpoint};
 use super::forward::{self, ClientView};
 use super::lane::Lane;
 use super::upstream::{self, Lease, RequestBody, ResponseBody, Upstream};
-use crate::dispatch::WorkerConn;
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
-use keel_proto::{Frame, StreamId};
 use keel_worker::{HealthCheck, RequestInfo, StartSignal};
 use std::future::Future;
 use std::pin::Pin;
@@ -35,8 +34,8 @@ const READY_POLL: Duration = Duration::from_millis(25);
 /// A health check that takes longer than this fails.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for the worker to accept a connection before it fails.
-const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
-const CONNECT_RETRY: Duration = Duration::from_millis(20);
+pub(super) const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// After a connection fails mid-request: time for the daemon to see the worker's exit, so
 /// the request follows the worker-loss rules (replay) instead of failing here.
 const LOSS_GRACE: Duration = Duration::from_secs(2);
@@ -54,7 +53,7 @@ const PIPE_BUFFER: usize = 256 * 1024;
 const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// A response body: read whole (small), or streamed from the worker's connection.
-pub(super) type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
+type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
 
 fn small(headers: &http::HeaderMap) -> bool {
     headers
@@ -186,7 +185,7 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
     }
 
     fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
-        let start = Start::Signal(request.extensions_mut().remove::<StartSignal>());
+        let start = Start(request.extensions_mut().remove::<StartSignal>());
         let view = request
             .extensions()
             .get::<RequestInfo>()
@@ -207,31 +206,16 @@ impl tower_service::Service<Request<RequestBody>> for Proxy {
 }
 
 /// What is told, right before a request is written to the worker's socket, that it is
-/// (STARTED): a request lost before that goes back to the queue whatever its method.
-pub(super) enum Start {
-    /// Through the protocol pipe (the SDK's signal, when it gave one).
-    Signal(Option<StartSignal>),
-    /// A direct-lane stream: applied to its worker connection at once, the first time.
-    Lane {
-        conn: Arc<WorkerConn>,
-        id: StreamId,
-        sent: bool,
-    },
-}
+/// (STARTED): a request lost before that goes back to the queue whatever its method. The
+/// SDK's signal, when it gave one.
+pub(super) struct Start(Option<StartSignal>);
 
 impl Start {
     /// `false`: the request's stream is over (it must not be sent).
     async fn send(&mut self) -> bool {
-        match self {
-            Start::Signal(None) => true,
-            Start::Signal(Some(signal)) => signal.send().await,
-            Start::Lane { conn, id, sent } => {
-                if *sent {
-                    return conn.response_window(*id).is_some();
-                }
-                *sent = true;
-                conn.lane_frame(Frame::Started { id: *id })
-            }
+        match &mut self.0 {
+            None => true,
+            Some(signal) => signal.send().await,
         }
     }
 }
@@ -243,7 +227,7 @@ impl Start {
 /// twice, a moment apart, since a process killed as a group may close its connections just
 /// before it shows as exiting; then the request fails at once rather than holding its
 /// slot of the pool.
-async fn await_worker_exit(pid: u32) {
+pub(super) async fn await_worker_exit(pid: u32) {
     let going = crate::os::proc::exiting(pid) || {
         tokio::time::sleep(EXIT_LOOK_AGAIN).await;
         crate::os::proc::exiting(pid)
@@ -255,7 +239,7 @@ async fn await_worker_exit(pid: u32) {
 
 /// One request to the worker and its response head back. An `Err` aborts the stream (the
 /// daemon answers 502).
-pub(super) async fn forward_one(
+async fn forward_one(
     upstream: Arc<Upstream>,
     pid: u32,
     request: Request<RequestBody>,

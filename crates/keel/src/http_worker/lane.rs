@@ -1,28 +1,38 @@
 //! The direct lane of an HTTP worker: a request whose body is complete reaches the adapter
 //! without the protocol pipe. Its worker connection ([`WorkerConn`]) hands over the queued
-//! REQUEST frame; a task of its own forwards it ([`forward_one`], as the pipe's requests
-//! are) and plays the worker's side of the stream: STARTED right before the request is
-//! written, then RESPONSE and DATA within the stream's window, each applied straight to
-//! the worker connection, which checks them as it checks any worker's frames. Measured
-//! against the pipe, this spares the frames' encoding and decoding and four task wake-ups
-//! per request (docs/performance.md).
+//! REQUEST frame; a task of its own writes it to the worker with the lane's own HTTP/1.1
+//! client (`h1_client.rs`) and plays the worker's side of the stream: STARTED right before
+//! the request is written, then RESPONSE and DATA within the stream's window, each applied
+//! straight to the worker connection, which checks them as it checks any worker's frames.
+//! Measured against the pipe and hyper's client, this spares the frames' encoding and
+//! decoding, four task wake-ups and the header maps of both directions per request
+//! (docs/performance.md).
+//!
+//! The replay rules are those of the pipe's requests (`bridge::forward_one`): a request not
+//! wholly written is sent again on a new connection, whatever its method; one written
+//! with no response byte back is sent once more when the connection had served a request
+//! before (the worker may have closed it as the request went out) or the method is
+//! idempotent; a response broken off before its head went on is sent once more when the
+//! method is idempotent; otherwise, once the worker process is seen exiting or not, the
+//! stream ends with 502.
 //!
 //! Invariants: the lane's frames pass [`WorkerConn::lane_frame`] and nothing else; the task
 //! stops as soon as its stream is over (the client left, the worker was lost: the worker
 //! connection aborts it).
 
-use super::bridge::{ProxyBody, Start, forward_one};
+use super::bridge::{CONNECT_PATIENCE, CONNECT_RETRY, await_worker_exit};
 use super::forward::ClientView;
-use super::upstream::{RequestBody, Upstream};
+use super::h1_client::{self, BodyReader, Conn, Framing};
+use super::upstream::Upstream;
 use crate::dispatch::{DirectLane, Job, WorkerConn};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either};
-use keel_proto::{AbortCode, CachePolicy, Decoder, Frame, RequestHead, ResponseHead, StreamId};
+use keel_proto::{
+    AbortCode, CachePolicy, Decoder, Frame, Header, RequestHead, ResponseHead, StreamId,
+};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::Notify;
 
 /// Largest body sent inside the RESPONSE frame (as the SDK does).
@@ -103,27 +113,217 @@ async fn serve(
         local: head.local,
         tls: head.tls,
     };
-    let Some(request) = to_request(head) else {
-        // The daemon let through something the http crate refuses (as the SDK answers).
-        tracing::warn!(pid, id, "request refused before the HTTP worker");
-        let mut bad = Response::new(Either::Left(http_body_util::Full::new(Bytes::from_static(
-            b"bad request",
-        ))));
-        *bad.status_mut() = StatusCode::BAD_REQUEST;
-        respond(&conn, id, bad, &window).await;
-        return;
-    };
-    let start = Start::Lane {
-        conn: conn.clone(),
-        id,
-        sent: false,
-    };
-    match forward_one(upstream, pid, request, start, view).await {
-        Ok(response) => respond(&conn, id, response, &window).await,
-        Err(error) => {
-            tracing::warn!(pid, id, %error, "HTTP worker request failed; aborting the stream");
-            fail(&conn, id);
+    let request = match h1_client::encode_request(&head, &view) {
+        Ok(bytes) => bytes,
+        Err(h1_client::Unwritable(what)) => {
+            // The daemon let through something HTTP/1.1 cannot carry (as the SDK answers).
+            tracing::warn!(
+                pid,
+                id,
+                "request refused before the HTTP worker: its {what}"
+            );
+            let bad = Bytes::from_static(b"bad request");
+            answer_whole(&conn, id, 400, Vec::new(), bad, &window).await;
+            return;
         }
+    };
+    let head_request = &head.method[..] == b"HEAD";
+    let idempotent = matches!(
+        &head.method[..],
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    );
+    drop(head);
+    let mut started = false;
+    let mut fresh_only = false;
+    let mut sent_again = false;
+    let patience = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        let leased = if fresh_only {
+            upstream.connect_conn().await.map(|c| (c, false))
+        } else {
+            upstream.lease_conn().await
+        };
+        let (mut wire, reused) = match leased {
+            Ok(leased) => leased,
+            Err(e) if Instant::now() < patience => {
+                tracing::trace!(address = %upstream.address(), "worker not accepting yet: {e}");
+                tokio::time::sleep(CONNECT_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(pid, id, "cannot connect to {}: {e}", upstream.address());
+                fail(&conn, id);
+                return;
+            }
+        };
+        // STARTED once, right before the first write; later attempts only check that the
+        // stream is still open.
+        let open = if started {
+            conn.response_window(id).is_some()
+        } else {
+            started = true;
+            conn.lane_frame(Frame::Started { id })
+        };
+        if !open {
+            return;
+        }
+        if let Err(e) = wire.write_all(&request).await {
+            if Instant::now() < patience {
+                // Not wholly written: the worker cannot have a request to act on.
+                tracing::trace!(pid, id, "request not written ({e}); on a new connection");
+                fresh_only = true;
+                continue;
+            }
+            tracing::warn!(pid, id, "cannot write the request to the worker: {e}");
+            await_worker_exit(pid).await;
+            fail(&conn, id);
+            return;
+        }
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let response = match h1_client::read_head(&mut wire, &mut buf, head_request).await {
+            Ok(response) => response,
+            Err(e) => {
+                if e.malformed {
+                    tracing::warn!(pid, id, "HTTP worker answered a bad response: {}", e.error);
+                    fail(&conn, id);
+                    return;
+                }
+                if e.nothing_received && (reused || idempotent) && !sent_again {
+                    // The worker closed a kept-alive connection as the request went out, or
+                    // the process serving it died while its server lives on (gunicorn's
+                    // master replaces a killed worker): once more, on a new connection, as
+                    // nginx's proxy_next_upstream does. If the whole worker is going away,
+                    // the daemon replays the request by the worker-loss rules instead.
+                    sent_again = true;
+                    fresh_only = true;
+                    continue;
+                }
+                tracing::warn!(pid, id, "the worker's connection failed: {}", e.error);
+                await_worker_exit(pid).await;
+                fail(&conn, id);
+                return;
+            }
+        };
+        if response.status == 101 {
+            // Never asked for: lane requests do not upgrade.
+            tracing::warn!(
+                id,
+                "HTTP worker answered 101 to a request that did not ask to upgrade"
+            );
+            fail(&conn, id);
+            return;
+        }
+        if response.closes {
+            upstream.saw_connection_close().await;
+        }
+        let whole_len = match response.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(n) if n <= BUFFER_LIMIT => usize::try_from(n).ok(),
+            _ => None,
+        };
+        if let Some(len) = whole_len {
+            // Read whole before the head goes on: the answer then leaves in one frame, and
+            // a worker lost meanwhile leaves a request that can still be replayed rather
+            // than a response cut short.
+            match h1_client::read_whole(&mut wire, &mut buf, len).await {
+                Ok(body) => {
+                    if response.reusable && buf.is_empty() {
+                        upstream.give_back_conn(wire);
+                    }
+                    answer_whole(&conn, id, response.status, response.headers, body, &window).await;
+                    return;
+                }
+                Err(e) => {
+                    if idempotent && !sent_again {
+                        // Nothing of it has reached the client: the process serving it died
+                        // mid-response while the server lives on. Once more, on a new
+                        // connection.
+                        sent_again = true;
+                        fresh_only = true;
+                        continue;
+                    }
+                    tracing::warn!(pid, id, "the worker's response broke off: {e}");
+                    await_worker_exit(pid).await;
+                    fail(&conn, id);
+                    return;
+                }
+            }
+        }
+        let reusable = response.reusable;
+        let mut body = BodyReader::new(response.framing);
+        if !conn.lane_frame(Frame::Response(response_head(
+            id,
+            response.status,
+            response.headers,
+            Bytes::new(),
+            false,
+        ))) {
+            return;
+        }
+        stream_body(
+            &upstream, &conn, id, wire, buf, &mut body, reusable, &window,
+        )
+        .await;
+        return;
+    }
+}
+
+/// Bodies up to this size (by `Content-Length`) are read whole before the response head is
+/// handed on (as the pipe's requests, `bridge.rs`).
+const BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// The rest of a streamed response, as DATA within the window; the connection goes back for
+/// reuse when the body ended as its framing says, with nothing after it.
+#[allow(clippy::too_many_arguments)]
+async fn stream_body(
+    upstream: &Upstream,
+    conn: &Arc<WorkerConn>,
+    id: StreamId,
+    mut wire: Conn,
+    mut buf: BytesMut,
+    body: &mut BodyReader,
+    reusable: bool,
+    window: &Notify,
+) {
+    loop {
+        match body.next(&mut wire, &mut buf).await {
+            Ok(None) => {
+                if send_data(conn, id, Bytes::new(), true, window).await
+                    && reusable
+                    && buf.is_empty()
+                {
+                    upstream.give_back_conn(wire);
+                }
+                return;
+            }
+            Ok(Some(data)) => {
+                if !send_data(conn, id, data, false, window).await {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(id, %error, "HTTP worker response broke off");
+                fail(conn, id);
+                return;
+            }
+        }
+    }
+}
+
+fn response_head(
+    id: StreamId,
+    status: u16,
+    headers: Vec<Header>,
+    body: Bytes,
+    end: bool,
+) -> ResponseHead {
+    ResponseHead {
+        id,
+        status,
+        cache: CachePolicy::None,
+        headers,
+        body,
+        end,
     }
 }
 
@@ -135,94 +335,31 @@ fn fail(conn: &Arc<WorkerConn>, id: StreamId) {
     });
 }
 
-/// The request for [`forward_one`], from the REQUEST frame (`None`: the http crate refuses
-/// one of its parts). Its version is left alone: `forward_one` speaks HTTP/1.1 whatever the
-/// client spoke.
-fn to_request(head: RequestHead) -> Option<Request<RequestBody>> {
-    // Room for the forwarding fields `forward::request_headers` adds (no regrowth then).
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 6);
-    for (name, value) in head.headers {
-        let name = HeaderName::from_bytes(&name).ok()?;
-        let value = HeaderValue::from_maybe_shared(value).ok()?;
-        headers.append(name, value);
-    }
-    let mut request = Request::new(RequestBody::from(head.body));
-    *request.method_mut() = Method::from_bytes(&head.method).ok()?;
-    *request.uri_mut() = Uri::from_maybe_shared(head.target).ok()?;
-    *request.headers_mut() = headers;
-    Some(request)
-}
-
-/// The response as RESPONSE and DATA frames: a body that is whole and fits in the window
-/// (and in 64 KiB) goes inside the head, anything else follows in DATA within the window.
-async fn respond(
+/// A whole response as frames: a body that fits in the window (and in 64 KiB) goes inside
+/// the head, anything else follows in DATA within the window.
+async fn answer_whole(
     conn: &Arc<WorkerConn>,
     id: StreamId,
-    response: Response<ProxyBody>,
+    status: u16,
+    headers: Vec<Header>,
+    body: Bytes,
     window: &Notify,
 ) {
-    let (parts, body) = response.into_parts();
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        // Never asked for: lane requests do not upgrade.
-        tracing::warn!(
-            id,
-            "HTTP worker answered 101 to a request that did not ask to upgrade"
-        );
-        fail(conn, id);
+    let room = conn.response_window(id).unwrap_or(0) as usize;
+    if body.len() <= room.min(INLINE_LIMIT) {
+        conn.lane_frame(Frame::Response(response_head(
+            id, status, headers, body, true,
+        )));
         return;
     }
-    let mut head = ResponseHead {
+    if conn.lane_frame(Frame::Response(response_head(
         id,
-        status: parts.status.as_u16(),
-        cache: CachePolicy::None,
-        headers: keel_worker::wire_headers(&parts.headers),
-        body: Bytes::new(),
-        end: false,
-    };
-    match body {
-        Either::Left(whole) => {
-            let whole = match whole.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(never) => match never {},
-            };
-            let room = conn.response_window(id).unwrap_or(0) as usize;
-            if whole.len() <= room.min(INLINE_LIMIT) {
-                head.body = whole;
-                head.end = true;
-                conn.lane_frame(Frame::Response(head));
-                return;
-            }
-            if conn.lane_frame(Frame::Response(head)) {
-                send_data(conn, id, whole, true, window).await;
-            }
-        }
-        Either::Right(mut streamed) => {
-            if !conn.lane_frame(Frame::Response(head)) {
-                return;
-            }
-            loop {
-                match streamed.frame().await {
-                    None => {
-                        send_data(conn, id, Bytes::new(), true, window).await;
-                        return;
-                    }
-                    Some(Ok(frame)) => {
-                        // Trailers have no place in the protocol: dropped.
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        if !send_data(conn, id, data, false, window).await {
-                            return;
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(id, %error, "HTTP worker response broke off");
-                        fail(conn, id);
-                        return;
-                    }
-                }
-            }
-        }
+        status,
+        headers,
+        Bytes::new(),
+        false,
+    ))) {
+        send_data(conn, id, body, true, window).await;
     }
 }
 

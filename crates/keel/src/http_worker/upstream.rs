@@ -1,7 +1,9 @@
 //! HTTP/1.1 connections to one worker, kept alive between requests: at most one request per
 //! connection at a time, idle connections reused newest first and dropped after
 //! [`IDLE_KEEP`] (shorter than the keep-alive timeouts of common servers, so keel rarely
-//! sends on a connection the worker is closing).
+//! sends on a connection the worker is closing). Two kinds: hyper client connections (the
+//! pipe's requests, health checks) and the direct lane's own (`h1_client::Conn`, leased
+//! with [`Upstream::lease_conn`]).
 //!
 //! A new connection's HTTP/1.1 state machine (its [`Driver`]) is driven by the request that
 //! opened it until that request's response is read ([`drive`]), and by a task of its
@@ -19,6 +21,7 @@
 //! worker drains.
 
 use super::endpoint::Address;
+use super::h1_client::Conn;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -46,8 +49,10 @@ pub struct Upstream {
     idle: Mutex<Vec<(SendRequest<RequestBody>, Instant)>>,
     /// Most idle connections kept (the worker's capacity).
     max_idle: usize,
-    /// A connection opened ahead of need, never used, and since when.
-    spare: Mutex<Option<(Lease, Instant)>>,
+    /// The direct lane's idle connections.
+    lane_idle: Mutex<Vec<(Conn, Instant)>>,
+    /// A lane connection opened ahead of need, never used, and since when.
+    spare: Mutex<Option<(Conn, Instant)>>,
     /// The worker closes its connections after each response: a spare is worth keeping.
     closes_connections: AtomicBool,
     /// The task that closes a spare left unused is running.
@@ -114,6 +119,7 @@ impl Upstream {
             address,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.max(1),
+            lane_idle: Mutex::new(Vec::new()),
             spare: Mutex::new(None),
             closes_connections: AtomicBool::new(false),
             reaping: AtomicBool::new(false),
@@ -150,7 +156,7 @@ impl Upstream {
     }
 
     /// An idle connection that is still open, else a new one.
-    pub async fn lease(self: &Arc<Self>) -> io::Result<Lease> {
+    pub async fn lease(&self) -> io::Result<Lease> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock();
@@ -169,20 +175,48 @@ impl Upstream {
                 });
             }
         }
+        self.connect().await
+    }
+
+    /// A connection for a lane request and whether it served one before (a failure on it
+    /// may then be the worker closing it): an idle one that looks open, else the spare,
+    /// else a new one. Taking the spare or a new one opens the next spare when the worker
+    /// closes its connections.
+    pub async fn lease_conn(self: &Arc<Self>) -> io::Result<(Conn, bool)> {
+        loop {
+            let candidate = self.lane_idle.lock().pop();
+            let Some((conn, since)) = candidate else {
+                break;
+            };
+            if since.elapsed() < IDLE_KEEP && conn.looks_open() {
+                return Ok((conn, true));
+            }
+        }
         if !self.closes_connections.load(Ordering::Relaxed) {
-            return self.connect().await;
+            return Ok((Conn::connect(&self.address).await?, false));
         }
         let spare = self.spare.lock().take();
-        let lease = match spare {
+        let conn = match spare {
             // As a new connection: a failure on it never resends a non-idempotent request
             // (the server may have begun it).
-            Some((spare, since)) if since.elapsed() < IDLE_KEEP && !spare.sender.is_closed() => {
-                spare
-            }
-            _ => self.connect().await?,
+            Some((spare, since)) if since.elapsed() < IDLE_KEEP && spare.looks_open() => spare,
+            _ => Conn::connect(&self.address).await?,
         };
         self.open_spare().await;
-        Ok(lease)
+        Ok((conn, false))
+    }
+
+    /// A new lane connection (a request sent again after a failure never takes an idle one).
+    pub async fn connect_conn(&self) -> io::Result<Conn> {
+        Conn::connect(&self.address).await
+    }
+
+    /// A lane connection whose response was read to its end, kept for the next request.
+    pub fn give_back_conn(&self, conn: Conn) {
+        let mut idle = self.lane_idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push((conn, Instant::now()));
+        }
     }
 
     /// Connects the next request's connection now (see the module's comment). A failure
@@ -191,7 +225,7 @@ impl Upstream {
         if self.spares_off.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(spare) = self.connect().await else {
+        let Ok(spare) = Conn::connect(&self.address).await else {
             return;
         };
         *self.spare.lock() = Some((spare, Instant::now()));
@@ -224,7 +258,8 @@ impl Upstream {
     }
 }
 
-/// Closes a spare left unused for [`IDLE_KEEP`]; ends with its [`Upstream`].
+/// Closes a spare left unused for [`IDLE_KEEP`], and idle lane connections as old; ends
+/// with its [`Upstream`].
 async fn reap_spares(upstream: Weak<Upstream>) {
     loop {
         tokio::time::sleep(IDLE_KEEP / 2).await;
@@ -238,6 +273,11 @@ async fn reap_spares(upstream: Weak<Upstream>) {
         {
             drop(spare.take());
         }
+        drop(spare);
+        upstream
+            .lane_idle
+            .lock()
+            .retain(|(_, since)| since.elapsed() < IDLE_KEEP);
     }
 }
 
