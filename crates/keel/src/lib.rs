@@ -1,6 +1,7 @@
 //! keel: the daemon. See ARCHITECTURE.md for the request's path through these modules.
 
 pub mod admin;
+pub mod allocator;
 pub mod cache;
 pub mod compress;
 pub mod config;

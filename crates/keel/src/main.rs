@@ -10,9 +10,9 @@ use std::process::ExitCode;
 
 /// The daemon allocates a little for every request (heads, header maps, frames) on every
 /// thread; mimalloc's per-thread free lists serve that for less than glibc's malloc
-/// (docs/performance.md has the measurement).
+/// (docs/performance.md has the measurement), through keel's shim (`keel::allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keel::allocator::MiMalloc = keel::allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(
