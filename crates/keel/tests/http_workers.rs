@@ -241,8 +241,17 @@ fn a_get_whose_worker_process_dies_mid_response_is_answered_by_its_replacement()
     assert_eq!(get(d.addr(), "/pid").status, 200);
     let master = d.worker_pids();
     assert_eq!(master.len(), 1);
+    let t = Instant::now();
     let r = get(d.addr(), "/once");
     assert_eq!(r.status, 200, "{}", r.text());
+    // Sent again on a new connection, which must not queue behind the spare connection
+    // keel keeps in gunicorn's accept queue (the new gunicorn process would read that one
+    // until keel closes it unused, 2 s later).
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "the replacement answered after {:?}",
+        t.elapsed()
+    );
     assert_eq!(r.text(), "abcdefghijklmnopqrstuvwxyz");
     assert!(
         dir.path().join("marker").exists(),

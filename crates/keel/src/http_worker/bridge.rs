@@ -140,7 +140,6 @@ async fn run(spec: BridgeSpec, upstream: Arc<Upstream>, pipe: tokio::io::DuplexS
 /// `OPTIONS *` must get any answer at all. A connection alone proves nothing: the kernel
 /// accepts on a listening socket whether or not the application ever reads it.
 async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
-    upstream.close_spare();
     let check = async {
         let mut lease = upstream.connect().await.ok()?;
         let host = match upstream.address() {

@@ -146,8 +146,8 @@ impl Upstream {
     }
 
     /// Closes the spare connection, if any: a connection opened after it would wait in
-    /// the accept queue behind it (a health check on an idle worker).
-    pub fn close_spare(&self) {
+    /// the accept queue behind it.
+    fn close_spare(&self) {
         drop(self.spare.lock().take());
     }
 
@@ -207,7 +207,11 @@ impl Upstream {
     }
 
     /// A new lane connection (a request sent again after a failure never takes an idle one).
+    /// The spare is closed first: in the worker's accept queue, the new connection would
+    /// wait behind it (a server that lost its process, as gunicorn's master replaces a
+    /// killed worker, accepts the spare first and would read it until it is closed).
     pub async fn connect_conn(&self) -> io::Result<Conn> {
+        self.close_spare();
         Conn::connect(&self.address).await
     }
 
@@ -234,8 +238,9 @@ impl Upstream {
         }
     }
 
-    /// A fresh connection.
+    /// A fresh hyper connection (the spare is closed first, as for [`Self::connect_conn`]).
     pub async fn connect(&self) -> io::Result<Lease> {
+        self.close_spare();
         match &self.address {
             Address::Unix(path) => handshake(tokio::net::UnixStream::connect(path).await?).await,
             Address::Tcp(addr) => {
