@@ -90,20 +90,9 @@ fn valid_value(value: &[u8]) -> bool {
 /// encoding left them out already), `Expect` (answered by the daemon), `Content-Length`
 /// (written from the body), and the proxy fields keel sets itself.
 fn dropped_from_request(name: &[u8]) -> bool {
-    const OTHERS: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "content-length",
-    ];
-    OTHERS
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    hop_by_hop(name)
+        || name.eq_ignore_ascii_case(b"expect")
+        || name.eq_ignore_ascii_case(b"content-length")
         || forward::PROXY_FIELDS
             .iter()
             .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
@@ -385,18 +374,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     }))
 }
 
+/// One of the daemon's hop-by-hop fields (`request_path::HOP_BY_HOP`), in any case.
 fn hop_by_hop(name: &[u8]) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+    crate::request_path::HOP_BY_HOP
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
 }
 
 /// The comma-separated tokens of a field value, trimmed.
