@@ -452,3 +452,29 @@ fn a_worker_that_closes_its_connections_finds_the_next_one_waiting_and_an_unused
     let text = read_log();
     assert!(text.contains("request GET /two HTTP/1.1"), "{text}");
 }
+
+/// An HTTP/2 request names its host in `:authority`, not in a `Host` field; an HTTP/1.1
+/// server still gets `Host` (RFC 9112 requires it) and the forwarding fields name it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_clients_authority_reaches_the_worker_as_its_host() {
+    let config =
+        worker_config(&node_worker(), "").replace("[listener]\n", "[listener]\nh2c = true\n");
+    let d = Daemon::start(&config);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let res = h2.get(d.url("/headers")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let h = json(&res.text().await.unwrap());
+    let authority = d.addr().to_string();
+    assert_eq!(h["host"], authority.as_str(), "{h}");
+    assert_eq!(h["x-forwarded-host"], authority.as_str(), "{h}");
+    assert_eq!(
+        h["forwarded"],
+        format!("for=127.0.0.1;host=\"{authority}\";proto=http").as_str(),
+        "{h}"
+    );
+}
