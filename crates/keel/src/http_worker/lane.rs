@@ -9,7 +9,8 @@
 //! (docs/performance.md).
 //!
 //! The replay rules are those of the pipe's requests (`bridge::forward_one`): a request not
-//! wholly written is sent again on a new connection, whatever its method; one written
+//! wholly written, with no answer back, is sent again on a new connection (up to three
+//! times), whatever its method; one written
 //! with no response byte back is sent once more when the connection had served a request
 //! before (the worker may have closed it as the request went out) or the method is
 //! idempotent; a response broken off before its head went on is sent once more when the
@@ -136,6 +137,7 @@ async fn serve(
     let mut started = false;
     let mut fresh_only = false;
     let mut sent_again = false;
+    let mut unwritten_retries = 0;
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
         let leased = if fresh_only {
@@ -167,28 +169,39 @@ async fn serve(
         if !open {
             return;
         }
-        if let Err(e) = wire.write_all(&request).await {
-            if Instant::now() < patience {
-                // Not wholly written: the worker cannot have a request to act on.
-                tracing::trace!(pid, id, "request not written ({e}); on a new connection");
-                fresh_only = true;
-                continue;
-            }
-            tracing::warn!(pid, id, "cannot write the request to the worker: {e}");
-            await_worker_exit(pid).await;
-            fail(&conn, id);
-            return;
-        }
+        // A write that fails (the worker closed its side) may still leave an answer to
+        // read: a server may answer early (413) and close before reading the whole request.
+        let unwritten = wire.write_all(&request).await.err();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let response = match h1_client::read_head(&mut wire, &mut buf, head_request).await {
             Ok(response) => response,
+            Err(e) if e.malformed => {
+                tracing::warn!(pid, id, "HTTP worker answered a bad response: {}", e.error);
+                fail(&conn, id);
+                return;
+            }
             Err(e) => {
-                if e.malformed {
-                    tracing::warn!(pid, id, "HTTP worker answered a bad response: {}", e.error);
-                    fail(&conn, id);
-                    return;
+                if let Some(write_error) = &unwritten
+                    && e.nothing_received
+                    && unwritten_retries < MAX_UNWRITTEN_RETRIES
+                    && Instant::now() < patience
+                {
+                    // Not wholly written and nothing back: the worker cannot have a
+                    // request to act on, whatever its method. On a new connection.
+                    tracing::trace!(
+                        pid,
+                        id,
+                        "request not written ({write_error}); on a new connection"
+                    );
+                    unwritten_retries += 1;
+                    fresh_only = true;
+                    continue;
                 }
-                if e.nothing_received && (reused || idempotent) && !sent_again {
+                if unwritten.is_none()
+                    && e.nothing_received
+                    && (reused || idempotent)
+                    && !sent_again
+                {
                     // The worker closed a kept-alive connection as the request went out, or
                     // the process serving it died while its server lives on (gunicorn's
                     // master replaces a killed worker): once more, on a new connection, as
@@ -198,7 +211,8 @@ async fn serve(
                     fresh_only = true;
                     continue;
                 }
-                tracing::warn!(pid, id, "the worker's connection failed: {}", e.error);
+                let error = unwritten.map_or(e.error, |w| w);
+                tracing::warn!(pid, id, "the worker's connection failed: {error}");
                 await_worker_exit(pid).await;
                 fail(&conn, id);
                 return;
@@ -267,6 +281,9 @@ async fn serve(
         return;
     }
 }
+
+/// How many times a request that could not be wholly written is tried on a new connection.
+const MAX_UNWRITTEN_RETRIES: u32 = 3;
 
 /// Bodies up to this size (by `Content-Length`) are read whole before the response head is
 /// handed on (as the pipe's requests, `bridge.rs`).
