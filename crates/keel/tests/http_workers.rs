@@ -478,3 +478,86 @@ async fn an_http2_clients_authority_reaches_the_worker_as_its_host() {
         "{h}"
     );
 }
+
+/// One request at a time, one connection each, closed after the answer (as gunicorn's sync
+/// worker): `GET /pid` answers its pid, `POST /die` exits the process (code 1) half a second
+/// in. Each request served is logged with the pid that served it.
+const ONE_AT_A_TIME_SERVER: &str = r#"
+import os, socket, time
+log = open(os.environ["SERVED_LOG"], "a", buffering=1)
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        conn.close()
+        continue
+    line = data.split(b"\r\n", 1)[0].decode()
+    log.write(f"{os.getpid()} {line}\n")
+    if line.startswith("POST /die"):
+        time.sleep(0.5)
+        os._exit(1)
+    body = str(os.getpid()).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+#[test]
+fn a_get_written_ahead_to_a_one_at_a_time_server_survives_the_crash_of_the_request_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.py"), ONE_AT_A_TIME_SERVER).unwrap();
+    let log = dir.path().join("served.log");
+    let pool = format!(
+        "protocol = \"http\"\ncommand = [\"python3\", \"server.py\"]\ncwd = \"{}\"\nenv = {{ SERVED_LOG = \"{}\" }}",
+        dir.path().display(),
+        log.display()
+    );
+    // capacity = 1 (the HTTP worker default): the server's real concurrency.
+    let d = Daemon::start(&worker_config(&pool, ""));
+    let first = get(d.addr(), "/pid");
+    assert_eq!(first.status, 200);
+    let addr = d.addr();
+    let dying = std::thread::spawn(move || {
+        raw_request(
+            addr,
+            b"POST /die HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        )
+    });
+    let t = Instant::now();
+    while worker_in_flight(&d) < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the POST never reached the worker"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let waiting = std::thread::spawn(move || get(addr, "/pid"));
+    // The GET does not wait in keel's queue for the POST to end: it is written ahead, to
+    // wait in the server's accept queue (two requests open on a worker of capacity 1).
+    let t = Instant::now();
+    while worker_in_flight(&d) < 2 {
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "the GET was not written ahead"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server exits on its own while serving the POST: the POST had started (502); the
+    // GET had not (the server takes one request at a time), so it goes to the next worker
+    // whatever the reason of the exit.
+    assert_eq!(dying.join().unwrap().status, 502);
+    let r = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.text(), first.text(), "answered by the replacement");
+    let served = std::fs::read_to_string(&log).unwrap();
+    let gets = served
+        .lines()
+        .filter(|l| l.ends_with("GET /pid HTTP/1.1"))
+        .count();
+    assert_eq!(gets, 2, "each GET served once:\n{served}");
+}
