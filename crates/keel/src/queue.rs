@@ -57,11 +57,6 @@ impl<T> RequestQueue<T> {
         self.entries.push_front((key, item));
     }
 
-    /// The oldest waiting request, left in place.
-    pub fn front(&self) -> Option<&T> {
-        self.entries.front().map(|(_, item)| item)
-    }
-
     /// The oldest waiting request.
     pub fn pop_front(&mut self) -> Option<(QueueKey, T)> {
         self.entries.pop_front()

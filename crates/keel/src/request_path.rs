@@ -303,7 +303,6 @@ async fn serve_routed<B: RequestBody>(
         head,
         inline_len: inline.len(),
         end,
-        may_go_ahead: end && parts.method.is_idempotent(),
         events: tx,
     };
     let mut exchange = Exchange::new(

@@ -97,8 +97,5 @@ pub struct Job {
     pub inline_len: usize,
     /// The request body is complete inside `head`.
     pub end: bool,
-    /// Idempotent, with its whole body: an HTTP worker that closes its connections may get
-    /// it written ahead, beyond its capacity ([`WorkerConn::has_room_for`]).
-    pub may_go_ahead: bool,
     pub events: EventTx,
 }

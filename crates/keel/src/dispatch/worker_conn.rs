@@ -4,10 +4,7 @@
 //! Invariants:
 //! - every frame from the worker is checked against its stream's [`StreamState`] before it
 //!   has any effect; the first violation ends the connection (the worker is killed);
-//! - never more than `capacity` streams are open on the connection, but for one idempotent
-//!   request with its whole body written ahead to an HTTP worker that closes its
-//!   connections ([`WorkerConn::allow_write_ahead`]): a request beyond `capacity` waits in
-//!   the server's accept queue, unstarted, and is replayed as one when the worker is lost;
+//! - never more than `capacity` streams are open on the connection;
 //! - frames to the worker are appended to one buffer and written by one task, so many
 //!   requests share one `write` syscall;
 //! - the streams lock is never held while taking the pool lock (lock order: pool → streams);
@@ -30,10 +27,6 @@ use tokio::sync::Notify;
 
 struct StreamEntry {
     state: StreamState,
-    /// Its place in the order streams were opened on this connection.
-    seq: u64,
-    /// An idempotent request with its whole body (it may have been written ahead).
-    may_go_ahead: bool,
     events: EventTx,
     /// Served by the direct lane: its task, and what wakes it when the window opens.
     lane: Option<LaneStream>,
@@ -112,9 +105,6 @@ pub struct WorkerConn {
     born: Instant,
     /// Requests with their whole body go here instead of the pipe (HTTP workers).
     lane: Option<Arc<dyn DirectLane>>,
-    /// The lane found that the worker closes every connection: one idempotent request may
-    /// be written ahead of `capacity`.
-    write_ahead: AtomicBool,
 }
 
 /// What ended a worker connection's reading side.
@@ -151,7 +141,6 @@ impl WorkerConn {
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
             lane: None,
-            write_ahead: AtomicBool::new(false),
         }
     }
 
@@ -223,31 +212,8 @@ impl WorkerConn {
             .collect()
     }
 
-    /// Whether `job` may be opened on this connection now: a free slot, or, for a job that
-    /// [may go ahead](Job::may_go_ahead) on a worker that [allows it](Self::allow_write_ahead),
-    /// one slot more.
-    pub fn has_room_for(&self, job: &Job) -> bool {
-        if self.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        let in_flight = self.in_flight();
-        in_flight < self.capacity
-            || (in_flight == self.capacity
-                && job.may_go_ahead
-                && job.end
-                && self.lane.is_some()
-                && self.write_ahead.load(Ordering::Relaxed))
-    }
-
-    /// The HTTP worker closes its connection after every response, as a server that takes
-    /// one request per connection in turn from its accept queue does (gunicorn's sync
-    /// worker): one idempotent request may wait there, written ahead, so that the server
-    /// goes from one request to the next without waiting for keel. Such a request is known
-    /// not to have started while `capacity` older ones are still open.
-    pub fn allow_write_ahead(&self) {
-        if !self.write_ahead.load(Ordering::Relaxed) {
-            self.write_ahead.store(true, Ordering::Relaxed);
-        }
+    pub fn has_room(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.in_flight() < self.capacity
     }
 
     fn push_out(&self, f: impl FnOnce(&mut BytesMut)) {
@@ -265,15 +231,12 @@ impl WorkerConn {
     pub fn open_stream(self: &Arc<Self>, job: &Job) -> StreamId {
         let lane = self.lane.as_ref().filter(|_| job.end);
         let window = lane.map(|_| Arc::new(Notify::new()));
-        let seq = self.requests.fetch_add(1, Ordering::Relaxed);
         let mut streams = self.streams.lock();
         let id = streams.allocate_id();
         streams.open.insert(
             id,
             StreamEntry {
                 state: StreamState::opened(id, self.initial_window, job.inline_len, job.end),
-                seq,
-                may_go_ahead: job.may_go_ahead && lane.is_some(),
                 events: job.events.clone(),
                 lane: window
                     .clone()
@@ -281,7 +244,7 @@ impl WorkerConn {
             },
         );
         drop(streams);
-        let served = seq + 1;
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.recycle_after == Some(served)
             && let Some(pool) = self.pool.upgrade()
         {
@@ -521,12 +484,11 @@ impl WorkerConn {
     pub fn fail_all(&self, killed_from_outside: bool) {
         self.closed.store(true, Ordering::Release);
         let open = std::mem::take(&mut self.streams.lock().open);
-        let ahead = written_ahead(&open, self.capacity);
-        for (id, entry) in open {
+        for (_, entry) in open {
             entry.stop_lane();
             let _ = entry.events.send(Event::WorkerLost {
                 killed_from_outside,
-                started: entry.state.started && !ahead.contains(&id),
+                started: entry.state.started,
             });
         }
         self.out_ready.notify_one();
@@ -612,30 +574,4 @@ impl WorkerConn {
             }
         }
     }
-}
-
-/// The streams that were written ahead and had not started when their HTTP worker was lost:
-/// beyond the `capacity` oldest open streams, the newest ones that may go ahead and have no
-/// response yet. The server takes its connections in the order they came (its accept queue),
-/// one request each, so while `capacity` older requests were open it had not read these.
-fn written_ahead(open: &FxHashMap<StreamId, StreamEntry>, capacity: usize) -> Vec<StreamId> {
-    let excess = open.len().saturating_sub(capacity);
-    if excess == 0 {
-        return Vec::new();
-    }
-    let mut newest: Vec<(u64, StreamId, bool)> = open
-        .iter()
-        .map(|(id, e)| {
-            let waiting = e.may_go_ahead
-                && matches!(e.state.response, keel_proto::ResponsePhase::AwaitingHead);
-            (e.seq, *id, waiting)
-        })
-        .collect();
-    newest.sort_unstable_by_key(|&(seq, _, _)| std::cmp::Reverse(seq));
-    newest
-        .into_iter()
-        .take(excess)
-        .take_while(|(_, _, waiting)| *waiting)
-        .map(|(_, id, _)| id)
-        .collect()
 }

@@ -229,7 +229,6 @@ async fn serve(
         }
         if response.closes {
             upstream.saw_connection_close().await;
-            conn.allow_write_ahead();
         }
         let whole_len = match response.framing {
             Framing::Empty => Some(0),

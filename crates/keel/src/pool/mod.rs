@@ -221,7 +221,7 @@ impl Pool {
         }
         let mut inner = self.inner.lock();
         if inner.queue.is_empty()
-            && let Some(worker) = pick_worker(&inner.ready, &job)
+            && let Some(worker) = pick_worker(&inner.ready)
         {
             worker.open_stream(&job);
             return Ok(Placement::Dispatched);
@@ -285,11 +285,7 @@ impl Pool {
         if !inner.ready.iter().any(|w| Arc::ptr_eq(w, worker)) {
             return; // draining or gone: it takes nothing new
         }
-        while inner
-            .queue
-            .front()
-            .is_some_and(|job| worker.has_room_for(job))
-        {
+        while !inner.queue.is_empty() && worker.has_room() {
             if let Some((_, job)) = inner.queue.pop_front() {
                 worker.open_stream(&job);
             }
@@ -341,19 +337,17 @@ impl Pool {
     }
 }
 
-/// The ready worker with the most free slots for `job` (spreads load across a web garden).
-fn pick_worker<'w>(ready: &'w [Arc<WorkerConn>], job: &Job) -> Option<&'w Arc<WorkerConn>> {
+/// The ready worker with the most free slots (spreads load across a web garden).
+fn pick_worker(ready: &[Arc<WorkerConn>]) -> Option<&Arc<WorkerConn>> {
     ready
         .iter()
-        .filter(|w| w.has_room_for(job))
+        .filter(|w| w.has_room())
         .min_by_key(|w| w.in_flight() * 1024 / w.capacity.max(1))
 }
 
-/// Dispatches from the queue's head while a worker has room for it (in order: a request
-/// that must wait for a free slot holds those behind it).
 fn dispatch_queued(inner: &mut PoolInner) {
-    while let Some(job) = inner.queue.front() {
-        let Some(worker) = pick_worker(&inner.ready, job).cloned() else {
+    while !inner.queue.is_empty() {
+        let Some(worker) = pick_worker(&inner.ready).cloned() else {
             return;
         };
         if let Some((_, job)) = inner.queue.pop_front() {
