@@ -181,6 +181,10 @@ impl Manager {
             self.ensure_workers();
             self.update_state();
             self.publish();
+            self.pool.may_grow.store(
+                self.wanted < self.pool.settings.config.workers as usize,
+                std::sync::atomic::Ordering::Release,
+            );
         }
         self.publish();
         if let Some(cg) = self.cgroup.take() {

@@ -144,6 +144,10 @@ pub struct Pool {
     disabled: AtomicBool,
     /// Rung when a request had to queue: the manager may start a worker.
     pub demand: Notify,
+    /// The manager could start another worker on demand (it wants fewer than `workers`).
+    /// When not, a queued request does not wake it: with every worker busy, most requests
+    /// queue, and the wake-up and its bookkeeping cost more than the rest of the queueing.
+    pub may_grow: AtomicBool,
     /// Rung when a worker reached `recycle.requests`: the manager checks at once rather
     /// than at its next tick.
     pub checkup: Notify,
@@ -170,6 +174,7 @@ impl Pool {
             stopping: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
             demand: Notify::new(),
+            may_grow: AtomicBool::new(true),
             checkup: Notify::new(),
             commands,
             figures: Mutex::new(PoolFigures {
@@ -230,7 +235,7 @@ impl Pool {
             return Err(Refusal::QueueFull);
         }
         drop(inner);
-        self.demand.notify_one();
+        self.ask_for_worker();
         Ok(Placement::Queued)
     }
 
@@ -247,6 +252,13 @@ impl Pool {
         let waiting = !inner.queue.is_empty();
         drop(inner);
         if waiting {
+            self.ask_for_worker();
+        }
+    }
+
+    /// A request is waiting: the manager is told, if it could start a worker for it.
+    fn ask_for_worker(&self) {
+        if self.may_grow.load(Ordering::Acquire) {
             self.demand.notify_one();
         }
     }
