@@ -478,3 +478,72 @@ async fn an_http2_clients_authority_reaches_the_worker_as_its_host() {
         "{h}"
     );
 }
+
+/// A server that answers some paths with something that is not an HTTP response head, or
+/// with one keel refuses; the others with a plain 200 (kept alive).
+const BAD_ANSWERS_SERVER: &str = r#"
+import socket, threading
+BAD = {
+    b"/garbage": b"this is not HTTP\r\n\r\n",
+    b"/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"/huge-head": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100000 + b"\r\n\r\n",
+    b"/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+}
+def serve(conn):
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                conn.close()
+                return
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        target = head.split(b" ")[1]
+        if target in BAD:
+            conn.sendall(BAD[target])
+            conn.close()
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+#[test]
+fn a_worker_answering_what_is_not_a_valid_response_gets_502_and_a_reason_and_keel_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.py"), BAD_ANSWERS_SERVER).unwrap();
+    let pool = format!(
+        "protocol = \"http\"\ncommand = [\"python3\", \"bad.py\"]\ncwd = \"{}\"\ncapacity = 4",
+        dir.path().display()
+    );
+    let d = Daemon::start(&worker_config(&pool, ""));
+    for (path, reason) in [
+        ("/garbage", "malformed response head"),
+        ("/two-lengths", "conflicting Content-Length"),
+        ("/huge-head", "response head over"),
+    ] {
+        let r = get(d.addr(), path);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        d.wait_for_line(reason, Duration::from_secs(5));
+        assert_eq!(get(d.addr(), "/ok").text(), "ok", "after {path}");
+    }
+    // A body that breaks after its head went on: the client's answer is cut short, and
+    // keel serves on.
+    let mut sock = std::net::TcpStream::connect(d.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut sock,
+        b"GET /bad-chunk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut sock, &mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(!got.ends_with("0\r\n\r\n"), "a whole answer: {got}");
+    d.wait_for_line("invalid chunk size", Duration::from_secs(5));
+    assert_eq!(get(d.addr(), "/ok").text(), "ok");
+}
