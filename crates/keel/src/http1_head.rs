@@ -117,8 +117,12 @@ pub fn put_end_known(
 }
 
 /// `n` in decimal.
-pub fn put_decimal(mut n: u64, out: &mut BytesMut) {
-    let mut digits = [0u8; 20];
+pub fn put_decimal(n: u64, out: &mut BytesMut) {
+    out.put_slice(decimal(n, &mut [0; 20]));
+}
+
+/// `n` in decimal, written at the end of `digits` (without the formatting machinery).
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -128,7 +132,7 @@ pub fn put_decimal(mut n: u64, out: &mut BytesMut) {
             break;
         }
     }
-    out.put_slice(&digits[at..]);
+    &digits[at..]
 }
 
 /// The current time as an HTTP date, formatted once a second per thread (as hyper does).

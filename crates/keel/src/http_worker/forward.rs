@@ -89,7 +89,7 @@ pub fn proxy_fields(view: &ClientView, host: Option<&str>, mut set: impl FnMut(&
     }
     set(&X_FORWARDED_PROTO, proto);
     if let Some(local) = view.local {
-        let mut digits = [0u8; 5];
+        let mut digits = [0u8; 20];
         set(&X_FORWARDED_PORT, port_text(local.port(), &mut digits));
     }
     if let Some(host) = host {
@@ -109,17 +109,9 @@ pub fn proxy_fields(view: &ClientView, host: Option<&str>, mut set: impl FnMut(&
 }
 
 /// A port number in decimal, written into `digits`.
-fn port_text(mut port: u16, digits: &mut [u8; 5]) -> &str {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (port % 10) as u8;
-        port /= 10;
-        if port == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&digits[start..]).unwrap_or_default()
+fn port_text(port: u16, digits: &mut [u8; 20]) -> &str {
+    let text = crate::http1_head::decimal(u64::from(port), digits);
+    std::str::from_utf8(text).unwrap_or_default()
 }
 
 /// Prepares a request's headers for the worker: hop-by-hop fields and `Expect` out, the
@@ -207,7 +199,7 @@ mod tests {
     #[test]
     fn ports_as_text() {
         for port in [0u16, 7, 80, 443, 8080, 10000, 65535] {
-            assert_eq!(port_text(port, &mut [0; 5]), port.to_string());
+            assert_eq!(port_text(port, &mut [0; 20]), port.to_string());
         }
     }
 

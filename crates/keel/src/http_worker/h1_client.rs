@@ -145,8 +145,9 @@ pub fn encode_request(head: &RequestHead, view: &ClientView) -> Result<Vec<u8>, 
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     });
     if !head.body.is_empty() || had_length {
-        let mut digits = itoa_u64(head.body.len() as u64);
-        put_field(&mut out, b"content-length", digits.text());
+        let mut digits = [0u8; 20];
+        let length = crate::http1_head::decimal(head.body.len() as u64, &mut digits);
+        put_field(&mut out, b"content-length", length);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&head.body);
@@ -158,33 +159,6 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// A number in decimal without the formatting machinery.
-struct Digits {
-    bytes: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn text(&mut self) -> &[u8] {
-        &self.bytes[self.start..]
-    }
-}
-
-fn itoa_u64(mut n: u64) -> Digits {
-    let mut d = Digits {
-        bytes: [0; 20],
-        start: 20,
-    };
-    loop {
-        d.start -= 1;
-        d.bytes[d.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return d;
-        }
-    }
 }
 
 /// How a response's body ends (RFC 9112 §6.3).
