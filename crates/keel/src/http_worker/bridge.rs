@@ -18,7 +18,7 @@
 use super::endpoint::{Address, Endpoint};
 use super::forward::{self, ClientView};
 use super::lane::Lane;
-use super::upstream::{self, Lease, RequestBody, ResponseBody, Upstream};
+use super::upstream::{self, CONNECT_PATIENCE, Lease, RequestBody, ResponseBody, Upstream};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::Either;
@@ -33,9 +33,6 @@ use std::time::{Duration, Instant};
 const READY_POLL: Duration = Duration::from_millis(25);
 /// A health check that takes longer than this fails.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request waits for the worker to accept a connection before it fails.
-pub(super) const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
-pub(super) const CONNECT_RETRY: Duration = Duration::from_millis(20);
 /// After a connection fails mid-request: time for the daemon to see the worker's exit, so
 /// the request follows the worker-loss rules (replay) instead of failing here.
 const LOSS_GRACE: Duration = Duration::from_secs(2);
@@ -49,8 +46,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const PIPE_BUFFER: usize = 256 * 1024;
 
 /// Bodies up to this size (by `Content-Length`) are read whole before the response head is
-/// handed on.
-const BUFFER_LIMIT: u64 = 64 * 1024;
+/// handed on (the lane's too).
+pub(super) const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// A response body: read whole (small), or streamed from the worker's connection.
 type ProxyBody = Either<http_body_util::Full<bytes::Bytes>, ResponseBody>;
@@ -268,35 +265,25 @@ async fn forward_one(
         copy
     });
     let mut resend = resend;
-    let idempotent = matches!(
-        parts.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::TRACE
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
+    let idempotent = parts.method.is_idempotent();
     let mut request = Request::from_parts(parts, body);
     let mut fresh_only = false;
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
-        let leased = if fresh_only {
-            upstream.connect().await
-        } else {
-            upstream.lease().await
-        };
+        let leased = upstream::patiently(upstream.address(), patience, || async {
+            if fresh_only {
+                upstream.connect().await
+            } else {
+                upstream.lease().await
+            }
+        })
+        .await;
         let Lease {
             mut sender,
             reused,
             mut driver,
         } = match leased {
             Ok(lease) => lease,
-            Err(e) if Instant::now() < patience => {
-                tracing::trace!(address = %upstream.address(), "worker not accepting yet: {e}");
-                tokio::time::sleep(CONNECT_RETRY).await;
-                continue;
-            }
             Err(e) => {
                 return Err(format!("cannot connect to {}: {e}", upstream.address()).into());
             }

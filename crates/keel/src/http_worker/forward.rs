@@ -146,17 +146,23 @@ pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Op
     }
 }
 
-/// Prepares a worker's response headers for the daemon (and so for the client).
-/// The response says its connection closes after it (`Connection: close`).
-pub fn closes_connection(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
+/// The items of a comma-separated field value (`Connection`, `Transfer-Encoding`), trimmed.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
 }
 
+/// The response says its connection closes after it (`Connection: close`).
+pub fn closes_connection(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|value| list_items(value.as_bytes()).any(|item| item.eq_ignore_ascii_case(b"close")))
+}
+
+/// Prepares a worker's response headers for the daemon (and so for the client).
 pub fn response_headers(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }

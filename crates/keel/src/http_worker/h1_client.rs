@@ -281,10 +281,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         let name = field.name.as_bytes();
         let value = field.value;
         if name.eq_ignore_ascii_case(b"connection") {
-            closes |= tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            closes |= forward::list_items(value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides (RFC 9112 §6.3 ¶4).
-            chunked = tokens(value)
+            chunked = forward::list_items(value)
                 .last()
                 .map(|t| t.eq_ignore_ascii_case(b"chunked"))
                 .or(chunked);
@@ -318,7 +318,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         .headers
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|f| tokens(f.value))
+        .flat_map(|f| forward::list_items(f.value))
         .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
         .collect();
     let keep: Vec<bool> = response
@@ -353,14 +353,6 @@ fn hop_by_hop(name: &[u8]) -> bool {
     crate::request_path::HOP_BY_HOP
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
-}
-
-/// The comma-separated tokens of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 fn broke_off(what: &str) -> io::Error {
@@ -406,11 +398,6 @@ impl BodyReader {
             Framing::UntilClose => BodyState::UntilClose,
         };
         BodyReader { state }
-    }
-
-    /// The body has been read to its end.
-    pub fn done(&self) -> bool {
-        matches!(self.state, BodyState::Done)
     }
 
     /// The next piece of the body, `None` at its end.

@@ -21,10 +21,10 @@
 //! stops as soon as its stream is over (the client left, the worker was lost: the worker
 //! connection aborts it).
 
-use super::bridge::{CONNECT_PATIENCE, CONNECT_RETRY, await_worker_exit};
+use super::bridge::{BUFFER_LIMIT, await_worker_exit};
 use super::forward::ClientView;
 use super::h1_client::{self, BodyReader, Conn, Framing};
-use super::upstream::Upstream;
+use super::upstream::{self, CONNECT_PATIENCE, Upstream};
 use crate::dispatch::{DirectLane, Job, WorkerConn};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -129,10 +129,7 @@ async fn serve(
         }
     };
     let head_request = &head.method[..] == b"HEAD";
-    let idempotent = matches!(
-        &head.method[..],
-        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-    );
+    let idempotent = http::Method::from_bytes(&head.method).is_ok_and(|m| m.is_idempotent());
     drop(head);
     let mut started = false;
     let mut fresh_only = false;
@@ -140,18 +137,16 @@ async fn serve(
     let mut unwritten_retries = 0;
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
-        let leased = if fresh_only {
-            upstream.connect_conn().await.map(|c| (c, false))
-        } else {
-            upstream.lease_conn().await
-        };
+        let leased = upstream::patiently(upstream.address(), patience, || async {
+            if fresh_only {
+                upstream.connect_conn().await.map(|c| (c, false))
+            } else {
+                upstream.lease_conn().await
+            }
+        })
+        .await;
         let (mut wire, reused) = match leased {
             Ok(leased) => leased,
-            Err(e) if Instant::now() < patience => {
-                tracing::trace!(address = %upstream.address(), "worker not accepting yet: {e}");
-                tokio::time::sleep(CONNECT_RETRY).await;
-                continue;
-            }
             Err(e) => {
                 tracing::warn!(pid, id, "cannot connect to {}: {e}", upstream.address());
                 fail(&conn, id);
@@ -284,10 +279,6 @@ async fn serve(
 
 /// How many times a request that could not be wholly written is tried on a new connection.
 const MAX_UNWRITTEN_RETRIES: u32 = 3;
-
-/// Bodies up to this size (by `Content-Length`) are read whole before the response head is
-/// handed on (as the pipe's requests, `bridge.rs`).
-const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The rest of a streamed response, as DATA within the window; the connection goes back for
 /// reuse when the body ended as its framing says, with nothing after it.

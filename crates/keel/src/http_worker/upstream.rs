@@ -41,6 +41,11 @@ const IDLE_KEEP: Duration = Duration::from_secs(2);
 /// How long a reused connection may take to become ready before a new one is opened.
 const READY_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a request waits for the worker to accept a connection before it fails, and
+/// how often it tries meanwhile.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+const CONNECT_RETRY: Duration = Duration::from_millis(20);
+
 pub type RequestBody = keel_worker::Body;
 
 /// One worker's connections.
@@ -259,6 +264,27 @@ impl Upstream {
         let mut idle = self.idle.lock();
         if idle.len() < self.max_idle {
             idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// Runs `connect` until it succeeds or `patience` (an instant) has passed, every
+/// [`CONNECT_RETRY`]: a worker may not be accepting yet.
+pub async fn patiently<T, F>(
+    address: &Address,
+    patience: Instant,
+    mut connect: impl FnMut() -> F,
+) -> io::Result<T>
+where
+    F: Future<Output = io::Result<T>>,
+{
+    loop {
+        match connect().await {
+            Err(e) if Instant::now() < patience => {
+                tracing::trace!(%address, "worker not accepting yet: {e}");
+                tokio::time::sleep(CONNECT_RETRY).await;
+            }
+            done => return done,
         }
     }
 }
