@@ -270,7 +270,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         return Ok(Parsed::Interim);
     }
     let http11 = response.version == Some(1);
-    // Where each field lies in the head, to slice the frozen head without copying.
+    // Fields `Connection` names are this hop's only.
+    let listed: Vec<&[u8]> = response
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|f| forward::list_items(f.value))
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .collect();
+    // Where each field passed on lies in the head, to slice the frozen head without
+    // copying, and whether it is a `Content-Length`.
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let mut spans = Vec::with_capacity(response.headers.len());
@@ -280,6 +289,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
     for field in response.headers.iter() {
         let name = field.name.as_bytes();
         let value = field.value;
+        let is_length = name.eq_ignore_ascii_case(b"content-length");
         if name.eq_ignore_ascii_case(b"connection") {
             closes |= forward::list_items(value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -288,7 +298,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
                 .last()
                 .map(|t| t.eq_ignore_ascii_case(b"chunked"))
                 .or(chunked);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        } else if is_length {
             let n = std::str::from_utf8(value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -301,7 +311,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
                 (Some(n), _) => length = Some(n),
             }
         }
-        spans.push((at(name), at(value)));
+        if !hop_by_hop(name) && !listed.iter().any(|l| name.eq_ignore_ascii_case(l)) {
+            spans.push((at(name), at(value), is_length));
+        }
     }
     let framing = if head_request || status == 204 || status == 304 {
         Framing::Empty
@@ -313,31 +325,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
             (None, None) => Framing::UntilClose,
         }
     };
-    // Fields `Connection` names are this hop's only.
-    let listed: Vec<&[u8]> = response
-        .headers
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|f| forward::list_items(f.value))
-        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
-        .collect();
-    let keep: Vec<bool> = response
-        .headers
-        .iter()
-        .map(|f| {
-            let name = f.name.as_bytes();
-            let this_hop = hop_by_hop(name) || listed.iter().any(|l| name.eq_ignore_ascii_case(l));
-            // A length that does not frame the body is not passed on.
-            let stale_length = chunked.is_some() && name.eq_ignore_ascii_case(b"content-length");
-            !this_hop && !stale_length
-        })
-        .collect();
     let head = buf.split_to(len).freeze();
     let headers = spans
         .into_iter()
-        .zip(keep)
-        .filter(|(_, keep)| *keep)
-        .map(|(((n, nl), (v, vl)), _)| (head.slice(n..n + nl), head.slice(v..v + vl)))
+        // A length that does not frame the body is not passed on.
+        .filter(|(_, _, is_length)| !(chunked.is_some() && *is_length))
+        .map(|((n, nl), (v, vl), _)| (head.slice(n..n + nl), head.slice(v..v + vl)))
         .collect();
     Ok(Parsed::Head(ResponseHead {
         status,
