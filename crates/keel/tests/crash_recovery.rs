@@ -11,6 +11,21 @@ async fn worker_killed_every_200ms_loses_no_request() {
     check_worker_killed_every_200ms_loses_no_request(RUST_DEMO_WORKER, false).await;
 }
 
+/// `threads = 1` runs the daemon on tokio's single-threaded scheduler: the same storm loses
+/// nothing there, and the daemon still stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_serving_thread_loses_no_request_in_the_storm() {
+    let config = format!(
+        "[daemon]\nthreads = 1\nruntime_dir = \"run\"\n{}",
+        worker_config(RUST_DEMO_WORKER, "workers = 2\nstart = \"always\"")
+    );
+    let mut d = Daemon::start(&config);
+    d.wait_for_line("1 serving thread(s)", Duration::from_secs(1));
+    check_storm_loses_no_request(&d, false).await;
+    let status = d.stop(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn crashing_request_gets_502_and_the_next_one_succeeds() {
     check_crashing_request_gets_502_and_the_next_one_succeeds(RUST_DEMO_WORKER);

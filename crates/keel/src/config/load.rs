@@ -19,9 +19,9 @@ use super::{
     CacheConfig, Config, ConfigError, ConfigSource, DEFAULT_IDLE_TIMEOUT, DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT, DEFAULT_QUEUE_LENGTH, DEFAULT_QUEUE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_WORKER_SHUTDOWN_TIMEOUT, DEFAULT_WORKERS, DaemonConfig, HttpListen, HttpWorkerConfig,
-    Identity, Isolation, Limits, ListenerConfig, LogConfig, PoolConfig, Problem, RapidFailConfig,
-    RecycleConfig, RequestLimits, RetryPolicy, Scheme, SiteConfig, StartMode, StaticConfig,
-    TlsFiles, Unavailable, WorkerProtocol, default_runtime_dir, resolve_program,
+    Identity, Isolation, Limits, ListenerConfig, LogConfig, MAX_THREADS, PoolConfig, Problem,
+    RapidFailConfig, RecycleConfig, RequestLimits, RetryPolicy, Scheme, SiteConfig, StartMode,
+    StaticConfig, TlsFiles, Unavailable, WorkerProtocol, default_runtime_dir, resolve_program,
 };
 use crate::log::AccessFormat;
 
@@ -46,7 +46,7 @@ const CACHE_KEYS: &[&str] = &[
 ];
 /// moka weighs entries in u32: one entry stays far below 4 GiB.
 const MAX_CACHE_ENTRY_BYTES: u64 = 1 << 30;
-const DAEMON_KEYS: &[&str] = &["runtime_dir"];
+const DAEMON_KEYS: &[&str] = &["runtime_dir", "threads"];
 const ADMIN_KEYS: &[&str] = &["socket", "listen", "token"];
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -275,6 +275,7 @@ fn read_daemon(
     host: &Host,
 ) -> DaemonConfig {
     let mut runtime_dir = None;
+    let mut threads = None;
     if let Some(v) = v
         && let Some(t) = ck.table(v, "daemon")
     {
@@ -282,8 +283,12 @@ fn read_daemon(
         if let Some(v) = t.get("runtime_dir") {
             runtime_dir = read_path(ck, v, "daemon.runtime_dir", base_dir);
         }
+        if let Some(v) = t.get("threads") {
+            threads = read_threads(ck, v);
+        }
     }
     DaemonConfig {
+        threads,
         runtime_dir: runtime_dir.unwrap_or_else(|| {
             default_runtime_dir(
                 host.euid,
@@ -292,6 +297,22 @@ fn read_daemon(
             )
         }),
     }
+}
+
+/// `daemon.threads`: `"auto"` (`None`) or a count from 1 to [`MAX_THREADS`].
+fn read_threads(ck: &mut Checker<'_>, v: &Value<'_>) -> Option<u32> {
+    const KEY: &str = "daemon.threads";
+    if let DeValue::String(s) = v.get_ref() {
+        if s.as_ref() != "auto" {
+            ck.report(
+                &v.span(),
+                KEY,
+                format!("{s:?} is not a thread count (expected \"auto\" or an integer from 1 to {MAX_THREADS})"),
+            );
+        }
+        return None;
+    }
+    ck.integer(v, KEY, 1..=MAX_THREADS)
 }
 
 fn read_admin(

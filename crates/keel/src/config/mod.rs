@@ -107,13 +107,30 @@ impl Isolation {
     }
 }
 
-/// `[daemon]`: the daemon's own files.
+/// `[daemon]`: the daemon's own files and threads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
     /// Holds the per-pool attach sockets and the admin socket. Absolute: resolved against
     /// `base_dir`, or [`default_runtime_dir`] when not set.
     pub runtime_dir: PathBuf,
+    /// Threads that serve connections; `None` is `"auto"`, one per CPU keel may run on.
+    pub threads: Option<u32>,
 }
+
+impl DaemonConfig {
+    /// The threads that serve connections: `threads`, or for `"auto"` the CPUs this
+    /// process may run on (its affinity mask and cgroup quota, as
+    /// `std::thread::available_parallelism` counts them; 1 if that cannot be told).
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// `daemon.threads` at most (HAProxy's `nbthread` stops at 64 per thread group).
+pub const MAX_THREADS: u32 = 256;
 
 /// `[admin]`: where the admin API (`keel status`, `keel recycle`, …, `/metrics`) listens.
 #[derive(Clone, Debug, PartialEq, Eq)]

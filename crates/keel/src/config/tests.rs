@@ -175,7 +175,7 @@ fn runtime_dir_resolves_against_the_config_directory() {
     );
     assert_error(
         &format!("[daemon]\nrun_dir = \"x\"\n{MINIMAL}"),
-        "keel.toml:2: daemon.run_dir: unknown key (valid keys: runtime_dir)",
+        "keel.toml:2: daemon.run_dir: unknown key (valid keys: runtime_dir, threads)",
     );
     assert_error(
         &format!("daemon = 1\n{MINIMAL}"),
@@ -1478,5 +1478,33 @@ fn bad_fixtures_fail_with_their_expected_errors() {
         checked >= 13,
         "only {checked} fixtures in {}",
         dir.display()
+    );
+}
+
+#[test]
+fn daemon_threads_is_auto_or_a_count() {
+    let with = |value: &str| format!("[daemon]\nthreads = {value}\n{MINIMAL}");
+    let auto = load(MINIMAL).unwrap().daemon;
+    assert_eq!(auto.threads, None);
+    assert!(auto.serving_threads() >= 1);
+    assert_eq!(load(&with("\"auto\"")).unwrap().daemon.threads, None);
+    let one = load(&with("1")).unwrap().daemon;
+    assert_eq!((one.threads, one.serving_threads()), (Some(1), 1));
+    assert_eq!(load(&with("4")).unwrap().daemon.serving_threads(), 4);
+    assert_error(
+        &with("0"),
+        "keel.toml:2: daemon.threads: must be at least 1 (got 0)",
+    );
+    assert_error(
+        &with("257"),
+        "keel.toml:2: daemon.threads: must be at most 256 (got 257)",
+    );
+    assert_error(
+        &with("\"two\""),
+        "keel.toml:2: daemon.threads: \"two\" is not a thread count (expected \"auto\" or an integer from 1 to 256)",
+    );
+    assert_error(
+        &with("1.5"),
+        "keel.toml:2: daemon.threads: must be an integer from 1 to 256",
     );
 }

@@ -368,6 +368,10 @@ impl Running {
             drop(previous);
         }
         self.access_log = access_log;
+        if old.is_some_and(|c| c.daemon.threads != config.daemon.threads) {
+            // The runtime is built once, before the first config is applied.
+            tracing::warn!("daemon.threads changed: it takes effect when keel next starts");
+        }
         self.config = Some(config);
         Ok(applied)
     }

@@ -674,8 +674,14 @@ impl Daemon {
 /// of the start-up time, not of crash transparency. The Rust demo worker is ready within
 /// milliseconds, so for it both settings kill practically the same processes.
 pub async fn check_worker_killed_every_200ms_loses_no_request(worker: &str, only_ready: bool) {
+    let config = worker_config(worker, "workers = 2\nstart = \"always\"");
+    check_storm_loses_no_request(&Daemon::start(&config), only_ready).await;
+}
+
+/// [`check_worker_killed_every_200ms_loses_no_request`] against `d`, a daemon whose pool
+/// `demo` runs two workers of a kind that answers `/pid`.
+pub async fn check_storm_loses_no_request(d: &Daemon, only_ready: bool) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let d = Daemon::start(&worker_config(worker, "workers = 2\nstart = \"always\""));
     d.wait_for_workers(2, Duration::from_secs(10));
     let url = d.url("/pid");
     let total = 5000;
