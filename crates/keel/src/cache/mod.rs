@@ -458,26 +458,26 @@ impl Cache {
 
     /// The URL part of a key: `scheme://host/path?query`, host lower-cased.
     pub fn url(scheme: &str, host: &str, path_and_query: &str) -> Arc<str> {
-        // Most URLs are put together on the stack, so the `Arc` is their one allocation.
-        const ON_STACK: usize = 256;
-        let len = scheme.len() + 3 + host.len() + path_and_query.len();
-        let fill = |s: &mut [u8]| -> Arc<str> {
-            let (a, rest) = s.split_at_mut(scheme.len());
-            a.copy_from_slice(scheme.as_bytes());
-            let (b, rest) = rest.split_at_mut(3);
-            b.copy_from_slice(b"://");
-            let (c, d) = rest.split_at_mut(host.len());
-            c.copy_from_slice(host.as_bytes());
-            c.make_ascii_lowercase();
-            d.copy_from_slice(path_and_query.as_bytes());
-            // Joined `str`s, with ASCII letters lower-cased: still UTF-8.
-            std::str::from_utf8(s).map_or_else(|_| "".into(), Arc::from)
-        };
-        if len <= ON_STACK {
-            fill(&mut [0u8; ON_STACK][..len])
-        } else {
-            fill(&mut vec![0u8; len])
+        thread_local! {
+            // The URL is put together here, so the `Arc` is its one allocation (and the
+            // parts, already `str`s, are not checked for UTF-8 again).
+            static JOINED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
+        JOINED.with_borrow_mut(|s| {
+            s.clear();
+            s.push_str(scheme);
+            s.push_str("://");
+            let from = s.len();
+            s.push_str(host);
+            s[from..].make_ascii_lowercase();
+            s.push_str(path_and_query);
+            let url = Arc::from(s.as_str());
+            // A very long URL's room is not kept for the thread's life.
+            if s.capacity() > 4096 {
+                *s = String::new();
+            }
+            url
+        })
     }
 
     fn get(&self, url: &Arc<str>, variant: Option<Box<[u8]>>) -> Option<Slot> {

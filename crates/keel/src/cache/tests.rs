@@ -152,3 +152,16 @@ fn byte_bound_holds() {
     assert_eq!(site.entries, f.entries);
     assert_eq!(site.stored_bytes, f.stored_bytes);
 }
+
+#[test]
+fn a_url_key_lower_cases_the_host_only() {
+    assert_eq!(
+        &*Cache::url("http", "Shop.Example.COM:8080", "/Cart?Item=A"),
+        "http://shop.example.com:8080/Cart?Item=A"
+    );
+    assert_eq!(&*Cache::url("https", "", "/"), "https:///");
+    // A long URL, then a short one: the joined room is reused or let go, never leaked in.
+    let long = format!("/{}", "x".repeat(10_000));
+    assert_eq!(Cache::url("http", "h", &long).len(), 8 + 10_001);
+    assert_eq!(&*Cache::url("http", "É.h", "/é"), "http://É.h/é");
+}
