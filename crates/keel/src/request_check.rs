@@ -90,12 +90,56 @@ pub fn check<'r, B>(
     if *parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
         return Ok("*".into());
     }
+    check_path(parts.uri.path(), limits)
+}
+
+/// [`check`] for an HTTP/1.1 GET or HEAD that the HTTP/1.1 front read itself, from its
+/// slices: one Host, no `Content-Length` or `Transfer-Encoding` (the front leaves any
+/// other head to hyper), `target` in origin form without a fragment. `head_bytes` and
+/// `longest_field` are the head's size and its longest field line as [`check_sizes`]
+/// counts them.
+pub fn check_plain<'t>(
+    target: &'t str,
+    head_bytes: usize,
+    longest_field: usize,
+    limits: &RequestLimits,
+) -> Result<std::borrow::Cow<'t, str>, Refusal> {
+    if longest_field > limits.max_field_bytes {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::FieldLength,
+            "Request Header Fields Too Large (a header field is too long)\n",
+        ));
+    }
+    if head_bytes > limits.max_request_bytes {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::RequestLength,
+            "Request Header Fields Too Large (the request head is too long)\n",
+        ));
+    }
+    if target.len() > limits.max_url_bytes {
+        return Err(refuse(
+            StatusCode::URI_TOO_LONG,
+            Reason::UrlLength,
+            "URI Too Long\n",
+        ));
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    check_path(path, limits)
+}
+
+/// The path's canonical form, within the segment limits.
+fn check_path<'p>(
+    path: &'p str,
+    limits: &RequestLimits,
+) -> Result<std::borrow::Cow<'p, str>, Refusal> {
     let bad_url = refuse(
         StatusCode::BAD_REQUEST,
         Reason::Url,
         "Bad Request (Invalid URL)\n",
     );
-    let canonical = crate::static_files::canonical_path(parts.uri.path()).map_err(|_| bad_url)?;
+    let canonical = crate::static_files::canonical_path(path).map_err(|_| bad_url)?;
     let segments = canonical.as_bytes().split(|&b| b == b'/');
     let mut count = 0;
     for seg in segments.filter(|s| !s.is_empty()) {

@@ -578,6 +578,96 @@ fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
     Cache::url(if tls { "https" } else { "http" }, host, pq)
 }
 
+/// An HTTP/1.1 GET or HEAD without a body that the HTTP/1.1 front read itself, as slices of
+/// its head: what a plain cache hit needs, without a `Request` built for it.
+pub(crate) struct PlainHead<'a> {
+    pub head_only: bool,
+    /// Origin form, of bytes `http::Uri` keeps as they are (no fragment): the request's
+    /// path and query as a `Request` would give them.
+    pub target: &'a str,
+    /// The one Host value, of bytes `HeaderValue::to_str` takes.
+    pub host: &'a str,
+    /// The head's size and its longest field line, counted as `request_check` counts them.
+    pub head_bytes: usize,
+    pub longest_field: usize,
+}
+
+/// What [`answer_plain`] did.
+pub(crate) enum PlainAnswer {
+    /// A fresh cache entry's whole answer was appended to `out`, and counted.
+    Written,
+    /// Not in the cache: the request is served by [`serve_logged_routed`] with this route.
+    Serve(Routed),
+    /// Not told from the slices (a route refused or not found, a static root, an answer
+    /// that varies on request fields, an access log to write): [`answer_in_front`] decides.
+    Unsure,
+}
+
+/// Answers `head` from the cache if a fresh entry that does not vary on request fields
+/// holds it, as [`answer_in_front`] would, without a `Request`: the head passes the same
+/// checks and routing first. Only for a site without an access log (its line is made
+/// from the request).
+pub(crate) fn answer_plain(
+    head: &PlainHead<'_>,
+    conn: &ConnContext,
+    close: bool,
+    out: &mut BytesMut,
+) -> PlainAnswer {
+    if conn.access_log.is_some() {
+        return PlainAnswer::Unsure;
+    }
+    let arrived = Instant::now();
+    let limits = &conn.request_limits;
+    let Ok(path) =
+        crate::request_check::check_plain(head.target, head.head_bytes, head.longest_field, limits)
+    else {
+        return PlainAnswer::Unsure;
+    };
+    let table = conn.routes.read().clone();
+    let Ok(target) = table.route(conn.local.ip(), Some(head.host), &path) else {
+        return PlainAnswer::Unsure;
+    };
+    // A static root's answer (sendfile, ranges) is `answer_in_front`'s.
+    if !matches!(target.backend, Backend::Pool(_)) {
+        return PlainAnswer::Unsure;
+    }
+    let target = target.clone();
+    let Some(cache) = crate::cache::installed() else {
+        return PlainAnswer::Serve(Routed {
+            target: Ok(target),
+            key: None,
+        });
+    };
+    let scheme = if conn.tls { "https" } else { "http" };
+    let mut key = CacheKey::new(Cache::url(scheme, head.host, head.target));
+    let entry = match cache.peek_plain(&key.url, &target.site, arrived) {
+        Some(Peek::Fresh(entry)) => entry,
+        Some(Peek::Absent) => {
+            key.absent = true;
+            return PlainAnswer::Serve(Routed {
+                target: Ok(target),
+                key: Some(key),
+            });
+        }
+        Some(Peek::NotFresh) => {
+            return PlainAnswer::Serve(Routed {
+                target: Ok(target),
+                key: Some(key),
+            });
+        }
+        None => return PlainAnswer::Unsure,
+    };
+    let method = if head.head_only {
+        &http::Method::HEAD
+    } else {
+        &http::Method::GET
+    };
+    // No conditional field (the front checked): the entry's prepared answer.
+    let w = crate::cache::write_http1(&entry, method, &HeaderMap::new(), close, arrived, out);
+    target.metrics.done(w.status, arrived.elapsed());
+    PlainAnswer::Written
+}
+
 /// What a connection's HTTP/1.1 front (`listener/h1_front.rs`) may write for an HTTP/1.1 GET or
 /// HEAD without a body that it read itself.
 pub(crate) enum FrontAnswer {

@@ -328,3 +328,66 @@ command = ["{{demo}}"]
     );
     assert_eq!(count(a, "shared"), 2);
 }
+
+/// A cached URL is answered from the cache whatever its request head looks like (more
+/// fields, a Host in capitals, HEAD, pipelined, a target with bytes outside the plainest
+/// set), and the request limits still refuse a head that breaks them, cached URL or not.
+#[test]
+fn a_cached_url_is_a_hit_in_any_head_and_the_limits_still_apply() {
+    use std::io::{BufReader, Write};
+    let config = demo_config("").replacen("[listener]\n", "[listener]\nmax_field_bytes = 200\n", 1);
+    let d = Daemon::start(&format!("[cache]\nadmission = \"always\"\n{config}"));
+    let a = d.addr();
+    let url = "/cached?ttl=60&id=forms";
+    let x_cache = |r: common::RawResponse| (r.status, r.header("x-cache").map(str::to_owned));
+    let hit = (200, Some("HIT".to_owned()));
+    assert_eq!(
+        x_cache(request(a, "GET", url, &[])),
+        (200, Some("MISS".to_owned()))
+    );
+    assert_eq!(x_cache(request(a, "GET", url, &[])), hit);
+    let fields = [
+        "User-Agent: test",
+        "Accept: */*",
+        "Accept-Language: en",
+        "Cookie: a=b",
+    ];
+    assert_eq!(x_cache(request(a, "GET", url, &fields)), hit);
+    let capitals = format!("GET {url} HTTP/1.1\r\nHost: LOCALHOST\r\nConnection: close\r\n\r\n");
+    assert_eq!(x_cache(raw_request(a, capitals.as_bytes())), hit);
+    assert!(head_exchange(a, url).contains("x-cache: HIT"));
+
+    // Three heads in one write: three answers from the cache, in order.
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let one = format!("GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let last = format!("GET {url} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(format!("{one}{one}{last}").as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    for i in 0..3 {
+        let resp = common::read_response(&mut r).unwrap_or_else(|| panic!("answer {i}"));
+        assert_eq!(x_cache(resp), hit, "answer {i}");
+    }
+    assert!(
+        common::read_response(&mut r).is_none(),
+        "closed after the third"
+    );
+
+    // `|` and `^`: the request's own path, still from the cache.
+    let odd = "/cached?ttl=60&id=odd&q=a|b^c";
+    let first = request(a, "GET", odd, &[]);
+    assert_eq!(
+        first.header("x-cache"),
+        Some("MISS"),
+        "{} {:?}",
+        first.status,
+        first.text()
+    );
+    assert_eq!(x_cache(request(a, "GET", odd, &[])), hit);
+
+    // A field line over max_field_bytes: 431, even though the URL is cached.
+    let long = format!("X-Long: {}", "x".repeat(300));
+    assert_eq!(request(a, "GET", url, &[&long]).status, 431);
+    assert_eq!(count(a, "forms"), 1);
+    assert_eq!(count(a, "odd"), 1);
+}

@@ -602,6 +602,25 @@ impl Cache {
         Peek::Fresh(entry)
     }
 
+    /// [`Cache::peek_fresh`] for a request whose fields are not at hand (the HTTP/1.1
+    /// front's plain GET or HEAD): `None` when the URL's responses vary on request fields,
+    /// which the caller then looks up with.
+    pub fn peek_plain(&self, url: &Arc<str>, site: &Arc<str>, now: Instant) -> Option<Peek> {
+        let entry = match self.get(url, None) {
+            None => return Some(Peek::Absent),
+            Some(Slot::Vary(_)) => return None,
+            Some(Slot::Response(entry)) => entry,
+        };
+        if !(entry.of_site(site) && entry.is_fresh(now)) {
+            return Some(Peek::NotFresh);
+        }
+        self.counters
+            .site(site)
+            .hits
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Peek::Fresh(entry))
+    }
+
     /// Counts an answer given from an entry other than a fresh lookup hit.
     pub fn count(&self, site: &Arc<str>, status: CacheStatus) {
         let c = self.counters.site(site);

@@ -7,7 +7,11 @@
 //! origin-form target, one Host, no `Upgrade`/`Expect`, `Connection` at most `keep-alive` or
 //! `close`) is served:
 //! - from a fresh cache entry's prepared bytes, or, on a cleartext socket, a static root's
-//!   file with `sendfile(2)` after its head (`request_path::answer_in_front`);
+//!   file with `sendfile(2)` after its head (`request_path::answer_in_front`). A plain
+//!   HTTP/1.1 head (no conditional field, a target and Host of bytes `http` keeps as they
+//!   are, a site without an access log) is looked up from its slices first
+//!   (`request_path::answer_plain`): a hit builds no `Request`, and a miss keeps the route
+//!   and cache key it found;
 //! - otherwise, for HTTP/1.1, by `request_path::serve_logged`, the same path hyper's
 //!   requests take (routing and its 400s, cache, queue, worker, stale-if-error,
 //!   compression, logs), its response written by `h1_writer.rs`.
@@ -38,7 +42,10 @@
 use super::conn_clock::{ConnClock, SendFile};
 use super::h1_writer::write_response;
 use crate::log::Reason;
-use crate::request_path::{ConnContext, FrontAnswer, answer_in_front, serve_logged_routed};
+use crate::request_path::{
+    ConnContext, FrontAnswer, PendingLog, PlainAnswer, PlainHead, answer_in_front, answer_plain,
+    serve_logged_routed,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Version};
 use std::io;
@@ -98,106 +105,107 @@ where
     loop {
         // Every complete head already read: answered in turn, or handed over.
         while !buf.is_empty() {
-            let (mut req, head, asked_close) = match parse(&mut buf, &mut spare_fields) {
-                Parsed::Partial if buf.len() < MAX_BUFFERED => break,
-                Parsed::Partial | Parsed::NotOurs => return Front::HandOff(buf),
-                Parsed::Refused(head) => return Front::HandOff(rejoin(&head, buf)),
-                Parsed::Request(req, head, asked_close) => (req, head, asked_close),
+            let scanned = match scan(&buf) {
+                Scan::Partial if buf.len() < MAX_BUFFERED => break,
+                Scan::Partial | Scan::NotOurs => return Front::HandOff(buf),
+                Scan::Head(scanned) => scanned,
             };
-            let close = asked_close || super::draining();
-            let http10 = req.version() == Version::HTTP_10;
-            let in_flight = clock.begin_request(false);
+            let close = scanned.close || super::draining();
             out.clear();
-            let files = io.can_send_file();
-            // HTTP/1.0 closes by default: its answer names no `Connection`, unless it keeps
-            // the connection alive.
-            let answered = answer_in_front(&req, ctx, close && !http10, files, &mut out).await;
-            if http10 {
-                if matches!(answered, FrontAnswer::Serve(_)) {
-                    // Nothing was answered or counted: hyper serves it from its head.
-                    return Front::HandOff(rejoin(&head, buf));
+            // A plain GET or HEAD is looked up from the head's slices first: a cache hit is
+            // answered without a request built for it.
+            let mut routed = None;
+            let plain = scanned.plain(&buf);
+            let hit = plain.is_some_and(|plain| match answer_plain(&plain, ctx, close, &mut out) {
+                PlainAnswer::Written => true,
+                PlainAnswer::Serve(found) => {
+                    routed = Some(found);
+                    false
                 }
-                as_http10(&mut out, !close);
-            }
-            drop(head);
-            let file = match answered {
-                FrontAnswer::Serve(routed) => {
-                    let head_only = req.method() == Method::HEAD;
-                    let served = serve_logged_routed(req, ctx.clone(), routed);
-                    tokio::pin!(served);
-                    // While the answer is prepared, the socket is watched: a client that
-                    // leaves cancels its request (as under hyper), and the bytes of a next
-                    // request are kept for later.
-                    let resp = loop {
+                PlainAnswer::Unsure => false,
+            });
+            let (file, in_flight) = if hit {
+                buf.advance(scanned.len);
+                (None, clock.begin_request(false))
+            } else {
+                let (mut req, head) = match build(&mut buf, &scanned, &mut spare_fields) {
+                    Ok(built) => built,
+                    Err(head) => return Front::HandOff(rejoin(&head, buf)),
+                };
+                let http10 = req.version() == Version::HTTP_10;
+                let in_flight = clock.begin_request(false);
+                let files = io.can_send_file();
+                // HTTP/1.0 closes by default: its answer names no `Connection`, unless it keeps
+                // the connection alive.
+                let answered = match routed {
+                    Some(routed) => FrontAnswer::Serve(routed),
+                    None => answer_in_front(&req, ctx, close && !http10, files, &mut out).await,
+                };
+                if http10 {
+                    if matches!(answered, FrontAnswer::Serve(_)) {
+                        // Nothing was answered or counted: hyper serves it from its head.
+                        return Front::HandOff(rejoin(&head, buf));
+                    }
+                    as_http10(&mut out, !close);
+                }
+                drop(head);
+                let file = match answered {
+                    FrontAnswer::Serve(routed) => {
+                        let head_only = req.method() == Method::HEAD;
+                        let served = serve_logged_routed(req, ctx.clone(), routed);
+                        tokio::pin!(served);
+                        // While the answer is prepared, the socket is watched: a client that
+                        // leaves cancels its request (as under hyper), and the bytes of a next
+                        // request are kept for later.
+                        let resp = loop {
+                            tokio::select! {
+                                biased;
+                                resp = &mut served => break resp,
+                                read = io.read_buf(&mut buf), if buf.len() < MAX_BUFFERED => {
+                                    if matches!(read, Ok(0) | Err(_)) {
+                                        return Front::Closed;
+                                    }
+                                }
+                                reason = &mut expired => return Front::Expired(reason),
+                            }
+                        };
+                        // `unavailable = "reset"`: the connection closes without an answer.
+                        let Ok(resp) = resp else {
+                            return Front::Closed;
+                        };
                         tokio::select! {
                             biased;
-                            resp = &mut served => break resp,
-                            read = io.read_buf(&mut buf), if buf.len() < MAX_BUFFERED => {
-                                if matches!(read, Ok(0) | Err(_)) {
+                            written = write_response(io, resp, head_only, close, &mut out) => {
+                                if !matches!(written, Ok(true)) {
+                                    let _ = io.shutdown().await;
                                     return Front::Closed;
                                 }
                             }
                             reason = &mut expired => return Front::Expired(reason),
                         }
-                    };
-                    // `unavailable = "reset"`: the connection closes without an answer.
-                    let Ok(resp) = resp else {
-                        return Front::Closed;
-                    };
-                    tokio::select! {
-                        biased;
-                        written = write_response(io, resp, head_only, close, &mut out) => {
-                            if !matches!(written, Ok(true)) {
-                                let _ = io.shutdown().await;
-                                return Front::Closed;
-                            }
+                        drop(in_flight);
+                        shrink(&mut out);
+                        if !buf.is_empty() {
+                            clock.head_started();
                         }
-                        reason = &mut expired => return Front::Expired(reason),
+                        continue;
                     }
-                    drop(in_flight);
-                    shrink(&mut out);
-                    if !buf.is_empty() {
-                        clock.head_started();
-                    }
-                    continue;
-                }
-                FrontAnswer::Written => None,
-                FrontAnswer::File {
-                    file,
-                    offset,
-                    len,
-                    log,
-                } => Some((file, offset, len, log)),
+                    FrontAnswer::Written => None,
+                    FrontAnswer::File {
+                        file,
+                        offset,
+                        len,
+                        log,
+                    } => Some((file, offset, len, log)),
+                };
+                // The field map's room is kept for the next head.
+                spare_fields = std::mem::take(req.headers_mut());
+                spare_fields.clear();
+                drop(req);
+                (file, in_flight)
             };
-            // The field map's room is kept for the next head.
-            spare_fields = std::mem::take(req.headers_mut());
-            spare_fields.clear();
-            drop(req);
-            if file.is_some() {
-                io.cork(true);
-            }
-            tokio::select! {
-                biased;
-                written = io.write_all(&out) => if written.is_err() {
-                    return Front::Closed;
-                },
-                reason = &mut expired => return Front::Expired(reason),
-            }
-            if let Some((file, offset, len, log)) = file {
-                tokio::select! {
-                    biased;
-                    sent = io.send_file(&file, offset, len) => if let Err(e) = sent {
-                        // The client went away, or the file shrank under its
-                        // Content-Length: the answer is cut, as under hyper.
-                        tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
-                        return Front::Closed;
-                    },
-                    reason = &mut expired => return Front::Expired(reason),
-                }
-                io.cork(false);
-                if let Some(log) = log {
-                    log.write();
-                }
+            if let Err(end) = finish(io, &out, file, ctx, &mut expired).await {
+                return end;
             }
             drop(in_flight);
             shrink(&mut out);
@@ -231,8 +239,54 @@ where
     }
 }
 
+/// A static file's range, and its access-log line, written after an answer's head.
+type FileAfter = (Arc<std::fs::File>, u64, u64, Option<Box<PendingLog>>);
+
+/// Writes an answer prepared in `out`, then `file` after it (under `TCP_CORK`, its log line
+/// once it is sent). `Err` is how the connection ends instead.
+async fn finish<S, E>(
+    io: &mut S,
+    out: &[u8],
+    file: Option<FileAfter>,
+    ctx: &ConnContext,
+    expired: &mut Pin<&mut E>,
+) -> Result<(), Front>
+where
+    S: AsyncWrite + SendFile + Unpin,
+    E: std::future::Future<Output = Reason>,
+{
+    if file.is_some() {
+        io.cork(true);
+    }
+    tokio::select! {
+        biased;
+        written = io.write_all(out) => if written.is_err() {
+            return Err(Front::Closed);
+        },
+        reason = expired.as_mut() => return Err(Front::Expired(reason)),
+    }
+    if let Some((file, offset, len, log)) = file {
+        tokio::select! {
+            biased;
+            sent = io.send_file(&file, offset, len) => if let Err(e) = sent {
+                // The client went away, or the file shrank under its Content-Length: the
+                // answer is cut, as under hyper.
+                tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
+                return Err(Front::Closed);
+            },
+            reason = expired.as_mut() => return Err(Front::Expired(reason)),
+        }
+        io.cork(false);
+        if let Some(log) = log {
+            log.write();
+        }
+    }
+    Ok(())
+}
+
 // Returned by value to its one caller and taken apart at once: boxing the request would
 // cost an allocation per hit.
+#[cfg(test)]
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// More bytes are needed to see the whole head.
@@ -258,104 +312,234 @@ struct FieldAt {
 
 const _: () = assert!(MAX_BUFFERED <= u16::MAX as usize);
 
+/// Reads the head at the start of `buf` and builds its request, if it is one this path may
+/// answer ([`scan`], then [`build`]).
+#[cfg(test)]
+fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
+    match scan(buf) {
+        Scan::Partial => Parsed::Partial,
+        Scan::NotOurs => Parsed::NotOurs,
+        Scan::Head(scanned) => match build(buf, &scanned, fields) {
+            Ok((req, head)) => Parsed::Request(req, head, scanned.close),
+            Err(head) => Parsed::Refused(head),
+        },
+    }
+}
+
+/// What [`scan`] found at the start of the buffer. Returned by value to its caller and taken
+/// apart at once: boxing the head would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Scan {
+    /// More bytes are needed to see the whole head.
+    Partial,
+    /// A head this path leaves to hyper.
+    NotOurs,
+    Head(Scanned),
+}
+
+/// A head this path may answer, as offsets into the buffer it is still at the start of.
+struct Scanned {
+    len: usize,
+    method: Method,
+    minor: u8,
+    target: (u16, u16),
+    at: [FieldAt; MAX_FIELDS],
+    count: usize,
+    /// The client asked for the connection to close after the answer.
+    close: bool,
+    /// The Host value.
+    host: (u16, u16),
+    /// The head's size and its longest field line, counted as `request_check` counts them.
+    head_bytes: usize,
+    longest_field: usize,
+    /// HTTP/1.1 without a conditional field, its target and Host of bytes that `http`
+    /// keeps as they are: a cache hit can be told from its slices ([`Scanned::plain`]).
+    plain: bool,
+}
+
+impl Scanned {
+    /// The head as `answer_plain` takes it, if it is plain.
+    fn plain<'b>(&self, buf: &'b [u8]) -> Option<PlainHead<'b>> {
+        if !self.plain {
+            return None;
+        }
+        let text = |(from, to): (u16, u16)| {
+            std::str::from_utf8(&buf[usize::from(from)..usize::from(to)]).ok()
+        };
+        Some(PlainHead {
+            head_only: self.method == Method::HEAD,
+            target: text(self.target)?,
+            host: text(self.host)?,
+            head_bytes: self.head_bytes,
+            longest_field: self.longest_field,
+        })
+    }
+}
+
+/// Bytes a plain target may have: unreserved, sub-delims, `:`, `@`, `/`, `?` and `%`
+/// (RFC 3986), which `http::Uri` keeps as they are. Anything else (a fragment, quotes,
+/// braces, non-ASCII) takes the request's own path.
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+/// The fields whose presence makes a hit's answer depend on them (`cache::write_http1`).
+const CONDITIONAL: [&str; 3] = ["if-none-match", "if-modified-since", "range"];
+
 /// Reads the head at the start of `buf`, if it is one this path may answer: HTTP/1.1, GET
 /// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
-/// an expectation, or a connection option other than `keep-alive` or `close`. Such a head
-/// is taken off `buf` without a copy; `fields` (empty, its room kept from an earlier head)
-/// becomes the request's field map.
-fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
-    // First the rules, on httparse's view of the buffer; only offsets survive it.
+/// an expectation, or a connection option other than `keep-alive` or `close`. The buffer
+/// is left as it is.
+fn scan(buf: &[u8]) -> Scan {
     // httparse fills what it uses of an uninitialised table (no 1 KiB clear per head).
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
-    let mut at = [FieldAt::default(); MAX_FIELDS];
-    let (len, method, minor, target, count, close) = {
-        let mut head = httparse::Request::new(&mut []);
-        let len = match head.parse_with_uninit_headers(buf, &mut raw) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::NotOurs,
-        };
-        let method = match head.method {
-            Some("GET") => Method::GET,
-            Some("HEAD") => Method::HEAD,
-            _ => return Parsed::NotOurs,
-        };
-        let (Some(minor @ (0 | 1)), Some(target)) = (head.version, head.path) else {
-            return Parsed::NotOurs;
-        };
-        if !target.starts_with('/') {
-            return Parsed::NotOurs;
-        }
-        // Offsets into the head are kept as `u16`: a longer head (it can only have come
-        // whole in one read) goes to hyper.
-        if len > MAX_BUFFERED {
-            return Parsed::NotOurs;
-        }
-        let offset = |part: &[u8]| {
-            let from = part.as_ptr() as usize - buf.as_ptr() as usize;
-            (from as u16, (from + part.len()) as u16)
-        };
-        let (mut hosts, mut close, mut keep_alive) = (0, false, false);
-        for (field, at) in head.headers.iter().zip(at.iter_mut()) {
-            let name = field.name;
-            if name.eq_ignore_ascii_case("connection") {
-                let value = field.value.trim_ascii();
-                if value.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if value.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else {
-                    return Parsed::NotOurs;
-                }
-            }
-            let leaves_it = name.eq_ignore_ascii_case("content-length")
-                || name.eq_ignore_ascii_case("transfer-encoding")
-                || name.eq_ignore_ascii_case("upgrade")
-                || name.eq_ignore_ascii_case("expect");
-            if leaves_it {
-                return Parsed::NotOurs;
-            }
-            hosts += usize::from(name.eq_ignore_ascii_case("host"));
-            *at = FieldAt {
-                name: offset(name.as_bytes()),
-                value: offset(field.value),
-            };
-        }
-        if hosts != 1 {
-            return Parsed::NotOurs;
-        }
-        // HTTP/1.0 keeps a connection only when asked to.
-        let close = close || (minor == 0 && !keep_alive);
-        let target = offset(target.as_bytes());
-        (len, method, minor, target, head.headers.len(), close)
+    let mut head = httparse::Request::new(&mut []);
+    let len = match head.parse_with_uninit_headers(buf, &mut raw) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Scan::Partial,
+        Err(_) => return Scan::NotOurs,
     };
-    let head = buf.split_to(len).freeze();
+    let method = match head.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Scan::NotOurs,
+    };
+    let (Some(minor @ (0 | 1)), Some(target)) = (head.version, head.path) else {
+        return Scan::NotOurs;
+    };
+    if !target.starts_with('/') {
+        return Scan::NotOurs;
+    }
+    // Offsets into the head are kept as `u16`: a longer head (it can only have come whole
+    // in one read) goes to hyper.
+    if len > MAX_BUFFERED {
+        return Scan::NotOurs;
+    }
+    let offset = |part: &[u8]| {
+        let from = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (from as u16, (from + part.len()) as u16)
+    };
+    let mut at = [FieldAt::default(); MAX_FIELDS];
+    let (mut hosts, mut close, mut keep_alive) = (0, false, false);
+    let mut host = (0, 0);
+    let mut plain = minor == 1 && target.bytes().all(plain_target_byte);
+    // As `request_check::check_sizes`: the request line with `HTTP/1.1` and CRLF, then
+    // each field line with `: ` and CRLF.
+    let mut head_bytes = method.as_str().len() + 1 + target.len() + 1 + 8 + 2;
+    let mut longest_field = 0;
+    for (field, at) in head.headers.iter().zip(at.iter_mut()) {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("connection") {
+            let value = field.value.trim_ascii();
+            if value.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if value.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive = true;
+            } else {
+                return Scan::NotOurs;
+            }
+        }
+        let leaves_it = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect");
+        if leaves_it {
+            return Scan::NotOurs;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = offset(field.value);
+            // `HeaderValue::to_str`'s bytes: the request's host as routing reads it.
+            plain &= field
+                .value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+        }
+        plain &= !CONDITIONAL.iter().any(|c| name.eq_ignore_ascii_case(c));
+        let line = name.len() + 2 + field.value.len() + 2;
+        head_bytes += line;
+        longest_field = longest_field.max(line);
+        *at = FieldAt {
+            name: offset(name.as_bytes()),
+            value: offset(field.value),
+        };
+    }
+    if hosts != 1 {
+        return Scan::NotOurs;
+    }
+    Scan::Head(Scanned {
+        len,
+        method,
+        minor,
+        target: offset(target.as_bytes()),
+        at,
+        count: head.headers.len(),
+        // HTTP/1.0 keeps a connection only when asked to.
+        close: close || (minor == 0 && !keep_alive),
+        host,
+        head_bytes,
+        longest_field,
+        plain,
+    })
+}
+
+/// Takes the head `scanned` found off `buf` without a copy and builds its request: the
+/// target and field values are slices of it, and `fields` (empty, its room kept from an
+/// earlier head) becomes the request's field map.
+fn build(
+    buf: &mut BytesMut,
+    scanned: &Scanned,
+    fields: &mut http::HeaderMap,
+) -> Result<(Request<()>, Bytes), Bytes> {
+    let head = buf.split_to(scanned.len).freeze();
     let part = |(from, to): (u16, u16)| head.slice(usize::from(from)..usize::from(to));
-    let Ok(uri) = http::Uri::from_maybe_shared(part(target)) else {
-        return Parsed::Refused(head);
+    let Ok(uri) = http::Uri::from_maybe_shared(part(scanned.target)) else {
+        return Err(head);
     };
     let mut headers = std::mem::take(fields);
-    headers.reserve(count);
-    for at in &at[..count] {
+    headers.reserve(scanned.count);
+    for at in &scanned.at[..scanned.count] {
         let name = &head[usize::from(at.name.0)..usize::from(at.name.1)];
         let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_maybe_shared(part(at.value)),
         ) else {
-            return Parsed::Refused(head);
+            return Err(head);
         };
         headers.append(name, value);
     }
     let mut req = Request::new(());
-    *req.method_mut() = method;
+    *req.method_mut() = scanned.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    *req.version_mut() = if minor == 0 {
+    *req.version_mut() = if scanned.minor == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    Parsed::Request(req, head, close)
+    Ok((req, head))
 }
 
 /// A head taken off the buffer, back in front of what followed it (for hyper).
