@@ -590,6 +590,9 @@ pub(crate) struct PlainHead<'a> {
     /// The head's size and its longest field line, counted as `request_check` counts them.
     pub head_bytes: usize,
     pub longest_field: usize,
+    /// The first User-Agent and Referer values, for the access log (as `to_str` gives them).
+    pub user_agent: Option<&'a str>,
+    pub referer: Option<&'a str>,
 }
 
 /// What [`answer_plain`] did.
@@ -599,23 +602,19 @@ pub(crate) enum PlainAnswer {
     /// Not in the cache: the request is served by [`serve_logged_routed`] with this route.
     Serve(Routed),
     /// Not told from the slices (a route refused or not found, a static root, an answer
-    /// that varies on request fields, an access log to write): [`answer_in_front`] decides.
+    /// that varies on request fields): [`answer_in_front`] decides.
     Unsure,
 }
 
 /// Answers `head` from the cache if a fresh entry that does not vary on request fields
 /// holds it, as [`answer_in_front`] would, without a `Request`: the head passes the same
-/// checks and routing first. Only for a site without an access log (its line is made
-/// from the request).
+/// checks and routing first, and the hit is counted and logged the same way.
 pub(crate) fn answer_plain(
     head: &PlainHead<'_>,
     conn: &ConnContext,
     close: bool,
     out: &mut BytesMut,
 ) -> PlainAnswer {
-    if conn.access_log.is_some() {
-        return PlainAnswer::Unsure;
-    }
     let arrived = Instant::now();
     let limits = &conn.request_limits;
     let Ok(path) =
@@ -664,7 +663,32 @@ pub(crate) fn answer_plain(
     };
     // No conditional field (the front checked): the entry's prepared answer.
     let w = crate::cache::write_http1(&entry, method, &HeaderMap::new(), close, arrived, out);
-    target.metrics.done(w.status, arrived.elapsed());
+    let taken = arrived.elapsed();
+    target.metrics.done(w.status, taken);
+    if let Some(log) = &conn.access_log {
+        let pool = match &target.backend {
+            Backend::Pool(p) => Some(&*p.settings.name),
+            Backend::Static(_) => None,
+        };
+        log.log(&AccessRecord {
+            time: SystemTime::now(),
+            site: &target.site,
+            pool,
+            client: conn.peer,
+            server: conn.local,
+            method: method.as_str(),
+            uri: head.target,
+            version: http::Version::HTTP_11,
+            status: w.status,
+            bytes_sent: w.body_bytes,
+            bytes_received: 0,
+            duration: taken,
+            cache: CacheMark::Hit,
+            user_agent: head.user_agent,
+            referer: head.referer,
+            host: Some(head.host),
+        });
+    }
     PlainAnswer::Written
 }
 

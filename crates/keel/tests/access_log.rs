@@ -109,3 +109,26 @@ fn logrotate_rename_and_sigusr1_keep_every_line() {
         "the new file is used after SIGUSR1"
     );
 }
+
+/// A hit's line says what the miss's line before it said about the request (method, target,
+/// host, agent, referer, site, pool, status, bytes), whichever way the daemon answered it.
+#[test]
+fn a_hit_is_logged_like_its_miss() {
+    let d = start("json");
+    let req = b"GET /cached?ttl=60&id=json HTTP/1.1\r\nHost: Example.test\r\nUser-Agent: probe/1\r\nReferer: http://r.example/a\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_request(d.addr(), req).header("x-cache"), Some("MISS"));
+    assert_eq!(raw_request(d.addr(), req).header("x-cache"), Some("HIT"));
+    let lines = wait_for_lines(&d, "access.log", 2);
+    let parse = |l: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+    };
+    let (mut miss, mut hit) = (parse(&lines[0]), parse(&lines[1]));
+    assert_eq!(miss.remove("cache"), Some("miss".into()), "{miss:?}");
+    assert_eq!(hit.remove("cache"), Some("hit".into()), "{hit:?}");
+    for volatile in ["time", "duration_ms", "client"] {
+        miss.remove(volatile);
+        hit.remove(volatile);
+    }
+    assert_eq!(miss, hit);
+    assert_eq!(hit.get("user_agent"), Some(&"probe/1".into()), "{hit:?}");
+}

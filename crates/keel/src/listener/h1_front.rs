@@ -9,7 +9,7 @@
 //! - from a fresh cache entry's prepared bytes, or, on a cleartext socket, a static root's
 //!   file with `sendfile(2)` after its head (`request_path::answer_in_front`). A plain
 //!   HTTP/1.1 head (no conditional field, a target and Host of bytes `http` keeps as they
-//!   are, a site without an access log) is looked up from its slices first
+//!   are) is looked up from its slices first
 //!   (`request_path::answer_plain`): a hit builds no `Request`, and a miss keeps the route
 //!   and cache key it found;
 //! - otherwise, for HTTP/1.1, by `request_path::serve_logged`, the same path hyper's
@@ -347,8 +347,10 @@ struct Scanned {
     count: usize,
     /// The client asked for the connection to close after the answer.
     close: bool,
-    /// The Host value.
+    /// The Host value, and the first User-Agent and Referer values (for the access log).
     host: (u16, u16),
+    user_agent: Option<(u16, u16)>,
+    referer: Option<(u16, u16)>,
     /// The head's size and its longest field line, counted as `request_check` counts them.
     head_bytes: usize,
     longest_field: usize,
@@ -366,12 +368,17 @@ impl Scanned {
         let text = |(from, to): (u16, u16)| {
             std::str::from_utf8(&buf[usize::from(from)..usize::from(to)]).ok()
         };
+        // As `HeaderValue::to_str`: a value with other bytes is not logged.
+        let logged =
+            |at: Option<(u16, u16)>| at.and_then(text).filter(|v| v.bytes().all(to_str_byte));
         Some(PlainHead {
             head_only: self.method == Method::HEAD,
             target: text(self.target)?,
             host: text(self.host)?,
             head_bytes: self.head_bytes,
             longest_field: self.longest_field,
+            user_agent: logged(self.user_agent),
+            referer: logged(self.referer),
         })
     }
 }
@@ -403,6 +410,11 @@ fn plain_target_byte(b: u8) -> bool {
                 | b'?'
                 | b'%'
         )
+}
+
+/// The bytes `HeaderValue::to_str` takes.
+fn to_str_byte(b: u8) -> bool {
+    b == b'\t' || (0x20..0x7f).contains(&b)
 }
 
 /// The fields whose presence makes a hit's answer depend on them (`cache::write_http1`).
@@ -444,6 +456,7 @@ fn scan(buf: &[u8]) -> Scan {
     let mut at = [FieldAt::default(); MAX_FIELDS];
     let (mut hosts, mut close, mut keep_alive) = (0, false, false);
     let mut host = (0, 0);
+    let (mut user_agent, mut referer) = (None, None);
     let mut plain = minor == 1 && target.bytes().all(plain_target_byte);
     // As `request_check::check_sizes`: the request line with `HTTP/1.1` and CRLF, then
     // each field line with `: ` and CRLF.
@@ -472,10 +485,11 @@ fn scan(buf: &[u8]) -> Scan {
             hosts += 1;
             host = offset(field.value);
             // `HeaderValue::to_str`'s bytes: the request's host as routing reads it.
-            plain &= field
-                .value
-                .iter()
-                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+            plain &= field.value.iter().all(|&b| to_str_byte(b));
+        } else if user_agent.is_none() && name.eq_ignore_ascii_case("user-agent") {
+            user_agent = Some(offset(field.value));
+        } else if referer.is_none() && name.eq_ignore_ascii_case("referer") {
+            referer = Some(offset(field.value));
         }
         plain &= !CONDITIONAL.iter().any(|c| name.eq_ignore_ascii_case(c));
         let line = name.len() + 2 + field.value.len() + 2;
@@ -499,6 +513,8 @@ fn scan(buf: &[u8]) -> Scan {
         // HTTP/1.0 keeps a connection only when asked to.
         close: close || (minor == 0 && !keep_alive),
         host,
+        user_agent,
+        referer,
         head_bytes,
         longest_field,
         plain,
