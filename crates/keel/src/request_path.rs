@@ -601,8 +601,11 @@ pub(crate) enum PlainAnswer {
     Written,
     /// Not in the cache: the request is served by [`serve_logged_routed`] with this route.
     Serve(Routed),
-    /// Not told from the slices (a route refused or not found, a static root, an answer
-    /// that varies on request fields): [`answer_in_front`] decides.
+    /// A static root's, not in the cache: [`answer_in_front`] serves the file, with this
+    /// route and key.
+    Static(Routed),
+    /// Not told from the slices (a route refused or not found, an answer that varies on
+    /// request fields): [`answer_in_front`] decides.
     Unsure,
 }
 
@@ -626,16 +629,24 @@ pub(crate) fn answer_plain(
     let Ok(target) = table.route(conn.local.ip(), Some(head.host), &path) else {
         return PlainAnswer::Unsure;
     };
-    // A static root's answer (sendfile, ranges) is `answer_in_front`'s.
-    if !matches!(target.backend, Backend::Pool(_)) {
-        return PlainAnswer::Unsure;
-    }
     let target = target.clone();
-    let Some(cache) = crate::cache::installed() else {
-        return PlainAnswer::Serve(Routed {
+    // Not a hit: a pool's request goes to its pool, a static root's file is
+    // `answer_in_front`'s (sendfile, ranges).
+    let not_hit = |target: AppTarget, key| {
+        let routed = Routed {
             target: Ok(target),
-            key: None,
-        });
+            key,
+        };
+        match routed.target {
+            Ok(AppTarget {
+                backend: Backend::Static(_),
+                ..
+            }) => PlainAnswer::Static(routed),
+            _ => PlainAnswer::Serve(routed),
+        }
+    };
+    let Some(cache) = crate::cache::installed() else {
+        return not_hit(target, None);
     };
     let scheme = if conn.tls { "https" } else { "http" };
     let mut key = CacheKey::new(Cache::url(scheme, head.host, head.target));
@@ -643,17 +654,9 @@ pub(crate) fn answer_plain(
         Some(Peek::Fresh(entry)) => entry,
         Some(Peek::Absent) => {
             key.absent = true;
-            return PlainAnswer::Serve(Routed {
-                target: Ok(target),
-                key: Some(key),
-            });
+            return not_hit(target, Some(key));
         }
-        Some(Peek::NotFresh) => {
-            return PlainAnswer::Serve(Routed {
-                target: Ok(target),
-                key: Some(key),
-            });
-        }
+        Some(Peek::NotFresh) => return not_hit(target, Some(key)),
         None => return PlainAnswer::Unsure,
     };
     let method = if head.head_only {
@@ -666,9 +669,11 @@ pub(crate) fn answer_plain(
     let taken = arrived.elapsed();
     target.metrics.done(w.status, taken);
     if let Some(log) = &conn.access_log {
-        let pool = match &target.backend {
-            Backend::Pool(p) => Some(&*p.settings.name),
-            Backend::Static(_) => None,
+        // As `answer_in_front` logs: a static root's answer names no pool, and is not
+        // marked as a cache hit.
+        let (pool, cache) = match &target.backend {
+            Backend::Pool(p) => (Some(&*p.settings.name), CacheMark::Hit),
+            Backend::Static(_) => (None, CacheMark::None),
         };
         log.log(&AccessRecord {
             time: SystemTime::now(),
@@ -683,7 +688,7 @@ pub(crate) fn answer_plain(
             bytes_sent: w.body_bytes,
             bytes_received: 0,
             duration: taken,
-            cache: CacheMark::Hit,
+            cache,
             user_agent: head.user_agent,
             referer: head.referer,
             host: Some(head.host),
@@ -721,9 +726,15 @@ pub(crate) async fn answer_in_front(
     close: bool,
     files: bool,
     out: &mut BytesMut,
+    known: Option<Routed>,
 ) -> FrontAnswer {
     let arrived = Instant::now();
-    let target = match route(req, conn) {
+    // `known`: routed and looked up already (`answer_plain`), and not a hit.
+    let (routed, known_key) = match known {
+        Some(Routed { target, key }) => (target, Some(key)),
+        None => (route(req, conn), None),
+    };
+    let target = match routed {
         Ok(target) => target,
         Err(e) => {
             return FrontAnswer::Serve(Routed {
@@ -738,7 +749,14 @@ pub(crate) async fn answer_in_front(
     };
     // Built once for the lookup here and for the request's own path after it.
     let mut key = None;
-    let cached = crate::cache::installed().and_then(|cache| {
+    let cached = match known_key {
+        Some(known) => {
+            key = known;
+            None
+        }
+        None => crate::cache::installed(),
+    }
+    .and_then(|cache| {
         // As `serve_static`: a range of a static file is read from the file.
         if root.is_some() && req.headers().contains_key(header::RANGE) {
             return None;

@@ -114,12 +114,16 @@ where
             out.clear();
             // A plain GET or HEAD is looked up from the head's slices first: a cache hit is
             // answered without a request built for it.
-            let mut routed = None;
+            let (mut routed, mut static_routed) = (None, None);
             let plain = scanned.plain(&buf);
             let hit = plain.is_some_and(|plain| match answer_plain(&plain, ctx, close, &mut out) {
                 PlainAnswer::Written => true,
                 PlainAnswer::Serve(found) => {
                     routed = Some(found);
+                    false
+                }
+                PlainAnswer::Static(found) => {
+                    static_routed = Some(found);
                     false
                 }
                 PlainAnswer::Unsure => false,
@@ -139,7 +143,10 @@ where
                 // the connection alive.
                 let answered = match routed {
                     Some(routed) => FrontAnswer::Serve(routed),
-                    None => answer_in_front(&req, ctx, close && !http10, files, &mut out).await,
+                    None => {
+                        let close = close && !http10;
+                        answer_in_front(&req, ctx, close, files, &mut out, static_routed).await
+                    }
                 };
                 if http10 {
                     if matches!(answered, FrontAnswer::Serve(_)) {
