@@ -79,13 +79,7 @@ pub fn check<'r, B>(
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    if target.len() > limits.max_url_bytes {
-        return Err(refuse(
-            StatusCode::URI_TOO_LONG,
-            Reason::UrlLength,
-            "URI Too Long\n",
-        ));
-    }
+    check_url_length(target, limits)?;
     // `OPTIONS *` has no path to canonicalise.
     if *parts.method == http::Method::OPTIONS && parts.uri.path() == "*" {
         return Ok("*".into());
@@ -104,27 +98,8 @@ pub fn check_plain<'t>(
     longest_field: usize,
     limits: &RequestLimits,
 ) -> Result<std::borrow::Cow<'t, str>, Refusal> {
-    if longest_field > limits.max_field_bytes {
-        return Err(refuse(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Reason::FieldLength,
-            "Request Header Fields Too Large (a header field is too long)\n",
-        ));
-    }
-    if head_bytes > limits.max_request_bytes {
-        return Err(refuse(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Reason::RequestLength,
-            "Request Header Fields Too Large (the request head is too long)\n",
-        ));
-    }
-    if target.len() > limits.max_url_bytes {
-        return Err(refuse(
-            StatusCode::URI_TOO_LONG,
-            Reason::UrlLength,
-            "URI Too Long\n",
-        ));
-    }
+    check_head_size(longest_field, head_bytes, limits)?;
+    check_url_length(target, limits)?;
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     check_path(path, limits)
 }
@@ -161,22 +136,45 @@ fn check_sizes(parts: &Head<'_>, limits: &RequestLimits) -> Result<(), Refusal> 
         .path_and_query()
         .map_or(parts.uri.path().len(), |pq| pq.as_str().len());
     let mut total = parts.method.as_str().len() + 1 + target + 1 + 8 + 2;
+    let mut longest = 0;
     for (name, value) in parts.headers {
         let line = name.as_str().len() + 2 + value.len() + 2;
-        if line > limits.max_field_bytes {
-            return Err(refuse(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                Reason::FieldLength,
-                "Request Header Fields Too Large (a header field is too long)\n",
-            ));
-        }
+        longest = longest.max(line);
         total += line;
     }
-    if total > limits.max_request_bytes {
+    check_head_size(longest, total, limits)
+}
+
+/// `MaxFieldLength` for the longest field line, then `MaxRequestBytes` for the whole head.
+fn check_head_size(
+    longest_field: usize,
+    head_bytes: usize,
+    limits: &RequestLimits,
+) -> Result<(), Refusal> {
+    if longest_field > limits.max_field_bytes {
+        return Err(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::FieldLength,
+            "Request Header Fields Too Large (a header field is too long)\n",
+        ));
+    }
+    if head_bytes > limits.max_request_bytes {
         return Err(refuse(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::RequestLength,
             "Request Header Fields Too Large (the request head is too long)\n",
+        ));
+    }
+    Ok(())
+}
+
+/// `MaxUrlLength` for the target (path and query).
+fn check_url_length(target: &str, limits: &RequestLimits) -> Result<(), Refusal> {
+    if target.len() > limits.max_url_bytes {
+        return Err(refuse(
+            StatusCode::URI_TOO_LONG,
+            Reason::UrlLength,
+            "URI Too Long\n",
         ));
     }
     Ok(())

@@ -575,7 +575,22 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
     let host = request_host(req).unwrap_or("");
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    Cache::url(if tls { "https" } else { "http" }, host, pq)
+    url_key(tls, host, pq)
+}
+
+/// The cache key's URL of a request for `path_and_query` at `host`, on a TLS connection or not.
+fn url_key(tls: bool, host: &str, path_and_query: &str) -> Arc<str> {
+    Cache::url(if tls { "https" } else { "http" }, host, path_and_query)
+}
+
+/// How the access log names an answer the HTTP/1.1 front gave without a worker: a pool's
+/// (from the cache) names its pool and is marked as a hit; a static root's names no pool and
+/// is not marked.
+fn front_answer_marks(backend: &Backend) -> (Option<&Arc<str>>, CacheMark) {
+    match backend {
+        Backend::Pool(p) => (Some(&p.settings.name), CacheMark::Hit),
+        Backend::Static(_) => (None, CacheMark::None),
+    }
 }
 
 /// An HTTP/1.1 GET or HEAD without a body that the HTTP/1.1 front read itself, as slices of
@@ -633,23 +648,21 @@ pub(crate) fn answer_plain(
     // Not a hit: a pool's request goes to its pool, a static root's file is
     // `answer_in_front`'s (sendfile, ranges).
     let not_hit = |target: AppTarget, key| {
+        let is_static = matches!(target.backend, Backend::Static(_));
         let routed = Routed {
             target: Ok(target),
             key,
         };
-        match routed.target {
-            Ok(AppTarget {
-                backend: Backend::Static(_),
-                ..
-            }) => PlainAnswer::Static(routed),
-            _ => PlainAnswer::Serve(routed),
+        if is_static {
+            PlainAnswer::Static(routed)
+        } else {
+            PlainAnswer::Serve(routed)
         }
     };
     let Some(cache) = crate::cache::installed() else {
         return not_hit(target, None);
     };
-    let scheme = if conn.tls { "https" } else { "http" };
-    let mut key = CacheKey::new(Cache::url(scheme, head.host, head.target));
+    let mut key = CacheKey::new(url_key(conn.tls, head.host, head.target));
     let entry = match cache.peek_plain(&key.url, &target.site, arrived) {
         Some(Peek::Fresh(entry)) => entry,
         Some(Peek::Absent) => {
@@ -669,16 +682,11 @@ pub(crate) fn answer_plain(
     let taken = arrived.elapsed();
     target.metrics.done(w.status, taken);
     if let Some(log) = &conn.access_log {
-        // As `answer_in_front` logs: a static root's answer names no pool, and is not
-        // marked as a cache hit.
-        let (pool, cache) = match &target.backend {
-            Backend::Pool(p) => (Some(&*p.settings.name), CacheMark::Hit),
-            Backend::Static(_) => (None, CacheMark::None),
-        };
+        let (pool, cache) = front_answer_marks(&target.backend);
         log.log(&AccessRecord {
             time: SystemTime::now(),
             site: &target.site,
-            pool,
+            pool: pool.map(|p| &**p),
             client: conn.peer,
             server: conn.local,
             method: method.as_str(),
@@ -743,9 +751,9 @@ pub(crate) async fn answer_in_front(
             });
         }
     };
-    let (pool, root) = match &target.backend {
-        Backend::Pool(p) => (Some(p.settings.name.clone()), None),
-        Backend::Static(root) => (None, Some(root)),
+    let root = match &target.backend {
+        Backend::Pool(_) => None,
+        Backend::Static(root) => Some(root),
     };
     // Built once for the lookup here and for the request's own path after it.
     let mut key = None;
@@ -798,13 +806,11 @@ pub(crate) async fn answer_in_front(
     };
     target.metrics.done(status, arrived.elapsed());
     let log = conn.access_log.as_ref().map(|log| {
-        let mut line = PendingLog::new(req, conn, log.clone(), target.site.clone(), pool);
+        let (pool, cache) = front_answer_marks(&target.backend);
+        let site = target.site.clone();
+        let mut line = PendingLog::new(req, conn, log.clone(), site, pool.cloned());
         line.status = status;
-        line.cache = if file.is_none() && root.is_none() {
-            CacheMark::Hit
-        } else {
-            CacheMark::None
-        };
+        line.cache = cache;
         line.bytes_sent = body_bytes;
         line
     });

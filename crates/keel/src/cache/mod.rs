@@ -589,10 +589,27 @@ impl Cache {
         let Some(slot) = self.get(url, None) else {
             return Peek::Absent;
         };
-        let Some(entry) = self
-            .entry_of(url, slot, req, site)
-            .filter(|e| e.is_fresh(now))
-        else {
+        self.peek_counted(self.entry_of(url, slot, req, site), site, now)
+    }
+
+    /// [`Cache::peek_fresh`] for a request whose fields are not at hand (the HTTP/1.1
+    /// front's plain GET or HEAD): `None` when the URL's responses vary on request fields,
+    /// which the caller then looks up with.
+    pub fn peek_plain(&self, url: &Arc<str>, site: &Arc<str>, now: Instant) -> Option<Peek> {
+        match self.get(url, None) {
+            None => Some(Peek::Absent),
+            Some(Slot::Vary(_)) => None,
+            Some(Slot::Response(entry)) => {
+                let entry = entry.of_site(site).then_some(entry);
+                Some(self.peek_counted(entry, site, now))
+            }
+        }
+    }
+
+    /// A peek at `entry`, the one stored for the request's site: fresh, and counted as a hit
+    /// for `site`, or not fresh.
+    fn peek_counted(&self, entry: Option<Arc<Entry>>, site: &Arc<str>, now: Instant) -> Peek {
+        let Some(entry) = entry.filter(|e| e.is_fresh(now)) else {
             return Peek::NotFresh;
         };
         self.counters
@@ -600,25 +617,6 @@ impl Cache {
             .hits
             .fetch_add(1, Ordering::Relaxed);
         Peek::Fresh(entry)
-    }
-
-    /// [`Cache::peek_fresh`] for a request whose fields are not at hand (the HTTP/1.1
-    /// front's plain GET or HEAD): `None` when the URL's responses vary on request fields,
-    /// which the caller then looks up with.
-    pub fn peek_plain(&self, url: &Arc<str>, site: &Arc<str>, now: Instant) -> Option<Peek> {
-        let entry = match self.get(url, None) {
-            None => return Some(Peek::Absent),
-            Some(Slot::Vary(_)) => return None,
-            Some(Slot::Response(entry)) => entry,
-        };
-        if !(entry.of_site(site) && entry.is_fresh(now)) {
-            return Some(Peek::NotFresh);
-        }
-        self.counters
-            .site(site)
-            .hits
-            .fetch_add(1, Ordering::Relaxed);
-        Some(Peek::Fresh(entry))
     }
 
     /// Counts an answer given from an entry other than a fresh lookup hit.

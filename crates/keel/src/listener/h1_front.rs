@@ -114,21 +114,10 @@ where
             out.clear();
             // A plain GET or HEAD is looked up from the head's slices first: a cache hit is
             // answered without a request built for it.
-            let (mut routed, mut static_routed) = (None, None);
-            let plain = scanned.plain(&buf);
-            let hit = plain.is_some_and(|plain| match answer_plain(&plain, ctx, close, &mut out) {
-                PlainAnswer::Written => true,
-                PlainAnswer::Serve(found) => {
-                    routed = Some(found);
-                    false
-                }
-                PlainAnswer::Static(found) => {
-                    static_routed = Some(found);
-                    false
-                }
-                PlainAnswer::Unsure => false,
-            });
-            let (file, in_flight) = if hit {
+            let plain = scanned
+                .plain(&buf)
+                .map(|plain| answer_plain(&plain, ctx, close, &mut out));
+            let (file, in_flight) = if matches!(plain, Some(PlainAnswer::Written)) {
                 buf.advance(scanned.len);
                 (None, clock.begin_request(false))
             } else {
@@ -141,12 +130,13 @@ where
                 let files = io.can_send_file();
                 // HTTP/1.0 closes by default: its answer names no `Connection`, unless it keeps
                 // the connection alive.
-                let answered = match routed {
-                    Some(routed) => FrontAnswer::Serve(routed),
-                    None => {
-                        let close = close && !http10;
-                        answer_in_front(&req, ctx, close, files, &mut out, static_routed).await
+                let says_close = close && !http10;
+                let answered = match plain {
+                    Some(PlainAnswer::Serve(routed)) => FrontAnswer::Serve(routed),
+                    Some(PlainAnswer::Static(routed)) => {
+                        answer_in_front(&req, ctx, says_close, files, &mut out, Some(routed)).await
                     }
+                    _ => answer_in_front(&req, ctx, says_close, files, &mut out, None).await,
                 };
                 if http10 {
                     if matches!(answered, FrontAnswer::Serve(_)) {
