@@ -100,11 +100,11 @@ pub fn check_plain<'t>(
 ) -> Result<std::borrow::Cow<'t, str>, Refusal> {
     check_head_size(longest_field, head_bytes, limits)?;
     check_url_length(target, limits)?;
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    check_path(path, limits)
+    check_path(target, limits)
 }
 
-/// The path's canonical form, within the segment limits.
+/// The canonical form of `path` (cut at its `?query` or `#fragment`), within the segment
+/// limits.
 fn check_path<'p>(
     path: &'p str,
     limits: &RequestLimits,
@@ -114,18 +114,27 @@ fn check_path<'p>(
         Reason::Url,
         "Bad Request (Invalid URL)\n",
     );
-    let canonical = crate::static_files::canonical_path(path).map_err(|_| bad_url)?;
-    let segments = canonical.as_bytes().split(|&b| b == b'/');
-    let mut count = 0;
-    for seg in segments.filter(|s| !s.is_empty()) {
-        count += 1;
-        // Characters, not bytes: a byte that does not start a UTF-8 character continues one.
-        let chars = seg.iter().filter(|&&b| (b as i8) >= -0x40).count();
-        if count > limits.max_segments || chars > limits.max_segment_chars {
-            return Err(bad_url);
-        }
+    let within = |segments: usize, longest: usize| {
+        segments <= limits.max_segments && longest <= limits.max_segment_chars
+    };
+    // Most paths are canonical as they are, measured in one pass.
+    if let Some(shape) = crate::static_files::canonical_shape(path) {
+        return if within(shape.segments, shape.longest_segment) {
+            Ok(std::borrow::Cow::Borrowed(&path[..shape.len]))
+        } else {
+            Err(bad_url)
+        };
     }
-    Ok(canonical)
+    let canonical = crate::static_files::canonical_path(path).map_err(|_| bad_url)?;
+    let segments = canonical.split('/').filter(|s| !s.is_empty());
+    let (count, longest) = segments.fold((0, 0), |(n, longest), s| {
+        (n + 1, longest.max(s.chars().count()))
+    });
+    if within(count, longest) {
+        Ok(canonical)
+    } else {
+        Err(bad_url)
+    }
 }
 
 /// HTTP.sys `MaxFieldLength` and `MaxRequestBytes`, counted as the bytes of the head on the

@@ -77,34 +77,77 @@ pub enum PathError {
 /// decoded, starts with `/`, and keeps a trailing slash (also after a final `.` or `..`).
 /// Most request paths are canonical as they are: those are borrowed, not copied.
 pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
-    let end = raw.find(['?', '#']).unwrap_or(raw.len());
-    let raw = &raw[..end];
-    if is_canonical(raw) {
-        return Ok(Cow::Borrowed(raw));
+    if let Some(shape) = canonical_shape(raw) {
+        return Ok(Cow::Borrowed(&raw[..shape.len]));
     }
-    decode_and_merge(raw).map(Cow::Owned)
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    decode_and_merge(&raw[..end]).map(Cow::Owned)
 }
 
-/// Whether `raw` (its query cut off) is its own canonical form: nothing to decode, refuse or
-/// merge. Most request paths are; they cost one copy instead of a decoded string per segment.
-fn is_canonical(raw: &str) -> bool {
-    let Some(rest) = raw.strip_prefix('/') else {
-        return false;
-    };
-    if rest
-        .bytes()
-        .any(|c| matches!(c, b'%' | b'\\' | 0..=0x1f | 0x7f))
-    {
-        return false;
+/// A request path that is its own canonical form, as [`canonical_shape`] measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CanonicalShape {
+    /// Bytes of the path (before its `?query` or `#fragment`).
+    pub len: usize,
+    /// Its non-empty segments.
+    pub segments: usize,
+    /// Characters (not bytes) in its longest segment.
+    pub longest_segment: usize,
+}
+
+/// Whether `raw`'s path (up to a `?` or `#`) is its own canonical form: nothing to decode,
+/// refuse or merge, measured in the same pass. Most request paths are; they are borrowed
+/// instead of decoded segment by segment. `None`: [`canonical_path`]'s full decoding decides.
+pub fn canonical_shape(raw: &str) -> Option<CanonicalShape> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return None;
     }
-    let mut segments = rest.as_bytes().split(|&b| b == b'/').peekable();
-    while let Some(seg) = segments.next() {
-        let last = segments.peek().is_none();
-        if seg == b"." || seg == b".." || (seg.is_empty() && !last) {
-            return false;
+    let mut segments = 0;
+    let mut longest_segment = 0;
+    // The current segment: where it starts, its characters, whether it is all dots.
+    let mut start = 1;
+    let mut chars = 0;
+    let mut dots = true;
+    let mut len = bytes.len();
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        match b {
+            b'?' | b'#' => {
+                len = i;
+                break;
+            }
+            b'/' => {
+                // An empty segment (`//`) or a `.`/`..` one is merged away: not canonical.
+                if dots && i - start <= 2 {
+                    return None;
+                }
+                segments += 1;
+                longest_segment = longest_segment.max(chars);
+                start = i + 1;
+                chars = 0;
+                dots = true;
+            }
+            b'%' | b'\\' | 0..=0x1f | 0x7f => return None,
+            _ => {
+                dots &= b == b'.';
+                // A byte that does not start a UTF-8 character continues one.
+                chars += usize::from((b as i8) >= -0x40);
+            }
         }
     }
-    true
+    // The last segment may be empty (a trailing slash), not `.` or `..`.
+    if len > start {
+        if dots && len - start <= 2 {
+            return None;
+        }
+        segments += 1;
+        longest_segment = longest_segment.max(chars);
+    }
+    Some(CanonicalShape {
+        len,
+        segments,
+        longest_segment,
+    })
 }
 
 fn decode_and_merge(raw: &str) -> Result<String, PathError> {
@@ -1182,9 +1225,14 @@ mod tests {
     proptest::proptest! {
         /// A path taken as canonical as it is would come out of the full decoding unchanged.
         #[test]
-        fn canonical_as_is_agrees_with_decoding(raw in "/[a./%2eE\\\\]{0,12}") {
-            if is_canonical(&raw) {
-                proptest::prop_assert_eq!(decode_and_merge(&raw), Ok(raw.clone()));
+        fn canonical_as_is_agrees_with_decoding(raw in "/[a./%2eE\\\\é?#]{0,12}") {
+            if let Some(shape) = canonical_shape(&raw) {
+                let path = &raw[..shape.len];
+                proptest::prop_assert_eq!(decode_and_merge(path), Ok(path.to_owned()));
+                let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+                proptest::prop_assert_eq!(shape.segments, segments.len());
+                let longest = segments.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+                proptest::prop_assert_eq!(shape.longest_segment, longest);
             }
         }
     }

@@ -41,6 +41,7 @@
 
 use super::conn_clock::{ConnClock, SendFile};
 use super::h1_writer::write_response;
+use super::wake_gate::WakeGated;
 use crate::log::Reason;
 use crate::request_path::{
     ConnContext, FrontAnswer, PendingLog, PlainAnswer, PlainHead, answer_in_front, answer_plain,
@@ -91,13 +92,14 @@ where
     let mut out = BytesMut::with_capacity(OUT_KEPT);
     // An answered head's field map, emptied, for the next head to fill.
     let mut spare_fields = http::HeaderMap::new();
-    let expired = clock.expired();
+    // Both polled only when they were woken, not every time the socket wakes the task.
+    let expired = WakeGated::new(Box::pin(clock.expired()));
     tokio::pin!(expired);
     // The daemon's drain closes a connection between requests (as hyper's graceful
     // shutdown does); one with part of a head read goes to hyper, which finishes it.
-    let drain = super::IDLE_CLOSE.notified();
-    tokio::pin!(drain);
+    let mut drain = Box::pin(super::IDLE_CLOSE.notified());
     drain.as_mut().enable();
+    let mut drain = WakeGated::new(drain);
     // Every `select!` here is `biased` with the socket first: a read or write that is ready
     // returns without polling the timers (and no random branch order is drawn per request).
     // The timers are still looked at whenever the socket is not ready, so a connection that

@@ -12,6 +12,7 @@ pub mod h1_front;
 mod h1_writer;
 pub mod http;
 pub mod tls;
+mod wake_gate;
 
 use crate::config::{AppServe, BindingHost, Config, Isolation, Scheme};
 use crate::log::ErrorLog;
