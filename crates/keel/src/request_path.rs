@@ -10,7 +10,7 @@ use crate::cache::{
 };
 use crate::compress::{self, CompressBody};
 use crate::config::Unavailable;
-use crate::dispatch::Job;
+use crate::dispatch::{Job, JobHead, LaneRequest};
 use crate::exchange::{BodyLimits, Exchange, Failure, RequestMeta, ResponseBroken};
 use crate::log::{AccessLog, AccessRecord, CacheMark, ErrorLog, Reason};
 use crate::pool::Pool;
@@ -296,7 +296,10 @@ async fn serve_routed<B: RequestBody>(
 
     // enqueue (an upgrade's request direction stays open: the worker may answer 101)
     let end = stream.is_none() && !upgrade;
-    let head = encode_head(&parts, &conn, &inline, end, upgrade, &pool);
+    let Ok(head) = job_head(&parts, &conn, &inline, end, upgrade, &pool) else {
+        meta.log(Some(400), Reason::BadRequest, Some(pool.name()));
+        return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request\n"));
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         key: pool.next_key(),
@@ -1061,19 +1064,72 @@ fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted>
 
 /// The REQUEST frame (stream id 0). `upgrade`: the request's `Upgrade` values and
 /// `Connection: upgrade` go along, the only hop-by-hop fields a worker ever sees.
-fn encode_head(
+/// What the request sends its worker, encoded once: for an HTTP pool, a request with its
+/// whole body goes to a worker's direct lane as HTTP/1.1 bytes; anything else as a REQUEST
+/// frame (stream id 0). `Err`: a request HTTP/1.1 cannot carry (the daemon answers 400).
+fn job_head(
     parts: &http::request::Parts,
     conn: &ConnContext,
     inline: &[u8],
     end: bool,
     upgrade: bool,
     pool: &Pool,
-) -> Bytes {
+) -> Result<JobHead, crate::http_worker::h1_client::Unwritable> {
     let target = parts
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
+    let listed = connection_listed(&parts.headers);
+    if pool.settings.spawn.http && end {
+        let view = crate::http_worker::forward::ClientView {
+            client: Some(conn.peer),
+            local: Some(conn.local),
+            tls: conn.tls,
+        };
+        let method = &parts.method;
+        let bytes = crate::http_worker::h1_client::encode_request(
+            method.as_str().as_bytes(),
+            target.as_bytes(),
+            || forwarded_fields(&parts.headers, &listed),
+            inline,
+            &view,
+        )?;
+        return Ok(JobHead::Http1(LaneRequest {
+            bytes: bytes.into(),
+            head_only: method == http::Method::HEAD,
+            idempotent: method.is_idempotent(),
+        }));
+    }
+    Ok(JobHead::Frame(encode_frame(
+        parts, &listed, conn, target, inline, end, upgrade, pool,
+    )))
+}
+
+/// The request fields a worker gets as the client sent them: all but the hop-by-hop ones
+/// and those `Connection` lists (`listed`).
+fn forwarded_fields<'h>(
+    headers: &'h HeaderMap,
+    listed: &'h [HeaderName],
+) -> impl Iterator<Item = (&'h [u8], &'h [u8])> {
+    headers
+        .iter()
+        .filter(|(n, _)| !is_hop_by_hop(n) && !listed.contains(n))
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+}
+
+/// The REQUEST frame (stream id 0) for `parts`; `listed`: the fields its `Connection` names.
+#[allow(clippy::too_many_arguments)]
+fn encode_frame(
+    parts: &http::request::Parts,
+    listed: &[HeaderName],
+    conn: &ConnContext,
+    target: &str,
+    inline: &[u8],
+    end: bool,
+    upgrade: bool,
+    pool: &Pool,
+) -> Bytes {
     let version = match parts.version {
         http::Version::HTTP_10 | http::Version::HTTP_09 => HttpVersion::Http10,
         http::Version::HTTP_2 => HttpVersion::Http2,
@@ -1082,18 +1138,12 @@ fn encode_head(
     };
     let deadline_ms = u32::try_from(pool.settings.queue_timeout.as_millis()).unwrap_or(u32::MAX);
     let mut out = BytesMut::with_capacity(256 + inline.len());
-    let listed = connection_listed(&parts.headers);
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(n, _)| !is_hop_by_hop(n) && !listed.contains(n))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-        .chain(
-            upgrade
-                .then(|| crate::upgrade::worker_fields(&parts.headers))
-                .into_iter()
-                .flatten(),
-        );
+    let headers = forwarded_fields(&parts.headers, listed).chain(
+        upgrade
+            .then(|| crate::upgrade::worker_fields(&parts.headers))
+            .into_iter()
+            .flatten(),
+    );
     let encoded = keel_proto::encode_request(
         RequestParts {
             id: 0,

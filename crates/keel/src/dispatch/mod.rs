@@ -45,13 +45,13 @@ impl WorkerLink {
 /// [`WorkerConn`] (checked as any worker's frames are). Requests that stream a body or
 /// upgrade still travel the in-memory pipe.
 pub trait DirectLane: Send + Sync {
-    /// Starts serving stream `id` of `conn` from `job`'s REQUEST frame. `window` is
-    /// notified whenever the daemon grants the stream more response-body credit.
+    /// Starts serving stream `id` of `conn` with `request`. `window` is notified whenever
+    /// the daemon grants the stream more response-body credit.
     fn start(
         &self,
         conn: Arc<WorkerConn>,
         id: StreamId,
-        job: &Job,
+        request: &LaneRequest,
         window: Arc<tokio::sync::Notify>,
     ) -> tokio::task::AbortHandle;
 }
@@ -91,11 +91,32 @@ pub type EventRx = mpsc::UnboundedReceiver<Event>;
 #[derive(Clone)]
 pub struct Job {
     pub key: crate::queue::QueueKey,
-    /// The encoded REQUEST frame, stream id 0; the worker connection writes its own id in.
-    pub head: Bytes,
+    pub head: JobHead,
     /// Inline body bytes inside `head` (they count against the stream's window).
     pub inline_len: usize,
     /// The request body is complete inside `head`.
     pub end: bool,
     pub events: EventTx,
+}
+
+/// What a queued request sends its worker, encoded once when it is submitted.
+#[derive(Clone)]
+pub enum JobHead {
+    /// The encoded REQUEST frame, stream id 0; the worker connection writes its own id in.
+    Frame(Bytes),
+    /// A request with its whole body for an HTTP worker (every worker of such a pool has a
+    /// [`DirectLane`]): the bytes its lane writes, encoded once, without a REQUEST frame
+    /// that the lane would only decode again.
+    Http1(LaneRequest),
+}
+
+/// A request as an HTTP worker's direct lane sends it.
+#[derive(Clone)]
+pub struct LaneRequest {
+    /// Request line, fields (the proxy fields set) and body, as HTTP/1.1.
+    pub bytes: Bytes,
+    /// A HEAD request: its response has no body, whatever its framing says.
+    pub head_only: bool,
+    /// Its method is idempotent (RFC 9110 §9.2.2): it may be sent again after a failure.
+    pub idempotent: bool,
 }

@@ -12,7 +12,7 @@
 //!   in the same table, counts against the same capacity and its frames pass the same
 //!   checks ([`WorkerConn::handle_frame`]); only the bytes on the pipe are skipped.
 
-use super::{DirectLane, Event, EventTx, Job, LinkRead, LinkWrite};
+use super::{DirectLane, Event, EventTx, Job, JobHead, LinkRead, LinkWrite};
 use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
@@ -229,7 +229,10 @@ impl WorkerConn {
     /// Opens a stream for `job` and queues its REQUEST frame. Called by the pool, which has
     /// checked `has_room`.
     pub fn open_stream(self: &Arc<Self>, job: &Job) -> StreamId {
-        let lane = self.lane.as_ref().filter(|_| job.end);
+        let lane = match (&self.lane, &job.head) {
+            (Some(lane), JobHead::Http1(request)) => Some((lane, request)),
+            _ => None,
+        };
         let window = lane.map(|_| Arc::new(Notify::new()));
         let mut streams = self.streams.lock();
         let id = streams.allocate_id();
@@ -251,29 +254,44 @@ impl WorkerConn {
             pool.checkup.notify_one();
         }
         self.touch();
-        if let (Some(lane), Some(window)) = (lane, window) {
+        if let (Some((lane, request)), Some(window)) = (lane, window) {
             // Assigned first: the lane's frames become events that must follow it.
             let _ = job.events.send(Event::Assigned {
                 worker: self.clone(),
                 id,
             });
-            let task = lane.start(self.clone(), id, job, window);
+            let task = lane.start(self.clone(), id, request, window);
             // Unless already over (answered, or aborted by the client): nothing to stop.
             if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
                 l.task = Some(task);
             }
             return id;
         }
-        self.push_out(|out| {
-            let start = out.len();
-            out.extend_from_slice(&job.head);
-            // The head was encoded once with stream id 0; this worker's id goes in place.
-            out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
-        });
         let _ = job.events.send(Event::Assigned {
             worker: self.clone(),
             id,
         });
+        match &job.head {
+            JobHead::Frame(head) => self.push_out(|out| {
+                let start = out.len();
+                out.extend_from_slice(head);
+                // The head was encoded once with stream id 0; this worker's id goes in place.
+                out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
+            }),
+            JobHead::Http1(_) => {
+                // Only an HTTP pool's requests are encoded so, and all its workers have a
+                // lane (attached workers are refused there): the request fails, as a
+                // handler's failure would.
+                tracing::error!(
+                    pid = self.pid,
+                    "a request for an HTTP worker reached a worker without a direct lane"
+                );
+                self.lane_frame(Frame::Abort {
+                    id,
+                    code: AbortCode::HandlerFailed,
+                });
+            }
+        }
         id
     }
 

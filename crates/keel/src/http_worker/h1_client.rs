@@ -1,6 +1,6 @@
-//! The direct lane's HTTP/1.1 client. A lane request is complete (its whole body is in its
-//! REQUEST frame), so it is written to the worker as one run of bytes built straight from
-//! the frame; the response head is parsed (httparse) straight into the RESPONSE frame's
+//! The direct lane's HTTP/1.1 client. A lane request is complete (its whole body is in
+//! hand), so it is encoded once, when the request path submits it ([`encode_request`]),
+//! and written to the worker as one run of bytes; the response head is parsed (httparse) straight into the RESPONSE frame's
 //! fields, and its body is read whole or streamed by its framing (RFC 9112 §6.3).
 //!
 //! The pipe's requests (streamed bodies) and health checks still go through hyper's client
@@ -17,7 +17,7 @@
 use super::endpoint::Address;
 use super::forward::{self, ClientView};
 use bytes::{Buf, Bytes, BytesMut};
-use keel_proto::{Header, RequestHead};
+use keel_proto::Header;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -105,27 +105,32 @@ pub struct Unwritable(pub &'static str);
 /// The request as HTTP/1.1 bytes for the worker: request line, the client's fields but
 /// those [`dropped_from_request`], the proxy fields (`forward::proxy_fields`), the body's
 /// length and the body.
-pub fn encode_request(head: &RequestHead, view: &ClientView) -> Result<Vec<u8>, Unwritable> {
-    if head.method.is_empty() || !head.method.iter().all(|&b| is_tchar(b)) {
+/// `fields` gives the client's fields, twice: once to size the buffer.
+pub fn encode_request<'h, I>(
+    method: &[u8],
+    target: &[u8],
+    fields: impl Fn() -> I,
+    body: &[u8],
+    view: &ClientView,
+) -> Result<Vec<u8>, Unwritable>
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])>,
+{
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
         return Err(Unwritable("method"));
     }
-    if head.target.is_empty() || head.target.iter().any(|&b| b <= b' ' || b == 0x7f) {
+    if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
         return Err(Unwritable("target"));
     }
-    let fields: usize = head
-        .headers
-        .iter()
-        .map(|(n, v)| n.len() + v.len() + 4)
-        .sum();
-    let mut out =
-        Vec::with_capacity(head.method.len() + head.target.len() + fields + 320 + head.body.len());
-    out.extend_from_slice(&head.method);
+    let room: usize = fields().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(method.len() + target.len() + room + 320 + body.len());
+    out.extend_from_slice(method);
     out.push(b' ');
-    out.extend_from_slice(&head.target);
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut host = None;
     let mut had_length = false;
-    for (name, value) in &head.headers {
+    for (name, value) in fields() {
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) || !valid_value(value) {
             return Err(Unwritable("header field"));
         }
@@ -144,13 +149,13 @@ pub fn encode_request(head: &RequestHead, view: &ClientView) -> Result<Vec<u8>, 
     forward::proxy_fields(view, host, |name, value| {
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     });
-    if !head.body.is_empty() || had_length {
+    if !body.is_empty() || had_length {
         let mut digits = [0u8; 20];
-        let length = crate::http1_head::decimal(head.body.len() as u64, &mut digits);
+        let length = crate::http1_head::decimal(body.len() as u64, &mut digits);
         put_field(&mut out, b"content-length", length);
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&head.body);
+    out.extend_from_slice(body);
     Ok(out)
 }
 
@@ -498,8 +503,13 @@ impl BodyReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_proto::HttpVersion;
+    use keel_proto::{HttpVersion, RequestHead};
     use tokio::io::AsyncWriteExt;
+
+    fn encode(head: &RequestHead, view: &ClientView) -> Result<Vec<u8>, Unwritable> {
+        let fields = || head.headers.iter().map(|(n, v)| (&n[..], &v[..]));
+        encode_request(&head.method, &head.target, fields, &head.body, view)
+    }
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> RequestHead {
         RequestHead {
@@ -551,7 +561,7 @@ mod tests {
             ],
             "hello",
         );
-        let bytes = encode_request(&head, &view(&head)).unwrap();
+        let bytes = encode(&head, &view(&head)).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(
             text,
@@ -573,11 +583,10 @@ mod tests {
     #[test]
     fn a_body_length_is_written_only_for_a_body_or_a_client_length() {
         let get = request("GET", "/", &[], "");
-        let text = String::from_utf8(encode_request(&get, &view(&get)).unwrap()).unwrap();
+        let text = String::from_utf8(encode(&get, &view(&get)).unwrap()).unwrap();
         assert!(!text.contains("content-length"), "{text}");
         let empty_post = request("POST", "/", &[("content-length", "0")], "");
-        let text =
-            String::from_utf8(encode_request(&empty_post, &view(&empty_post)).unwrap()).unwrap();
+        let text = String::from_utf8(encode(&empty_post, &view(&empty_post)).unwrap()).unwrap();
         assert!(text.ends_with("content-length: 0\r\n\r\n"), "{text}");
     }
 
@@ -592,7 +601,7 @@ mod tests {
         ] {
             let head = request(method, target, &[header], "");
             assert!(
-                encode_request(&head, &view(&head)).is_err(),
+                encode(&head, &view(&head)).is_err(),
                 "{method} {target} {header:?}"
             );
         }

@@ -1,7 +1,8 @@
 //! The direct lane of an HTTP worker: a request whose body is complete reaches the adapter
 //! without the protocol pipe. Its worker connection ([`WorkerConn`]) hands over the queued
-//! REQUEST frame; a task of its own writes it to the worker with the lane's own HTTP/1.1
-//! client (`h1_client.rs`) and plays the worker's side of the stream: STARTED right before
+//! request, encoded as HTTP/1.1 when it was submitted ([`LaneRequest`]); a task of its own
+//! writes it to the worker with the lane's own HTTP/1.1 client (`h1_client.rs`) and plays
+//! the worker's side of the stream: STARTED right before
 //! the request is written, then RESPONSE and DATA within the stream's window, each applied
 //! straight to the worker connection, which checks them as it checks any worker's frames.
 //! Measured against the pipe and hyper's client, this spares the frames' encoding and
@@ -22,15 +23,12 @@
 //! connection aborts it).
 
 use super::bridge::{BUFFER_LIMIT, await_worker_exit};
-use super::forward::ClientView;
 use super::h1_client::{self, BodyReader, Conn, Framing};
 use super::upstream::{self, CONNECT_PATIENCE, Upstream};
-use crate::dispatch::{DirectLane, Job, WorkerConn};
+use crate::dispatch::{DirectLane, LaneRequest, WorkerConn};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use keel_proto::{
-    AbortCode, CachePolicy, Decoder, Frame, Header, RequestHead, ResponseHead, StreamId,
-};
+use keel_proto::{AbortCode, CachePolicy, Frame, Header, ResponseHead, StreamId};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,16 +42,11 @@ pub struct Lane {
     upstream: Arc<Upstream>,
     /// The worker process.
     pid: u32,
-    decoder: Decoder,
 }
 
 impl Lane {
     pub fn new(upstream: Arc<Upstream>, pid: u32) -> Self {
-        Lane {
-            upstream,
-            pid,
-            decoder: Decoder::default(),
-        }
+        Lane { upstream, pid }
     }
 }
 
@@ -62,16 +55,9 @@ impl DirectLane for Lane {
         &self,
         conn: Arc<WorkerConn>,
         id: StreamId,
-        job: &Job,
+        request: &LaneRequest,
         window: Arc<Notify>,
     ) -> tokio::task::AbortHandle {
-        // The daemon's own encoding, with this stream's id written in as for the pipe.
-        let mut frame = BytesMut::from(&job.head[..]);
-        frame[8..12].copy_from_slice(&id.to_be_bytes());
-        let head = match self.decoder.decode(&mut frame) {
-            Ok(Some(Frame::Request(head))) => Some(head),
-            _ => None,
-        };
         // Boxed: the request's state (its HTTP/1.1 connection's handshake and exchange) is
         // kilobytes, which the task would otherwise copy when spawned and again when done.
         let served = Box::pin(serve(
@@ -79,7 +65,7 @@ impl DirectLane for Lane {
             self.pid,
             conn.clone(),
             id,
-            head,
+            request.clone(),
             window,
         ));
         let task = async move {
@@ -98,39 +84,14 @@ async fn serve(
     pid: u32,
     conn: Arc<WorkerConn>,
     id: StreamId,
-    head: Option<RequestHead>,
+    lane_request: LaneRequest,
     window: Arc<Notify>,
 ) {
-    let Some(head) = head else {
-        tracing::error!(
-            pid,
-            "HTTP worker adapter: a queued request that does not decode"
-        );
-        fail(&conn, id);
-        return;
-    };
-    let view = ClientView {
-        client: head.client,
-        local: head.local,
-        tls: head.tls,
-    };
-    let request = match h1_client::encode_request(&head, &view) {
-        Ok(bytes) => bytes,
-        Err(h1_client::Unwritable(what)) => {
-            // The daemon let through something HTTP/1.1 cannot carry (as the SDK answers).
-            tracing::warn!(
-                pid,
-                id,
-                "request refused before the HTTP worker: its {what}"
-            );
-            let bad = Bytes::from_static(b"bad request");
-            answer_whole(&conn, id, 400, Vec::new(), bad, &window).await;
-            return;
-        }
-    };
-    let head_request = &head.method[..] == b"HEAD";
-    let idempotent = http::Method::from_bytes(&head.method).is_ok_and(|m| m.is_idempotent());
-    drop(head);
+    let LaneRequest {
+        bytes: request,
+        head_only: head_request,
+        idempotent,
+    } = lane_request;
     let mut started = false;
     let mut fresh_only = false;
     let mut sent_again = false;
