@@ -46,6 +46,20 @@ pub struct ConnTimers {
     pub min_send_rate: u64,
 }
 
+/// The time a phase of the connection began, as the clock records it: the kernel's coarse
+/// clock (to the millisecond: the limits are seconds, and the phases change several times
+/// per request, where the exact clock's reads were about 2 % of a cache hit's CPU); tokio's
+/// clock in the unit tests, which pause it.
+#[cfg(not(test))]
+fn phase_now() -> Instant {
+    Instant::from_std(crate::os::clock::coarse_now())
+}
+
+#[cfg(test)]
+fn phase_now() -> Instant {
+    Instant::now()
+}
+
 /// The shortest time a response may stall before its send rate is judged.
 const SEND_RATE_CHECK: Duration = Duration::from_secs(1);
 
@@ -124,7 +138,7 @@ pub struct ConnClock {
 impl ConnClock {
     /// A clock for a connection accepted now: its first head is due within `header_wait`.
     pub fn new(limits: ConnTimers) -> Arc<ConnClock> {
-        let now = Instant::now();
+        let now = phase_now();
         Arc::new(ConnClock {
             limits,
             state: Mutex::new(State {
@@ -165,7 +179,7 @@ impl ConnClock {
         let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
-            s.idle_since = Instant::now();
+            s.idle_since = phase_now();
             s.sending_since = None;
             let wake = s.must_wake(&self.limits);
             drop(s);
@@ -189,7 +203,7 @@ impl ConnClock {
     pub fn head_started(&self) {
         let mut s = self.state.lock();
         if s.in_flight == 0 && s.head_since.is_none() && !s.http2 {
-            s.head_since = Some(Instant::now());
+            s.head_since = Some(phase_now());
             let wake = s.must_wake(&self.limits);
             drop(s);
             if wake {
@@ -205,7 +219,7 @@ impl ConnClock {
                 crate::metrics::bytes_sent(*n);
                 s.write_blocked = false;
                 if s.in_flight > 0 {
-                    s.sending_since.get_or_insert_with(Instant::now);
+                    s.sending_since.get_or_insert_with(phase_now);
                     s.sent += *n as u64;
                 }
             }
