@@ -189,18 +189,37 @@ fn forwarded_node(ip: IpAddr, text: &str, out: &mut String) {
 /// A quoted-string (RFC 9110 §5.6.4) for `Forwarded` values.
 fn quoted(value: &str, out: &mut String) {
     out.push('"');
-    for c in value.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
+    // Runs between the characters to escape go in whole (a host rarely has any).
+    let mut rest = value;
+    while let Some(at) = rest.bytes().position(|b| b == b'"' || b == b'\\') {
+        out.push_str(&rest[..at]);
+        out.push('\\');
+        out.push_str(&rest[at..at + 1]);
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out.push('"');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_string_escapes_quotes_and_backslashes_only() {
+        for (value, want) in [
+            ("", r#""""#),
+            ("example.com:8080", r#""example.com:8080""#),
+            (r#"a"b"#, r#""a\"b""#),
+            (r"a\b", r#""a\\b""#),
+            (r#""\""#, r#""\"\\\"""#),
+            ("é\"", r#""é\"""#),
+        ] {
+            let mut out = String::new();
+            quoted(value, &mut out);
+            assert_eq!(out, want, "{value:?}");
+        }
+    }
 
     #[test]
     fn ports_as_text() {
