@@ -296,10 +296,7 @@ async fn serve_routed<B: RequestBody>(
 
     // enqueue (an upgrade's request direction stays open: the worker may answer 101)
     let end = stream.is_none() && !upgrade;
-    let Ok(head) = job_head(&parts, &conn, &inline, end, upgrade, &pool) else {
-        meta.log(Some(400), Reason::BadRequest, Some(pool.name()));
-        return Ok(plain(StatusCode::BAD_REQUEST, "Bad Request\n"));
-    };
+    let head = job_head(&parts, &conn, &inline, end, upgrade, &pool);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         key: pool.next_key(),
@@ -1066,7 +1063,7 @@ fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted>
 /// `Connection: upgrade` go along, the only hop-by-hop fields a worker ever sees.
 /// What the request sends its worker, encoded once: for an HTTP pool, a request with its
 /// whole body goes to a worker's direct lane as HTTP/1.1 bytes; anything else as a REQUEST
-/// frame (stream id 0). `Err`: a request HTTP/1.1 cannot carry (the daemon answers 400).
+/// frame (stream id 0).
 fn job_head(
     parts: &http::request::Parts,
     conn: &ConnContext,
@@ -1074,7 +1071,7 @@ fn job_head(
     end: bool,
     upgrade: bool,
     pool: &Pool,
-) -> Result<JobHead, crate::http_worker::h1_client::Unwritable> {
+) -> JobHead {
     let target = parts
         .uri
         .path_and_query()
@@ -1089,21 +1086,21 @@ fn job_head(
         };
         let method = &parts.method;
         let bytes = crate::http_worker::h1_client::encode_request(
-            method.as_str().as_bytes(),
-            target.as_bytes(),
-            || forwarded_fields(&parts.headers, &listed),
+            method,
+            target,
+            forwarded_fields(&parts.headers, &listed),
             inline,
             &view,
-        )?;
-        return Ok(JobHead::Http1(LaneRequest {
+        );
+        return JobHead::Http1(LaneRequest {
             bytes: bytes.into(),
             head_only: method == http::Method::HEAD,
             idempotent: method.is_idempotent(),
-        }));
+        });
     }
-    Ok(JobHead::Frame(encode_frame(
+    JobHead::Frame(encode_frame(
         parts, &listed, conn, target, inline, end, upgrade, pool,
-    )))
+    ))
 }
 
 /// The request fields a worker gets as the client sent them: all but the hop-by-hop ones
@@ -1111,11 +1108,10 @@ fn job_head(
 fn forwarded_fields<'h>(
     headers: &'h HeaderMap,
     listed: &'h [HeaderName],
-) -> impl Iterator<Item = (&'h [u8], &'h [u8])> {
+) -> impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)> {
     headers
         .iter()
         .filter(|(n, _)| !is_hop_by_hop(n) && !listed.contains(n))
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
 }
 
 /// The REQUEST frame (stream id 0) for `parts`; `listed`: the fields its `Connection` names.
@@ -1138,12 +1134,14 @@ fn encode_frame(
     };
     let deadline_ms = u32::try_from(pool.settings.queue_timeout.as_millis()).unwrap_or(u32::MAX);
     let mut out = BytesMut::with_capacity(256 + inline.len());
-    let headers = forwarded_fields(&parts.headers, listed).chain(
-        upgrade
-            .then(|| crate::upgrade::worker_fields(&parts.headers))
-            .into_iter()
-            .flatten(),
-    );
+    let headers = forwarded_fields(&parts.headers, listed)
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(
+            upgrade
+                .then(|| crate::upgrade::worker_fields(&parts.headers))
+                .into_iter()
+                .flatten(),
+        );
     let encoded = keel_proto::encode_request(
         RequestParts {
             id: 0,
