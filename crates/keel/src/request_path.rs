@@ -297,7 +297,7 @@ async fn serve_routed<B: RequestBody>(
     // enqueue (an upgrade's request direction stays open: the worker may answer 101)
     let end = stream.is_none() && !upgrade;
     let head = job_head(&parts, &conn, &inline, end, upgrade, &pool);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = crate::dispatch::events::channel();
     let job = Job {
         key: pool.next_key(),
         head,

@@ -2,13 +2,14 @@
 //! what a request learns from its worker ([`Event`]), and one worker connection
 //! ([`worker_conn::WorkerConn`]).
 
+pub mod events;
 pub mod worker_conn;
 
 use bytes::Bytes;
 use keel_proto::{AbortCode, ResponseHead, StreamId};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
+pub use events::{EventRx, EventTx};
 pub use worker_conn::WorkerConn;
 
 /// The reading half of the daemon's connection to one worker.
@@ -83,9 +84,6 @@ pub enum Event {
     /// The pool went offline while the request waited (rapid-fail).
     Refused(crate::pool::Refusal),
 }
-
-pub type EventTx = mpsc::UnboundedSender<Event>;
-pub type EventRx = mpsc::UnboundedReceiver<Event>;
 
 /// A request as it waits in a pool's queue: enough to (re)send its head to any worker.
 #[derive(Clone)]

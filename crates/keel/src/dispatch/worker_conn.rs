@@ -384,7 +384,7 @@ impl WorkerConn {
             streams.close_by_us(id);
         } else {
             // Events for this stream have nowhere to go any more.
-            let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, _) = super::events::channel();
             entry.events = tx;
         }
         drop(streams);
