@@ -1059,8 +1059,6 @@ fn route<B>(req: &Request<B>, conn: &ConnContext) -> Result<AppTarget, Unrouted>
     Ok(target)
 }
 
-/// The REQUEST frame (stream id 0). `upgrade`: the request's `Upgrade` values and
-/// `Connection: upgrade` go along, the only hop-by-hop fields a worker ever sees.
 /// What the request sends its worker, encoded once: for an HTTP pool, a request with its
 /// whole body goes to a worker's direct lane as HTTP/1.1 bytes; anything else as a REQUEST
 /// frame (stream id 0).
@@ -1115,6 +1113,8 @@ fn forwarded_fields<'h>(
 }
 
 /// The REQUEST frame (stream id 0) for `parts`; `listed`: the fields its `Connection` names.
+/// `upgrade`: the request's `Upgrade` values and `Connection: upgrade` go along, the only
+/// hop-by-hop fields a worker ever sees.
 #[allow(clippy::too_many_arguments)]
 fn encode_frame(
     parts: &http::request::Parts,

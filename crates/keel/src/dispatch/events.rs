@@ -104,11 +104,6 @@ impl EventRx {
         }
         Poll::Pending
     }
-
-    /// The next event, waiting for it; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<Event> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
 }
 
 impl Drop for EventRx {
@@ -129,6 +124,13 @@ mod tests {
     use crate::pool::Refusal;
     use keel_proto::AbortCode;
     use std::time::Duration;
+
+    impl EventRx {
+        /// The next event, waiting for it; `None` once every sender is gone.
+        async fn recv(&mut self) -> Option<Event> {
+            std::future::poll_fn(|cx| self.poll_recv(cx)).await
+        }
+    }
 
     fn refused() -> Event {
         Event::Refused(Refusal::AppOffline)

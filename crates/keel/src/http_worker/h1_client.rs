@@ -1,7 +1,8 @@
 //! The direct lane's HTTP/1.1 client. A lane request is complete (its whole body is in
 //! hand), so it is encoded once, when the request path submits it ([`encode_request`]),
-//! and written to the worker as one run of bytes; the response head is parsed (httparse) straight into the RESPONSE frame's
-//! fields, and its body is read whole or streamed by its framing (RFC 9112 §6.3).
+//! and written to the worker as one run of bytes; the response head is parsed (httparse)
+//! straight into the RESPONSE frame's fields, and its body is read whole or streamed by
+//! its framing (RFC 9112 §6.3).
 //!
 //! The pipe's requests (streamed bodies) and health checks still go through hyper's client
 //! (`upstream.rs`). For lane requests, hyper's connection state machine, its request and
@@ -85,7 +86,7 @@ fn dropped_from_request(name: &HeaderName) -> bool {
     *name == header::EXPECT
         || *name == header::CONTENT_LENGTH
         || forward::PROXY_FIELDS.contains(name)
-        || crate::request_path::HOP_BY_HOP.contains(name)
+        || crate::request_path::is_hop_by_hop(name)
 }
 
 /// Room for a request head: most are below it, a larger one grows the buffer once.

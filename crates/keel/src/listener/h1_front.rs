@@ -283,24 +283,6 @@ where
     Ok(())
 }
 
-// Returned by value to its one caller and taken apart at once: boxing the request would
-// cost an allocation per hit.
-#[cfg(test)]
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    /// More bytes are needed to see the whole head.
-    Partial,
-    /// A head this path leaves to hyper (the buffer is as it was).
-    NotOurs,
-    /// A head this path leaves to hyper, found out after it was taken off the buffer: it
-    /// goes back in front of the rest ([`rejoin`]).
-    Refused(Bytes),
-    /// A GET or HEAD without a body, its head (taken off the buffer; the request's target
-    /// and field values are slices of it), and whether the client asked for the connection
-    /// to close after the answer (`Connection: close`).
-    Request(Request<()>, Bytes, bool),
-}
-
 /// Where one field of a head lies in it (a head here is under [`MAX_BUFFERED`] bytes, so
 /// offsets fit in `u16`: the table is small enough to clear for each head).
 #[derive(Clone, Copy, Default)]
@@ -310,20 +292,6 @@ struct FieldAt {
 }
 
 const _: () = assert!(MAX_BUFFERED <= u16::MAX as usize);
-
-/// Reads the head at the start of `buf` and builds its request, if it is one this path may
-/// answer ([`scan`], then [`build`]).
-#[cfg(test)]
-fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
-    match scan(buf) {
-        Scan::Partial => Parsed::Partial,
-        Scan::NotOurs => Parsed::NotOurs,
-        Scan::Head(scanned) => match build(buf, &scanned, fields) {
-            Ok((req, head)) => Parsed::Request(req, head, scanned.close),
-            Err(head) => Parsed::Refused(head),
-        },
-    }
-}
 
 /// What [`scan`] found at the start of the buffer. Returned by value to its caller and taken
 /// apart at once: boxing the head would cost an allocation per request.
@@ -648,6 +616,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prepend<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`parse`] found at the start of the buffer.
+    #[allow(clippy::large_enum_variant)]
+    enum Parsed {
+        /// More bytes are needed to see the whole head.
+        Partial,
+        /// A head this path leaves to hyper (the buffer is as it was).
+        NotOurs,
+        /// A head this path leaves to hyper, found out after it was taken off the buffer: it
+        /// goes back in front of the rest ([`rejoin`]).
+        Refused(Bytes),
+        /// A GET or HEAD without a body, its head (taken off the buffer; the request's
+        /// target and field values are slices of it), and whether the client asked for the
+        /// connection to close after the answer (`Connection: close`).
+        Request(Request<()>, Bytes, bool),
+    }
+
+    /// Reads the head at the start of `buf` and builds its request, if it is one this path
+    /// may answer: [`scan`], then [`build`], as the connection loop does.
+    fn parse(buf: &mut BytesMut, fields: &mut http::HeaderMap) -> Parsed {
+        match scan(buf) {
+            Scan::Partial => Parsed::Partial,
+            Scan::NotOurs => Parsed::NotOurs,
+            Scan::Head(scanned) => match build(buf, &scanned, fields) {
+                Ok((req, head)) => Parsed::Request(req, head, scanned.close),
+                Err(head) => Parsed::Refused(head),
+            },
+        }
+    }
 
     /// Parses `raw` (with a byte of the next request after it); the buffer keeps exactly
     /// what this path does not take.
