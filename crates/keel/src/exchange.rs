@@ -30,8 +30,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 use std::time::SystemTime;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncRead;
 use tokio::time::Sleep;
 
@@ -164,7 +164,7 @@ pub struct Exchange {
     queue_timer: Option<Pin<Box<Sleep>>>,
     meta: Arc<RequestMeta>,
     /// When the request was put into its pool; taken at its first assignment (queue wait).
-    submitted: Option<std::time::Instant>,
+    submitted: Option<Instant>,
     /// Answered 101: the stream carries raw bytes, the tunnel gives response credit back as
     /// it writes to the client, and counts what the client sent in `raw_received`.
     upgraded: bool,
@@ -226,7 +226,7 @@ impl Exchange {
 
     /// Puts the request into its pool. `Err` when the pool refuses it (queue full, offline).
     pub fn submit(&mut self) -> Result<(), Failure> {
-        self.submitted = Some(std::time::Instant::now());
+        self.submitted = Some(Instant::now());
         match self.pool.submit(self.job.clone()) {
             Ok(Placement::Dispatched) => Ok(()),
             Ok(Placement::Queued) => {
@@ -258,7 +258,7 @@ impl Exchange {
             }
             match self.events.poll_recv(cx) {
                 Poll::Ready(Some(event)) => match event {
-                    Event::Assigned { worker, id } => self.on_assigned(worker, id),
+                    Event::Assigned { worker, id, at } => self.on_assigned(worker, id, at),
                     Event::Response(head) => {
                         self.response_started = true;
                         self.response_done = head.end;
@@ -324,10 +324,27 @@ impl Exchange {
         }
     }
 
-    fn on_assigned(&mut self, worker: Arc<WorkerConn>, id: StreamId) {
+    /// Takes in an assignment sent quietly (`EventTx::send_quiet`) that no poll has seen
+    /// yet: a request whose body is complete learns of it only from the next event that
+    /// wakes it, and what drops or aborts the exchange must know which stream to end.
+    fn catch_up_assignment(&mut self) {
+        if !matches!(self.phase, Phase::Queued) {
+            return;
+        }
+        if let Some(Event::Assigned { worker, id, at }) = self
+            .events
+            .pop_front_if(|e| matches!(e, Event::Assigned { .. }))
+        {
+            self.on_assigned(worker, id, at);
+        }
+    }
+
+    fn on_assigned(&mut self, worker: Arc<WorkerConn>, id: StreamId, at: Instant) {
         self.queue_timer = None;
-        if let Some(at) = self.submitted.take() {
-            self.pool.queue_wait.observe(at.elapsed());
+        if let Some(submitted) = self.submitted.take() {
+            self.pool
+                .queue_wait
+                .observe(at.saturating_duration_since(submitted));
         }
         self.phase = Phase::Assigned { worker, id };
     }
@@ -487,6 +504,7 @@ impl Exchange {
     }
 
     fn phase_abort(&mut self, code: AbortCode) {
+        self.catch_up_assignment();
         if let Phase::Assigned { worker, id } = std::mem::replace(&mut self.phase, Phase::Done) {
             worker.abort(id, code);
         }
@@ -618,6 +636,7 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        self.catch_up_assignment();
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Queued => {
                 if self.pool.remove_queued(self.job.key) {

@@ -343,6 +343,47 @@ fn a_large_response_streams_whole_and_a_client_that_leaves_frees_its_slot() {
     );
 }
 
+#[test]
+fn a_client_that_leaves_before_its_answer_frees_the_slot_at_once_and_is_logged() {
+    use std::io::Write;
+    let d = Daemon::start(&worker_config(&node_worker(), "workers = 1\ncapacity = 1"));
+    assert_eq!(get(d.addr(), "/").status, 200);
+    // The request waits in the queue first, then reaches the worker while its client
+    // waits: it learns of its assignment without being woken for it.
+    let addr = d.addr();
+    let busy = std::thread::spawn(move || get(addr, "/sleep?ms=500"));
+    std::thread::sleep(Duration::from_millis(100));
+    {
+        let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+        s.write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(busy.join().unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(worker_in_flight(&d), 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while worker_in_flight(&d) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        worker_in_flight(&d),
+        0,
+        "the slot of the client that left is still held"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d
+        .error_lines()
+        .iter()
+        .any(|l| l.contains("Connection_Dropped"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", d.error_lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = Instant::now();
+    assert_eq!(get(d.addr(), "/").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
 /// A recycle while a 1.5 s request runs: the request gets its answer, the old worker
 /// drains and exits by itself (no kill), and the next request comes from its replacement.
 fn check_recycle_lets_a_running_request_finish(worker: &str) {

@@ -87,3 +87,35 @@ fn client_that_disconnects_while_queued_never_reaches_the_worker() {
     // The worker saw: /stats, /sleep, and now this /stats; never the abandoned /pid.
     assert_eq!(get(d.addr(), "/stats").text().trim(), "requests 3");
 }
+
+#[test]
+fn client_that_leaves_while_its_request_runs_frees_the_slot_at_once_and_is_logged() {
+    let d = Daemon::start(&demo_config("capacity = 1"));
+    assert_eq!(get(d.addr(), "/").status, 200); // worker up
+    // The request waits in the queue first, then reaches the worker while its client
+    // waits: it learns of its assignment without being woken for it.
+    let busy = occupy(d.addr(), 500);
+    std::thread::sleep(Duration::from_millis(100));
+    {
+        let mut s = TcpStream::connect(d.addr()).unwrap();
+        s.write_all(b"GET /sleep?ms=5000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        assert_eq!(busy.join().unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+        // Dropped: the client goes away while the worker runs its request.
+    }
+    wait_until(
+        || {
+            d.error_lines()
+                .iter()
+                .any(|l| l.contains("Connection_Dropped"))
+        },
+        "a Connection_Dropped line",
+    );
+    // The stream was aborted, so the only slot takes the next request now, not when the
+    // abandoned one would have ended.
+    let t = Instant::now();
+    let r = get(d.addr(), "/pid");
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}

@@ -61,6 +61,17 @@ impl EventTx {
         }
         Ok(())
     }
+
+    /// Queues `event` without waking the receiver: for an event it needs only once
+    /// something else wakes it (see [`EventRx::pop_front_if`]). `Err` as for [`Self::send`].
+    pub fn send_quiet(&self, event: Event) -> Result<(), Event> {
+        let mut state = self.0.lock();
+        if !state.receiver_alive {
+            return Err(event);
+        }
+        state.queue.push_back(event);
+        Ok(())
+    }
 }
 
 impl Clone for EventTx {
@@ -103,6 +114,19 @@ impl EventRx {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+impl EventRx {
+    /// Takes the next event without waiting, if `wanted` says so: a receiver catching up
+    /// on a quietly sent event outside a poll (the request's task ending).
+    pub fn pop_front_if(&mut self, wanted: impl FnOnce(&Event) -> bool) -> Option<Event> {
+        let mut state = self.0.lock();
+        if state.queue.front().is_some_and(wanted) {
+            state.queue.pop_front()
+        } else {
+            None
+        }
     }
 }
 
@@ -166,6 +190,53 @@ mod tests {
         let end = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         assert!(matches!(end, Ok(None)));
         sender.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_quiet_send_wakes_nobody_but_is_received_in_order() {
+        let (tx, mut rx) = channel();
+        let waker = std::sync::Arc::new(CountingWaker::default());
+        let waker_handle = Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&waker_handle);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.send_quiet(Event::WindowOpened).ok().unwrap();
+        assert_eq!(waker.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        tx.send(refused()).ok().unwrap();
+        assert_eq!(waker.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(matches!(rx.recv().await, Some(Event::WindowOpened)));
+        assert!(matches!(rx.recv().await, Some(Event::Refused(_))));
+    }
+
+    #[test]
+    fn pop_front_if_takes_only_a_wanted_front() {
+        let (tx, mut rx) = channel();
+        tx.send_quiet(Event::WindowOpened).ok().unwrap();
+        tx.send(refused()).ok().unwrap();
+        assert!(
+            rx.pop_front_if(|e| matches!(e, Event::Refused(_)))
+                .is_none()
+        );
+        let first = rx.pop_front_if(|e| matches!(e, Event::WindowOpened));
+        assert!(matches!(first, Some(Event::WindowOpened)));
+        assert!(
+            rx.pop_front_if(|e| matches!(e, Event::WindowOpened))
+                .is_none()
+        );
+        assert!(
+            rx.pop_front_if(|e| matches!(e, Event::Refused(_)))
+                .is_some()
+        );
+        assert!(rx.pop_front_if(|_| true).is_none());
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     #[test]

@@ -59,10 +59,12 @@ pub trait DirectLane: Send + Sync {
 
 /// Everything a request learns about its trip through a pool, in order.
 pub enum Event {
-    /// A worker has it, as stream `id` (sent again after every replay).
+    /// A worker has it, as stream `id` (sent again after every replay), since `at` (the
+    /// request's task may see the event later: the queue wait ends at `at`).
     Assigned {
         worker: Arc<WorkerConn>,
         id: StreamId,
+        at: std::time::Instant,
     },
     Response(ResponseHead),
     Data {

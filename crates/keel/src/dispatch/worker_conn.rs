@@ -164,9 +164,13 @@ impl WorkerConn {
         last.elapsed()
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+    /// Marks activity now; returns the instant.
+    fn touch(&self) -> Instant {
+        let now = Instant::now();
+        let ms =
+            u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
         self.last_activity.store(ms, Ordering::Relaxed);
+        now
     }
 
     /// Sends a PING unless one is already waiting for its PONG.
@@ -253,13 +257,22 @@ impl WorkerConn {
         {
             pool.checkup.notify_one();
         }
-        self.touch();
+        let now = self.touch();
+        let assigned = Event::Assigned {
+            worker: self.clone(),
+            id,
+            at: now,
+        };
+        // A request whose body is complete has nothing to do until its answer comes: its
+        // task learns the assignment with the first event that wakes it (or as it ends,
+        // `Exchange::drop`), not by a wake-up of its own, one per request.
+        let _ = if job.end {
+            job.events.send_quiet(assigned)
+        } else {
+            job.events.send(assigned)
+        };
         if let (Some((lane, request)), Some(window)) = (lane, window) {
-            // Assigned first: the lane's frames become events that must follow it.
-            let _ = job.events.send(Event::Assigned {
-                worker: self.clone(),
-                id,
-            });
+            // Assigned went first: the lane's frames become events that must follow it.
             let task = lane.start(self.clone(), id, request, window);
             // Unless already over (answered, or aborted by the client): nothing to stop.
             if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
@@ -267,10 +280,6 @@ impl WorkerConn {
             }
             return id;
         }
-        let _ = job.events.send(Event::Assigned {
-            worker: self.clone(),
-            id,
-        });
         match &job.head {
             JobHead::Frame(head) => self.push_out(|out| {
                 let start = out.len();

@@ -42,7 +42,10 @@ pub enum Conn {
 impl Conn {
     pub async fn connect(address: &Address) -> io::Result<Conn> {
         Ok(match address {
-            Address::Unix(path) => Conn::Unix(tokio::net::UnixStream::connect(path).await?),
+            Address::Unix(path) => match connect_unix_now(path) {
+                Some(stream) => Conn::Unix(stream),
+                None => Conn::Unix(tokio::net::UnixStream::connect(path).await?),
+            },
             Address::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr).await?;
                 let _ = stream.set_nodelay(true);
@@ -77,6 +80,22 @@ impl Conn {
         };
         matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// A unix connection made without waiting: a non-blocking `connect` to a unix socket
+/// either completes at once or fails (`EAGAIN` when the accept queue is full). tokio's own
+/// connect waits for the poller to report the new socket writable first, one more round
+/// of the poller, and one more turn of the task, per connection; a worker that closes every
+/// connection (gunicorn's sync worker) costs one per request. `None`: anything but an
+/// immediate success, left to tokio's connect (which reports the error).
+fn connect_unix_now(path: &std::path::Path) -> Option<tokio::net::UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None).ok()?;
+    socket.connect(&SockAddr::unix(path).ok()?).ok()?;
+    tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
+    .ok()
 }
 
 /// Request fields never passed on as the client sent them: hop-by-hop ones (the daemon's
