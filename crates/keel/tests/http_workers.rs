@@ -294,6 +294,19 @@ fn worker_in_flight(d: &Daemon) -> u64 {
         .unwrap_or_else(|| panic!("no in_flight in {workers}"))
 }
 
+/// The worker's slot held by a client that left is free again within `limit`.
+fn assert_slot_freed_within(d: &Daemon, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while worker_in_flight(d) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        worker_in_flight(d),
+        0,
+        "the slot of the client that left is still held"
+    );
+}
+
 #[test]
 fn a_large_response_streams_whole_and_a_client_that_leaves_frees_its_slot() {
     use std::io::{Read, Write};
@@ -316,15 +329,7 @@ fn a_large_response_streams_whole_and_a_client_that_leaves_frees_its_slot() {
     // The other slot still serves.
     assert_eq!(get(d.addr(), "/").status, 200);
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while worker_in_flight(&d) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        worker_in_flight(&d),
-        0,
-        "the slot of the client that left is still held"
-    );
+    assert_slot_freed_within(&d, Duration::from_secs(5));
     // Both slots serve: two slow requests run side by side.
     let t = Instant::now();
     let both: Vec<_> = (0..2)
@@ -361,15 +366,7 @@ fn a_client_that_leaves_before_its_answer_frees_the_slot_at_once_and_is_logged()
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(worker_in_flight(&d), 1);
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while worker_in_flight(&d) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        worker_in_flight(&d),
-        0,
-        "the slot of the client that left is still held"
-    );
+    assert_slot_freed_within(&d, Duration::from_secs(3));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !d
         .error_lines()

@@ -266,13 +266,16 @@ impl WorkerConn {
         // A request whose body is complete has nothing to do until its answer comes: its
         // task learns the assignment with the first event that wakes it (or as it ends,
         // `Exchange::drop`), not by a wake-up of its own, one per request.
-        let _ = if job.end {
-            job.events.send_quiet(assigned)
-        } else {
-            job.events.send(assigned)
+        let tell = |assigned| {
+            let _ = if job.end {
+                job.events.send_quiet(assigned)
+            } else {
+                job.events.send(assigned)
+            };
         };
         if let (Some((lane, request)), Some(window)) = (lane, window) {
-            // Assigned went first: the lane's frames become events that must follow it.
+            // Assigned first: the lane's frames become events that must follow it.
+            tell(assigned);
             let task = lane.start(self.clone(), id, request, window);
             // Unless already over (answered, or aborted by the client): nothing to stop.
             if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
@@ -281,16 +284,25 @@ impl WorkerConn {
             return id;
         }
         match &job.head {
-            JobHead::Frame(head) => self.push_out(|out| {
-                let start = out.len();
-                out.extend_from_slice(head);
-                // The head was encoded once with stream id 0; this worker's id goes in place.
-                out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
-            }),
+            JobHead::Frame(head) => {
+                self.push_out(|out| {
+                    let start = out.len();
+                    out.extend_from_slice(head);
+                    // The head was encoded once with stream id 0; this worker's id goes in
+                    // place.
+                    out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
+                });
+                // Assigned only once the REQUEST frame is queued: the request's task sends
+                // body DATA as soon as it knows its stream, possibly on another thread, and a
+                // DATA frame ahead of its REQUEST reaches a worker that knows no such stream
+                // (it drops the bytes, grants no window, and the request hangs).
+                tell(assigned);
+            }
             JobHead::Http1(_) => {
                 // Only an HTTP pool's requests are encoded so, and all its workers have a
                 // lane (attached workers are refused there): the request fails, as a
                 // handler's failure would.
+                tell(assigned);
                 tracing::error!(
                     pid = self.pid,
                     "a request for an HTTP worker reached a worker without a direct lane"
@@ -600,5 +612,68 @@ impl WorkerConn {
                 Err(e) => return ReadEnd::Io(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Wake, Waker};
+
+    /// Woken when the request learns its stream: records how many bytes the worker's
+    /// outbox held at that moment, plus one (0: not woken).
+    struct OutboxAtWake {
+        conn: Arc<WorkerConn>,
+        seen: AtomicUsize,
+    }
+
+    impl Wake for OutboxAtWake {
+        fn wake(self: Arc<Self>) {
+            self.seen
+                .store(self.conn.out.lock().len() + 1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_streamed_request_learns_its_stream_only_once_its_request_frame_is_queued() {
+        // The request's task sends body DATA as soon as it is assigned, possibly on another
+        // thread: the REQUEST frame must already be ahead of it in the outbox.
+        let conn = Arc::new(WorkerConn::new(
+            1,
+            Weak::new(),
+            4,
+            keel_proto::DEFAULT_INITIAL_WINDOW,
+            None,
+        ));
+        let (tx, mut rx) = super::super::events::channel();
+        let head = Bytes::from_static(&[0u8; 24]);
+        let job = Job {
+            key: 1,
+            head: JobHead::Frame(head.clone()),
+            inline_len: 0,
+            end: false,
+            events: tx,
+        };
+        let probe = Arc::new(OutboxAtWake {
+            conn: conn.clone(),
+            seen: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(probe.clone());
+        assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
+        let id = conn.open_stream(&job);
+        let seen = probe.seen.load(Ordering::SeqCst);
+        assert_ne!(seen, 0, "the request was not woken by its assignment");
+        assert!(
+            seen > head.len(),
+            "assigned with {} bytes in the outbox: the REQUEST frame was not queued yet",
+            seen - 1
+        );
+        let out = conn.out.lock();
+        assert_eq!(
+            &out[8..12],
+            &id.to_be_bytes(),
+            "the REQUEST carries its stream id"
+        );
     }
 }
