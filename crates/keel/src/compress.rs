@@ -248,13 +248,8 @@ pub fn apply_headers(headers: &mut HeaderMap, enc: Encoding) {
 
 /// Add `Accept-Encoding` to `Vary` unless it is there already (or `Vary: *`).
 pub fn add_vary_accept_encoding(headers: &mut HeaderMap) {
-    let present = headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .map(str::trim)
-                .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"))
-        })
-    });
+    let present = crate::header_list::members(headers, header::VARY)
+        .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"));
     if !present {
         headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     }

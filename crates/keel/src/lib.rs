@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod dispatch;
 pub mod exchange;
+pub mod header_list;
 pub mod http1_head;
 pub mod http_worker;
 pub mod listener;

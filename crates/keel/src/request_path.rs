@@ -106,12 +106,8 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// anyway, and the `close` option when no field is called `close`, are left out, so the
 /// common `Connection: close` or `keep-alive` allocates nothing.
 pub(crate) fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    crate::header_list::members(headers, header::CONNECTION)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .filter(|name| !is_hop_by_hop(name) && headers.contains_key(name))
         .collect()
 }

@@ -49,12 +49,7 @@ pub fn requested<B: crate::request_path::RequestBody>(req: &Request<B>) -> bool 
 }
 
 fn connection_names_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+    crate::header_list::lists(headers, header::CONNECTION, "upgrade")
 }
 
 /// The hop-by-hop fields an upgrade request keeps on its way to the worker: its `Upgrade`

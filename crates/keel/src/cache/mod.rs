@@ -706,14 +706,11 @@ impl Cache {
         self.known.insert(url.clone(), ());
         let pool: Arc<str> = pool.into();
         let mut names: Vec<HeaderName> = Vec::new();
-        for v in resp.get_all(header::VARY) {
-            let Ok(text) = v.to_str() else { continue };
-            for t in text.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(t.trim().as_bytes())
-                    && !names.contains(&name)
-                {
-                    names.push(name);
-                }
+        for t in crate::header_list::members(resp, header::VARY) {
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes())
+                && !names.contains(&name)
+            {
+                names.push(name);
             }
         }
         let vary = (!names.is_empty()).then(|| {

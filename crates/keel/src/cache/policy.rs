@@ -48,19 +48,12 @@ pub fn request_may_use_cache(method: &Method) -> bool {
 /// The directives of every `Cache-Control` field, lower-cased, `(name, value)`.
 fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(text) = value.to_str() else { continue };
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() {
-                continue;
-            }
-            let (name, arg) = match part.split_once('=') {
-                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"').to_owned())),
-                None => (part, None),
-            };
-            out.push((name.to_ascii_lowercase(), arg));
-        }
+    for part in crate::header_list::members(headers, header::CACHE_CONTROL) {
+        let (name, arg) = match part.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"').to_owned())),
+            None => (part, None),
+        };
+        out.push((name.to_ascii_lowercase(), arg));
     }
     out
 }
@@ -114,10 +107,7 @@ pub fn decide(
     if has("no-cache") {
         return Err(NoStore::NoCache);
     }
-    if resp.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim() == "*"))
-    }) {
+    if crate::header_list::lists(resp, header::VARY, "*") {
         return Err(NoStore::VaryStar);
     }
     let public = has("public");

@@ -146,20 +146,9 @@ pub fn request_headers(headers: &mut HeaderMap, view: &ClientView, authority: Op
     }
 }
 
-/// The items of a comma-separated field value (`Connection`, `Transfer-Encoding`), trimmed.
-pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|item| !item.is_empty())
-}
-
 /// The response says its connection closes after it (`Connection: close`).
 pub fn closes_connection(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|value| list_items(value.as_bytes()).any(|item| item.eq_ignore_ascii_case(b"close")))
+    crate::header_list::lists(headers, header::CONNECTION, "close")
 }
 
 /// Prepares a worker's response headers for the daemon (and so for the client).

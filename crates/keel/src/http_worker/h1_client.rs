@@ -278,7 +278,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         .headers
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|f| forward::list_items(f.value))
+        .flat_map(|f| crate::header_list::items(f.value))
         .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
         .collect();
     // Where each field passed on lies in the head, to slice the frozen head without
@@ -294,10 +294,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, HeadErro
         let value = field.value;
         let is_length = name.eq_ignore_ascii_case(b"content-length");
         if name.eq_ignore_ascii_case(b"connection") {
-            closes |= forward::list_items(value).any(|t| t.eq_ignore_ascii_case(b"close"));
+            closes |= crate::header_list::items(value).any(|t| t.eq_ignore_ascii_case(b"close"));
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding decides (RFC 9112 §6.3 ¶4).
-            chunked = forward::list_items(value)
+            chunked = crate::header_list::items(value)
                 .last()
                 .map(|t| t.eq_ignore_ascii_case(b"chunked"))
                 .or(chunked);

@@ -34,11 +34,7 @@ where
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let mut headers = parts.headers;
-    let close = close
-        || headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let close = close || crate::header_list::lists(&headers, header::CONNECTION, "close");
     headers.remove(header::TRANSFER_ENCODING);
     out.clear();
     http1_head::put_start(status, &headers, out);
