@@ -781,7 +781,7 @@ impl StaticRoot {
         // RFC 9110 §13.2.2 order.
         let mtime_s = secs(mtime);
         if let Some(im) = &cond.if_match {
-            if !etag_list_matches(im, etag, true) {
+            if !crate::header_list::etag_list_matches(im, etag.as_bytes(), true) {
                 return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
             }
         } else if let Some(t) = cond.if_unmodified_since.as_ref().and_then(parse_date)
@@ -790,7 +790,7 @@ impl StaticRoot {
             return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
         }
         if let Some(inm) = &cond.if_none_match {
-            if etag_list_matches(inm, etag, false) {
+            if crate::header_list::etag_list_matches(inm, etag.as_bytes(), false) {
                 return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
             }
         } else if let Some(t) = cond.if_modified_since.as_ref().and_then(parse_date)
@@ -987,47 +987,6 @@ fn parse_date(v: &HeaderValue) -> Option<u64> {
     httpdate::parse_http_date(v.to_str().ok()?.trim())
         .ok()
         .map(secs)
-}
-
-/// Entity tags in a list (`"a", W/"b"`), as (weak, opaque-tag with quotes). `None` on `*`.
-fn etags(v: &HeaderValue) -> Option<Vec<(bool, &[u8])>> {
-    let b = v.as_bytes();
-    if b.iter().all(|c| c.is_ascii_whitespace() || *c == b'*') && b.contains(&b'*') {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && (b[i] == b',' || b[i].is_ascii_whitespace()) {
-            i += 1;
-        }
-        if i >= b.len() {
-            break;
-        }
-        let weak = b[i..].starts_with(b"W/");
-        if weak {
-            i += 2;
-        }
-        if b.get(i) != Some(&b'"') {
-            break; // malformed: stop, keeping what parsed
-        }
-        let Some(end) = b[i + 1..].iter().position(|&c| c == b'"') else {
-            break;
-        };
-        out.push((weak, &b[i..i + end + 2]));
-        i += end + 2;
-    }
-    Some(out)
-}
-
-/// `If-Match` (strong comparison) / `If-None-Match` (weak comparison) against our ETag.
-fn etag_list_matches(v: &HeaderValue, ours: &str, strong: bool) -> bool {
-    match etags(v) {
-        None => true,
-        Some(list) => list
-            .iter()
-            .any(|&(weak, tag)| tag == ours.as_bytes() && !(strong && weak)),
-    }
 }
 
 /// `If-Range`: a strong ETag match, or the exact `Last-Modified` date.

@@ -89,14 +89,10 @@ fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
         let Some(etag) = &entry.etag else {
             return false;
         };
-        let weak = |t: &[u8]| -> Vec<u8> { t.strip_prefix(b"W/").unwrap_or(t).to_vec() };
-        let ours = weak(etag.as_bytes());
-        return req.get_all(header::IF_NONE_MATCH).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .map(|t| t.trim_ascii())
-                .any(|t| t == b"*" || weak(t) == ours)
-        });
+        return req
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .any(|line| crate::header_list::etag_list_matches(line, etag.as_bytes(), false));
     }
     let Some(lm) = entry.last_modified else {
         return false;
