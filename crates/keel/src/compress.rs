@@ -65,14 +65,18 @@ pub struct AcceptEncoding {
 }
 
 impl AcceptEncoding {
-    /// Parse an `Accept-Encoding` value. Malformed members are skipped; a malformed q-value
-    /// counts as q=0 (refused), the safe reading.
-    pub fn parse(value: Option<&HeaderValue>) -> Self {
+    /// The request's `Accept-Encoding`, all its lines. Malformed members are skipped; a
+    /// malformed q-value counts as q=0 (refused), the safe reading.
+    pub fn of(headers: &HeaderMap) -> Self {
+        Self::from_members(crate::header_list::members(
+            headers,
+            header::ACCEPT_ENCODING,
+        ))
+    }
+
+    fn from_members<'a>(members: impl Iterator<Item = &'a str>) -> Self {
         let mut ae = AcceptEncoding::default();
-        let Some(s) = value.and_then(|v| v.to_str().ok()) else {
-            return ae;
-        };
-        for member in s.split(',') {
+        for member in members {
             let mut parts = member.split(';');
             let coding = parts.next().unwrap_or("").trim();
             if coding.is_empty() {
@@ -149,12 +153,10 @@ fn parse_q(s: &str) -> Option<f32> {
     Some(v)
 }
 
-/// The coding to compress a response with, or `None` for identity.
-pub fn choose(accept_encoding: Option<&HeaderValue>) -> Option<Encoding> {
-    AcceptEncoding::parse(accept_encoding)
-        .ranked()
-        .first()
-        .copied()
+/// The coding to compress a response to a request with `headers` with, or `None` for
+/// identity.
+pub fn choose(headers: &HeaderMap) -> Option<Encoding> {
+    AcceptEncoding::of(headers).ranked().first().copied()
 }
 
 /// Whether a response is worth compressing: a textual type, at least `MIN_SIZE` long (an
@@ -458,9 +460,17 @@ mod tests {
             (Some(" gzip ; q=0.5 ,br;q=0.4"), Some(Gzip)),
         ];
         for (input, want) in table {
-            let v = input.map(hv);
-            assert_eq!(choose(v.as_ref()), *want, "Accept-Encoding: {input:?}");
+            let mut h = HeaderMap::new();
+            if let Some(v) = input.map(hv) {
+                h.insert(header::ACCEPT_ENCODING, v);
+            }
+            assert_eq!(choose(&h), *want, "Accept-Encoding: {input:?}");
         }
+        // Every line counts, as one list.
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT_ENCODING, hv("identity;q=0.5"));
+        h.append(header::ACCEPT_ENCODING, hv("br;q=0.4, gzip;q=0.9"));
+        assert_eq!(choose(&h), Some(Gzip));
     }
 
     #[test]

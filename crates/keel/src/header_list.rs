@@ -1,4 +1,5 @@
-//! Comma-separated list fields (RFC 9110 §5.6.1: `Connection`, `Vary`, `Cache-Control`, …),
+//! Comma-separated list fields (RFC 9110 §5.6.1: `Connection`, `Vary`, `Cache-Control`,
+//! `Accept-Encoding`, …),
 //! read the same way everywhere: every line of the field, split at its commas, each member
 //! trimmed of spaces and tabs, empty members skipped (`a, , b` is `a` and `b`). A line that
 //! is not visible ASCII (`HeaderValue::to_str` fails) is skipped whole: no token of these
@@ -20,11 +21,14 @@ use http::{HeaderMap, HeaderValue};
 
 /// The members of every `name` line of `headers`, in order.
 pub fn members(headers: &HeaderMap, name: impl AsHeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|line| line.to_str().ok())
-        .flat_map(|line| line.split(','))
+    headers.get_all(name).into_iter().flat_map(line_members)
+}
+
+/// The members of one line (none if it is not visible ASCII).
+pub fn line_members(line: &HeaderValue) -> impl Iterator<Item = &str> {
+    line.to_str()
+        .unwrap_or_default()
+        .split(',')
         .map(str::trim)
         .filter(|member| !member.is_empty())
 }

@@ -386,8 +386,7 @@ async fn serve_routed<B: RequestBody>(
     }
     let mut end = end;
     if target.compression {
-        let accept = parts.headers.get(header::ACCEPT_ENCODING);
-        end = compress_response(&mut resp, accept, &parts.method).await || end;
+        end = compress_response(&mut resp, &parts.headers, &parts.method).await || end;
     }
     if let Some(ctx) = cached {
         ctx.store(&mut resp, head.cache, end, pool.name());
@@ -436,8 +435,7 @@ async fn serve_static<B>(
         && !resp.headers().contains_key(header::CONTENT_ENCODING)
         && resp.status() == StatusCode::OK
     {
-        let accept = req.headers().get(header::ACCEPT_ENCODING);
-        compress_response(&mut resp, accept, req.method()).await;
+        compress_response(&mut resp, req.headers(), req.method()).await;
     }
     if let Some(ctx) = cached
         && matches!(resp.body(), ResponseBody::Full(_))
@@ -459,7 +457,7 @@ async fn serve_static<B>(
 /// complete in memory.
 async fn compress_response(
     resp: &mut Response<ResponseBody>,
-    accept: Option<&HeaderValue>,
+    request_headers: &http::HeaderMap,
     method: &http::Method,
 ) -> bool {
     let len = resp.body().size_hint().exact().or_else(|| {
@@ -478,7 +476,7 @@ async fn compress_response(
     }
     // Whatever this client gets, caches must keep the encodings apart.
     compress::add_vary_accept_encoding(resp.headers_mut());
-    let Some(enc) = compress::choose(accept) else {
+    let Some(enc) = compress::choose(request_headers) else {
         return false;
     };
     if method == http::Method::HEAD {

@@ -478,7 +478,7 @@ impl std::fmt::Debug for Inner {
 /// The request headers that matter here, owned so they can go to the blocking pool.
 #[derive(Debug, Default)]
 struct Conditions {
-    accept_encoding: Option<HeaderValue>,
+    accept_encoding: AcceptEncoding,
     if_match: Option<HeaderValue>,
     if_unmodified_since: Option<HeaderValue>,
     if_none_match: Option<HeaderValue>,
@@ -491,7 +491,7 @@ impl Conditions {
     fn from(h: &HeaderMap) -> Self {
         let g = |n: header::HeaderName| h.get(n).cloned();
         Conditions {
-            accept_encoding: g(header::ACCEPT_ENCODING),
+            accept_encoding: AcceptEncoding::of(h),
             if_match: g(header::IF_MATCH),
             if_unmodified_since: g(header::IF_UNMODIFIED_SINCE),
             if_none_match: g(header::IF_NONE_MATCH),
@@ -755,7 +755,7 @@ impl StaticRoot {
         may_read: bool,
     ) -> Option<StaticResponse> {
         // The precompressed sibling the client ranks best, if it accepts one.
-        let ranked = AcceptEncoding::parse(cond.accept_encoding.as_ref()).ranked();
+        let ranked = cond.accept_encoding.ranked();
         let rank = |v: &Variant| v.encoding.map_or(usize::MAX, |e| rank_of(&ranked, e));
         let variant = open
             .siblings
