@@ -479,9 +479,10 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug, Default)]
 struct Conditions {
     accept_encoding: AcceptEncoding,
-    if_match: Option<HeaderValue>,
+    /// Every line of `If-Match` and of `If-None-Match` (each a list of entity-tags).
+    if_match: Vec<HeaderValue>,
     if_unmodified_since: Option<HeaderValue>,
-    if_none_match: Option<HeaderValue>,
+    if_none_match: Vec<HeaderValue>,
     if_modified_since: Option<HeaderValue>,
     if_range: Option<HeaderValue>,
     range: Option<HeaderValue>,
@@ -490,11 +491,12 @@ struct Conditions {
 impl Conditions {
     fn from(h: &HeaderMap) -> Self {
         let g = |n: header::HeaderName| h.get(n).cloned();
+        let all = |n: header::HeaderName| h.get_all(n).iter().cloned().collect::<Vec<_>>();
         Conditions {
             accept_encoding: AcceptEncoding::of(h),
-            if_match: g(header::IF_MATCH),
+            if_match: all(header::IF_MATCH),
             if_unmodified_since: g(header::IF_UNMODIFIED_SINCE),
-            if_none_match: g(header::IF_NONE_MATCH),
+            if_none_match: all(header::IF_NONE_MATCH),
             if_modified_since: g(header::IF_MODIFIED_SINCE),
             if_range: g(header::IF_RANGE),
             range: g(header::RANGE),
@@ -780,8 +782,13 @@ impl StaticRoot {
 
         // RFC 9110 §13.2.2 order.
         let mtime_s = secs(mtime);
-        if let Some(im) = &cond.if_match {
-            if !crate::header_list::etag_list_matches(im, etag.as_bytes(), true) {
+        let any_matches = |lines: &[HeaderValue], strong| {
+            lines
+                .iter()
+                .any(|line| crate::header_list::etag_list_matches(line, etag.as_bytes(), strong))
+        };
+        if !cond.if_match.is_empty() {
+            if !any_matches(&cond.if_match, true) {
                 return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
             }
         } else if let Some(t) = cond.if_unmodified_since.as_ref().and_then(parse_date)
@@ -789,8 +796,8 @@ impl StaticRoot {
         {
             return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
         }
-        if let Some(inm) = &cond.if_none_match {
-            if crate::header_list::etag_list_matches(inm, etag.as_bytes(), false) {
+        if !cond.if_none_match.is_empty() {
+            if any_matches(&cond.if_none_match, false) {
                 return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
             }
         } else if let Some(t) = cond.if_modified_since.as_ref().and_then(parse_date)
@@ -1520,6 +1527,18 @@ mod tests {
             (
                 vec![("if-match", "\"x\"".into())],
                 StatusCode::PRECONDITION_FAILED,
+            ),
+            // Every line of a list field counts.
+            (
+                vec![
+                    ("if-none-match", "\"x\"".into()),
+                    ("if-none-match", etag.clone()),
+                ],
+                StatusCode::NOT_MODIFIED,
+            ),
+            (
+                vec![("if-match", "\"x\"".into()), ("if-match", etag.clone())],
+                StatusCode::OK,
             ),
             (
                 vec![("if-match", format!("W/{etag}"))],
