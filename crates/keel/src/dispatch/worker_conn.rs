@@ -238,6 +238,22 @@ impl WorkerConn {
             _ => None,
         };
         let window = lane.map(|_| Arc::new(Notify::new()));
+        let now = self.touch();
+        // A request whose body is complete has nothing to do until its answer comes: its
+        // task learns the assignment with the first event that wakes it (or as it ends,
+        // `Exchange::drop`), not by a wake-up of its own, one per request.
+        let tell = |id| {
+            let assigned = Event::Assigned {
+                worker: self.clone(),
+                id,
+                at: now,
+            };
+            let _ = if job.end {
+                job.events.send_quiet(assigned)
+            } else {
+                job.events.send(assigned)
+            };
+        };
         let mut streams = self.streams.lock();
         let id = streams.allocate_id();
         streams.open.insert(
@@ -250,6 +266,27 @@ impl WorkerConn {
                     .map(|window| LaneStream { task: None, window }),
             },
         );
+        let through_pipe = match (&lane, &job.head) {
+            (None, JobHead::Frame(head)) => Some(head),
+            _ => None,
+        };
+        if let Some(head) = through_pipe {
+            // The REQUEST frame is queued and the request told of its stream while the
+            // stream table is locked. The request's own frames (`send_request_data`,
+            // `abort`) take that lock first, so they queue behind its REQUEST: a DATA frame
+            // ahead of it would reach a worker that knows no such stream, which drops the
+            // bytes and grants no window (the request hangs). And the worker's answer
+            // (`stream_frame`, on the reading task) takes it too, so its events follow the
+            // assignment: a response seen before it would leave the request unassigned,
+            // its body never sent.
+            self.push_out(|out| {
+                let start = out.len();
+                out.extend_from_slice(head);
+                // The head was encoded once with stream id 0; this worker's id goes in place.
+                out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
+            });
+            tell(id);
+        }
         drop(streams);
         let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if self.recycle_after == Some(served)
@@ -257,61 +294,28 @@ impl WorkerConn {
         {
             pool.checkup.notify_one();
         }
-        let now = self.touch();
-        let assigned = Event::Assigned {
-            worker: self.clone(),
-            id,
-            at: now,
-        };
-        // A request whose body is complete has nothing to do until its answer comes: its
-        // task learns the assignment with the first event that wakes it (or as it ends,
-        // `Exchange::drop`), not by a wake-up of its own, one per request.
-        let tell = |assigned| {
-            let _ = if job.end {
-                job.events.send_quiet(assigned)
-            } else {
-                job.events.send(assigned)
-            };
-        };
         if let (Some((lane, request)), Some(window)) = (lane, window) {
-            // Assigned first: the lane's frames become events that must follow it.
-            tell(assigned);
+            // Assigned first: the lane's frames become events that must follow it, and they
+            // come only from the task started here.
+            tell(id);
             let task = lane.start(self.clone(), id, request, window);
             // Unless already over (answered, or aborted by the client): nothing to stop.
             if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
                 l.task = Some(task);
             }
-            return id;
-        }
-        match &job.head {
-            JobHead::Frame(head) => {
-                self.push_out(|out| {
-                    let start = out.len();
-                    out.extend_from_slice(head);
-                    // The head was encoded once with stream id 0; this worker's id goes in
-                    // place.
-                    out[start + 8..start + 12].copy_from_slice(&id.to_be_bytes());
-                });
-                // Assigned only once the REQUEST frame is queued: the request's task sends
-                // body DATA as soon as it knows its stream, possibly on another thread, and a
-                // DATA frame ahead of its REQUEST reaches a worker that knows no such stream
-                // (it drops the bytes, grants no window, and the request hangs).
-                tell(assigned);
-            }
-            JobHead::Http1(_) => {
-                // Only an HTTP pool's requests are encoded so, and all its workers have a
-                // lane (attached workers are refused there): the request fails, as a
-                // handler's failure would.
-                tell(assigned);
-                tracing::error!(
-                    pid = self.pid,
-                    "a request for an HTTP worker reached a worker without a direct lane"
-                );
-                self.lane_frame(Frame::Abort {
-                    id,
-                    code: AbortCode::HandlerFailed,
-                });
-            }
+        } else if through_pipe.is_none() {
+            // An HTTP pool's request reached a worker without a direct lane. All of such a
+            // pool's workers have one (attached workers are refused there): the request
+            // fails, as a handler's failure would.
+            tell(id);
+            tracing::error!(
+                pid = self.pid,
+                "a request for an HTTP worker reached a worker without a direct lane"
+            );
+            self.lane_frame(Frame::Abort {
+                id,
+                code: AbortCode::HandlerFailed,
+            });
         }
         id
     }
@@ -622,21 +626,25 @@ mod tests {
     use std::task::{Context, Wake, Waker};
 
     /// Woken when the request learns its stream: records how many bytes the worker's
-    /// outbox held at that moment, plus one (0: not woken).
+    /// outbox held at that moment, plus one (0: not woken), and whether the stream table
+    /// was locked.
     struct OutboxAtWake {
         conn: Arc<WorkerConn>,
         seen: AtomicUsize,
+        table_locked: AtomicBool,
     }
 
     impl Wake for OutboxAtWake {
         fn wake(self: Arc<Self>) {
             self.seen
                 .store(self.conn.out.lock().len() + 1, Ordering::SeqCst);
+            self.table_locked
+                .store(self.conn.streams.is_locked(), Ordering::SeqCst);
         }
     }
 
     #[test]
-    fn a_streamed_request_learns_its_stream_only_once_its_request_frame_is_queued() {
+    fn a_streamed_request_learns_its_stream_once_its_request_is_queued_and_before_any_answer() {
         // The request's task sends body DATA as soon as it is assigned, possibly on another
         // thread: the REQUEST frame must already be ahead of it in the outbox.
         let conn = Arc::new(WorkerConn::new(
@@ -658,6 +666,7 @@ mod tests {
         let probe = Arc::new(OutboxAtWake {
             conn: conn.clone(),
             seen: AtomicUsize::new(0),
+            table_locked: AtomicBool::new(false),
         });
         let waker = Waker::from(probe.clone());
         assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
@@ -668,6 +677,13 @@ mod tests {
             seen > head.len(),
             "assigned with {} bytes in the outbox: the REQUEST frame was not queued yet",
             seen - 1
+        );
+        // The worker's answer is applied under the stream table's lock (`stream_frame`):
+        // told while that lock is held, the request hears of its stream before any answer,
+        // however fast the writer and the worker are.
+        assert!(
+            probe.table_locked.load(Ordering::SeqCst),
+            "assigned outside the stream table's lock: an answer could overtake it"
         );
         let out = conn.out.lock();
         assert_eq!(
