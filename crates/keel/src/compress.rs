@@ -68,15 +68,8 @@ impl AcceptEncoding {
     /// The request's `Accept-Encoding`, all its lines. Malformed members are skipped; a
     /// malformed q-value counts as q=0 (refused), the safe reading.
     pub fn of(headers: &HeaderMap) -> Self {
-        Self::from_members(crate::header_list::members(
-            headers,
-            header::ACCEPT_ENCODING,
-        ))
-    }
-
-    fn from_members<'a>(members: impl Iterator<Item = &'a str>) -> Self {
         let mut ae = AcceptEncoding::default();
-        for member in members {
+        for member in crate::header_list::members(headers, header::ACCEPT_ENCODING) {
             let mut parts = member.split(';');
             let coding = parts.next().unwrap_or("").trim();
             if coding.is_empty() {

@@ -1,9 +1,8 @@
 //! Comma-separated list fields (RFC 9110 §5.6.1: `Connection`, `Vary`, `Cache-Control`,
-//! `Accept-Encoding`, …),
-//! read the same way everywhere: every line of the field, split at its commas, each member
-//! trimmed of spaces and tabs, empty members skipped (`a, , b` is `a` and `b`). A line that
-//! is not visible ASCII (`HeaderValue::to_str` fails) is skipped whole: no token of these
-//! fields can hold other bytes.
+//! `Accept-Encoding`, …), read the same way everywhere: every line of the field, split at
+//! its commas, each member trimmed of spaces and tabs, empty members skipped (`a, , b` is
+//! `a` and `b`). A line that is not visible ASCII (`HeaderValue::to_str` fails) is skipped
+//! whole: no token of these fields can hold other bytes.
 //!
 //! [`items`] is the same split over one raw field value (a response head parsed by httparse,
 //! before any `HeaderValue` exists).
@@ -11,8 +10,9 @@
 //! Entity-tag lists (`If-None-Match`, `If-Match`) are read by [`entity_tags`] instead: an
 //! entity-tag may hold a comma (`"a,b"`).
 //!
-//! Not for a client's `Transfer-Encoding`: `request_check` reads it strictly (an empty member or an
-//! unreadable line refuses the request), since a body's framing must not be guessed.
+//! Not for a client's `Transfer-Encoding`: `request_check` reads it strictly (an empty
+//! member or an unreadable line refuses the request), since a body's framing must not be
+//! guessed.
 //! Quoted strings are not parsed: a comma inside one (`no-cache="a, b"`) splits it, which
 //! the callers' readings tolerate (an unknown directive is ignored).
 
@@ -25,7 +25,7 @@ pub fn members(headers: &HeaderMap, name: impl AsHeaderName) -> impl Iterator<It
 }
 
 /// The members of one line (none if it is not visible ASCII).
-pub fn line_members(line: &HeaderValue) -> impl Iterator<Item = &str> {
+fn line_members(line: &HeaderValue) -> impl Iterator<Item = &str> {
     line.to_str()
         .unwrap_or_default()
         .split(',')
@@ -74,20 +74,24 @@ pub fn entity_tags(line: &HeaderValue) -> Option<Vec<(bool, &[u8])>> {
     Some(out)
 }
 
-/// Whether `line` (an `If-None-Match` or `If-Match` line) matches our entity-tag `ours`
-/// (`"x"` or `W/"x"`): weak comparison for `If-None-Match`, strong (`strong`: neither tag
-/// weak) for `If-Match` (RFC 9110 §8.8.3.2). `*` matches.
-pub fn etag_list_matches(line: &HeaderValue, ours: &[u8], strong: bool) -> bool {
+/// Whether the `lines` of an `If-None-Match` or `If-Match` field match our entity-tag
+/// `ours` (`"x"` or `W/"x"`): weak comparison for `If-None-Match`, strong (`strong`: neither
+/// tag weak) for `If-Match` (RFC 9110 §8.8.3.2). `*` matches; no line matches nothing.
+pub fn etag_list_matches<'a>(
+    lines: impl IntoIterator<Item = &'a HeaderValue>,
+    ours: &[u8],
+    strong: bool,
+) -> bool {
     let (ours_weak, ours_tag) = match ours.strip_prefix(b"W/") {
         Some(tag) => (true, tag),
         None => (false, ours),
     };
-    match entity_tags(line) {
+    lines.into_iter().any(|line| match entity_tags(line) {
         None => true,
         Some(list) => list
             .iter()
             .any(|&(weak, tag)| tag == ours_tag && !(strong && (weak || ours_weak))),
-    }
+    })
 }
 
 /// Whether a `name` line of `headers` lists `token` (ASCII case-insensitive).
@@ -98,7 +102,6 @@ pub fn lists(headers: &HeaderMap, name: impl AsHeaderName, token: &str) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
     use http::header::{CONNECTION, VARY};
 
     fn headers(lines: &[&'static [u8]]) -> HeaderMap {
@@ -162,13 +165,20 @@ mod tests {
             assert_eq!(got, want, "{line}");
         }
         // Weak comparison ignores weakness on either side; strong needs both strong.
-        assert!(etag_list_matches(&v("W/\"a,b\""), b"\"a,b\"", false));
-        assert!(etag_list_matches(&v("\"x\", \"a\""), b"W/\"a\"", false));
-        assert!(!etag_list_matches(&v("\"x\", \"a\""), b"W/\"a\"", true));
-        assert!(!etag_list_matches(&v("W/\"a\""), b"\"a\"", true));
-        assert!(etag_list_matches(&v("\"a\""), b"\"a\"", true));
-        assert!(!etag_list_matches(&v("\"a\""), b"\"a,b\"", false));
-        assert!(etag_list_matches(&v("*"), b"\"z\"", true));
+        assert!(etag_list_matches([&v("W/\"a,b\"")], b"\"a,b\"", false));
+        assert!(etag_list_matches([&v("\"x\", \"a\"")], b"W/\"a\"", false));
+        assert!(!etag_list_matches([&v("\"x\", \"a\"")], b"W/\"a\"", true));
+        assert!(!etag_list_matches([&v("W/\"a\"")], b"\"a\"", true));
+        assert!(etag_list_matches([&v("\"a\"")], b"\"a\"", true));
+        assert!(!etag_list_matches([&v("\"a\"")], b"\"a,b\"", false));
+        assert!(etag_list_matches([&v("*")], b"\"z\"", true));
+        // Every line of the field counts; a field with no line matches nothing.
+        assert!(etag_list_matches(
+            [&v("\"x\""), &v("\"a\"")],
+            b"\"a\"",
+            true
+        ));
+        assert!(!etag_list_matches([], b"\"a\"", false));
     }
 
     #[test]

@@ -782,13 +782,11 @@ impl StaticRoot {
 
         // RFC 9110 §13.2.2 order.
         let mtime_s = secs(mtime);
-        let any_matches = |lines: &[HeaderValue], strong| {
-            lines
-                .iter()
-                .any(|line| crate::header_list::etag_list_matches(line, etag.as_bytes(), strong))
+        let matches = |lines: &[HeaderValue], strong| {
+            crate::header_list::etag_list_matches(lines, etag.as_bytes(), strong)
         };
         if !cond.if_match.is_empty() {
-            if !any_matches(&cond.if_match, true) {
+            if !matches(&cond.if_match, true) {
                 return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
             }
         } else if let Some(t) = cond.if_unmodified_since.as_ref().and_then(parse_date)
@@ -797,7 +795,7 @@ impl StaticRoot {
             return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
         }
         if !cond.if_none_match.is_empty() {
-            if any_matches(&cond.if_none_match, false) {
+            if matches(&cond.if_none_match, false) {
                 return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
             }
         } else if let Some(t) = cond.if_modified_since.as_ref().and_then(parse_date)

@@ -89,10 +89,11 @@ fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
         let Some(etag) = &entry.etag else {
             return false;
         };
-        return req
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .any(|line| crate::header_list::etag_list_matches(line, etag.as_bytes(), false));
+        return crate::header_list::etag_list_matches(
+            req.get_all(header::IF_NONE_MATCH),
+            etag.as_bytes(),
+            false,
+        );
     }
     let Some(lm) = entry.last_modified else {
         return false;

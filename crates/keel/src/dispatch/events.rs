@@ -115,9 +115,7 @@ impl EventRx {
         }
         Poll::Pending
     }
-}
 
-impl EventRx {
     /// Takes the next event without waiting, if `wanted` says so: a receiver catching up
     /// on a quietly sent event outside a poll (the request's task ending).
     pub fn pop_front_if(&mut self, wanted: impl FnOnce(&Event) -> bool) -> Option<Event> {

@@ -12,7 +12,7 @@
 //!   in the same table, counts against the same capacity and its frames pass the same
 //!   checks ([`WorkerConn::handle_frame`]); only the bytes on the pipe are skipped.
 
-use super::{DirectLane, Event, EventTx, Job, JobHead, LinkRead, LinkWrite};
+use super::{DirectLane, Event, EventTx, Job, JobHead, LaneRequest, LinkRead, LinkWrite};
 use crate::pool::Pool;
 use bytes::{Bytes, BytesMut};
 use keel_proto::{AbortCode, Decoder, Frame, StreamId, StreamState};
@@ -80,6 +80,16 @@ impl Streams {
             }
         }
     }
+}
+
+/// Where [`WorkerConn::open_stream`] sends a request.
+enum Route<'j> {
+    /// The worker's direct lane, and what wakes the lane's task when its window opens.
+    Lane(&'j Arc<dyn DirectLane>, &'j LaneRequest, Arc<Notify>),
+    /// The pipe: the encoded REQUEST frame.
+    Pipe(&'j Bytes),
+    /// An HTTP pool's request at a worker without a lane.
+    NoLane,
 }
 
 /// One live, welcomed worker connection.
@@ -233,11 +243,15 @@ impl WorkerConn {
     /// Opens a stream for `job` and queues its REQUEST frame. Called by the pool, which has
     /// checked `has_room`.
     pub fn open_stream(self: &Arc<Self>, job: &Job) -> StreamId {
-        let lane = match (&self.lane, &job.head) {
-            (Some(lane), JobHead::Http1(request)) => Some((lane, request)),
-            _ => None,
+        // Where the request goes: to the worker's direct lane (a request with its whole body
+        // for an HTTP worker), else through the pipe as its REQUEST frame.
+        let route = match (&self.lane, &job.head) {
+            (Some(lane), JobHead::Http1(request)) => {
+                Route::Lane(lane, request, Arc::new(Notify::new()))
+            }
+            (_, JobHead::Frame(head)) => Route::Pipe(head),
+            (None, JobHead::Http1(_)) => Route::NoLane,
         };
-        let window = lane.map(|_| Arc::new(Notify::new()));
         let now = self.touch();
         // A request whose body is complete has nothing to do until its answer comes: its
         // task learns the assignment with the first event that wakes it (or as it ends,
@@ -261,16 +275,16 @@ impl WorkerConn {
             StreamEntry {
                 state: StreamState::opened(id, self.initial_window, job.inline_len, job.end),
                 events: job.events.clone(),
-                lane: window
-                    .clone()
-                    .map(|window| LaneStream { task: None, window }),
+                lane: match &route {
+                    Route::Lane(_, _, window) => Some(LaneStream {
+                        task: None,
+                        window: window.clone(),
+                    }),
+                    _ => None,
+                },
             },
         );
-        let through_pipe = match (&lane, &job.head) {
-            (None, JobHead::Frame(head)) => Some(head),
-            _ => None,
-        };
-        if let Some(head) = through_pipe {
+        if let Route::Pipe(head) = route {
             // The REQUEST frame is queued and the request told of its stream while the
             // stream table is locked. The request's own frames (`send_request_data`,
             // `abort`) take that lock first, so they queue behind its REQUEST: a DATA frame
@@ -294,28 +308,33 @@ impl WorkerConn {
         {
             pool.checkup.notify_one();
         }
-        if let (Some((lane, request)), Some(window)) = (lane, window) {
-            // Assigned first: the lane's frames become events that must follow it, and they
-            // come only from the task started here.
-            tell(id);
-            let task = lane.start(self.clone(), id, request, window);
-            // Unless already over (answered, or aborted by the client): nothing to stop.
-            if let Some(StreamEntry { lane: Some(l), .. }) = self.streams.lock().open.get_mut(&id) {
-                l.task = Some(task);
+        match route {
+            Route::Pipe(_) => {}
+            Route::Lane(lane, request, window) => {
+                // Assigned first: the lane's frames become events that must follow it, and
+                // they come only from the task started here.
+                tell(id);
+                let task = lane.start(self.clone(), id, request, window);
+                // Unless already over (answered, or aborted by the client): nothing to stop.
+                if let Some(StreamEntry { lane: Some(l), .. }) =
+                    self.streams.lock().open.get_mut(&id)
+                {
+                    l.task = Some(task);
+                }
             }
-        } else if through_pipe.is_none() {
-            // An HTTP pool's request reached a worker without a direct lane. All of such a
-            // pool's workers have one (attached workers are refused there): the request
-            // fails, as a handler's failure would.
-            tell(id);
-            tracing::error!(
-                pid = self.pid,
-                "a request for an HTTP worker reached a worker without a direct lane"
-            );
-            self.lane_frame(Frame::Abort {
-                id,
-                code: AbortCode::HandlerFailed,
-            });
+            Route::NoLane => {
+                // All of an HTTP pool's workers have a lane (attached workers are refused
+                // there): the request fails, as a handler's failure would.
+                tell(id);
+                tracing::error!(
+                    pid = self.pid,
+                    "a request for an HTTP worker reached a worker without a direct lane"
+                );
+                self.lane_frame(Frame::Abort {
+                    id,
+                    code: AbortCode::HandlerFailed,
+                });
+            }
         }
         id
     }
