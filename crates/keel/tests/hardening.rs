@@ -110,15 +110,7 @@ fn connections_past_max_connections_are_closed_at_once_and_logged() {
     }
     // The fifth is closed without an answer.
     assert_eq!(answer(&d, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
-    let t = std::time::Instant::now();
-    while !d.error_lines().iter().any(|l| l.contains("ConnLimit")) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            d.error_lines()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_error_line("ConnLimit", Duration::from_secs(5));
     // One closes: a new one is served.
     drop(open.pop());
     let t = std::time::Instant::now();
@@ -167,19 +159,7 @@ fn a_head_dribbled_past_header_wait_is_cut_off() {
     assert!(t.elapsed() < Duration::from_secs(6));
     // Meanwhile and after, normal clients are served.
     assert_eq!(get(d.addr(), "/").status, 200);
-    let t = std::time::Instant::now();
-    while !d
-        .error_lines()
-        .iter()
-        .any(|l| l.contains("Timer_HeaderWait"))
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            d.error_lines()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_error_line("Timer_HeaderWait", Duration::from_secs(5));
 }
 
 #[test]
@@ -196,19 +176,7 @@ fn an_idle_kept_alive_connection_is_closed_after_idle_connection() {
     // Then nothing: closed after about a second, logged as idle, not as a slow head.
     let mut buf = [0u8; 16];
     assert!(matches!(r.get_mut().read(&mut buf), Ok(0) | Err(_)));
-    let t = std::time::Instant::now();
-    while !d
-        .error_lines()
-        .iter()
-        .any(|l| l.contains("Timer_ConnectionIdle"))
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            d.error_lines()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_error_line("Timer_ConnectionIdle", Duration::from_secs(5));
     assert!(
         !d.error_lines()
             .iter()

@@ -367,15 +367,7 @@ fn a_client_that_leaves_before_its_answer_frees_the_slot_at_once_and_is_logged()
         assert_eq!(worker_in_flight(&d), 1);
     }
     assert_slot_freed_within(&d, Duration::from_secs(3));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !d
-        .error_lines()
-        .iter()
-        .any(|l| l.contains("Connection_Dropped"))
-    {
-        assert!(Instant::now() < deadline, "{:?}", d.error_lines());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_for_error_line("Connection_Dropped", Duration::from_secs(5));
     let t = Instant::now();
     assert_eq!(get(d.addr(), "/").status, 200);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());

@@ -12,14 +12,6 @@ fn occupy(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<RawRes
     std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}")))
 }
 
-fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn full_queue_answers_503_with_retry_after() {
     let d = Daemon::start(&demo_config("capacity = 1\nqueue_length = 2"));
@@ -79,10 +71,7 @@ fn client_that_disconnects_while_queued_never_reaches_the_worker() {
         std::thread::sleep(Duration::from_millis(200));
         // Dropped: the client goes away while its request waits.
     }
-    wait_until(
-        || d.error_lines().iter().any(|l| l.contains("Client_Reset")),
-        "a Client_Reset line",
-    );
+    d.wait_for_error_line("Client_Reset", Duration::from_secs(10));
     assert_eq!(busy.join().unwrap().status, 200);
     // The worker saw: /stats, /sleep, and now this /stats; never the abandoned /pid.
     assert_eq!(get(d.addr(), "/stats").text().trim(), "requests 3");
@@ -104,14 +93,7 @@ fn client_that_leaves_while_its_request_runs_frees_the_slot_at_once_and_is_logge
         std::thread::sleep(Duration::from_millis(300));
         // Dropped: the client goes away while the worker runs its request.
     }
-    wait_until(
-        || {
-            d.error_lines()
-                .iter()
-                .any(|l| l.contains("Connection_Dropped"))
-        },
-        "a Connection_Dropped line",
-    );
+    d.wait_for_error_line("Connection_Dropped", Duration::from_secs(10));
     // The stream was aborted, so the only slot takes the next request now, not when the
     // abandoned one would have ended.
     let t = Instant::now();

@@ -174,18 +174,12 @@ impl Daemon {
     }
 
     pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.log_lines().into_iter().find(|l| l.contains(needle)) {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line containing {needle:?} within {timeout:?}; log:\n{}",
-                self.log_lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_line_in("log", || self.log_lines(), needle, timeout)
+    }
+
+    /// The first error-log line containing `needle`, waiting up to `timeout` for it.
+    pub fn wait_for_error_line(&self, needle: &str, timeout: Duration) -> String {
+        wait_for_line_in("error-log", || self.error_lines(), needle, timeout)
     }
 
     pub fn error_log(&self) -> String {
@@ -260,6 +254,37 @@ impl Drop for Daemon {
                 kill(pid);
             }
         }
+    }
+}
+
+/// The first of `lines()` (the daemon's `log` lines of one kind) containing `needle`,
+/// waiting up to `timeout` for it.
+fn wait_for_line_in(
+    log: &str,
+    lines: impl Fn() -> Vec<String>,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = lines().into_iter().find(|l| l.contains(needle)) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {log} line containing {needle:?} within {timeout:?}; {log}:\n{}",
+            lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `timeout` for `cond`, polling.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
