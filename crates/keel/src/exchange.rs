@@ -45,20 +45,22 @@ pub struct RequestMeta {
     pub server: SocketAddr,
     pub version: http::Version,
     pub method: http::Method,
-    pub uri: String,
+    /// Kept as it came (a clone shares its bytes); written out only for a log line.
+    pub uri: http::Uri,
     pub site: Arc<str>,
     pub error_log: ErrorLog,
 }
 
 impl RequestMeta {
     pub fn log(&self, status: Option<u16>, reason: Reason, queue: Option<&str>) {
+        let uri = self.uri.to_string();
         self.error_log.write(&ErrorRecord {
             time: SystemTime::now(),
             client: Some(self.client),
             server: Some(self.server),
             version: Some(self.version),
             method: Some(self.method.as_str()),
-            uri: Some(&self.uri),
+            uri: Some(&uri),
             status,
             site: Some(&self.site),
             reason,

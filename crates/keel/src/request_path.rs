@@ -197,7 +197,7 @@ async fn serve_routed<B: RequestBody>(
             server: conn.local,
             version: req.version(),
             method: req.method().clone(),
-            uri: req.uri().to_string(),
+            uri: req.uri().clone(),
             site,
             error_log: conn.error_log.clone(),
         })
@@ -231,7 +231,7 @@ async fn serve_routed<B: RequestBody>(
     let pool = match &target.backend {
         Backend::Pool(pool) => pool.current(),
         Backend::Static(root) => {
-            return Ok(serve_static(&req, root, &target, conn.tls, key).await);
+            return Ok(serve_static(&req, root, &target, &conn, key).await);
         }
     };
 
@@ -246,7 +246,17 @@ async fn serve_routed<B: RequestBody>(
         && req.body().body_is_empty()
     {
         let key = key.unwrap_or_else(|| CacheKey::new(cache_url(&req, conn.tls)));
-        match CacheCtx::begin(cache, &req, key, &target.site, pool.settings.queue_timeout).await {
+        let logged = conn.access_log.is_some();
+        match CacheCtx::begin(
+            cache,
+            &req,
+            key,
+            &target.site,
+            pool.settings.queue_timeout,
+            logged,
+        )
+        .await
+        {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return Ok(hit),
         }
@@ -408,7 +418,7 @@ async fn serve_static<B>(
     req: &Request<B>,
     root: &StaticRoot,
     target: &AppTarget,
-    tls: bool,
+    conn: &ConnContext,
     key: Option<CacheKey>,
 ) -> Response<ResponseBody> {
     let mut cached = None;
@@ -416,8 +426,18 @@ async fn serve_static<B>(
         && policy::request_may_use_cache(req.method())
         && !req.headers().contains_key(header::RANGE)
     {
-        let key = key.unwrap_or_else(|| CacheKey::new(cache_url(req, tls)));
-        match CacheCtx::begin(cache, req, key, &target.site, Duration::from_secs(10)).await {
+        let key = key.unwrap_or_else(|| CacheKey::new(cache_url(req, conn.tls)));
+        let logged = conn.access_log.is_some();
+        match CacheCtx::begin(
+            cache,
+            req,
+            key,
+            &target.site,
+            Duration::from_secs(10),
+            logged,
+        )
+        .await
+        {
             Ok(ctx) => cached = Some(ctx),
             Err(hit) => return hit,
         }
@@ -553,6 +573,9 @@ struct CacheCtx {
     stale: Option<Arc<Entry>>,
     /// This request fetches the URL for others waiting on it.
     flight: Option<FlightGuard>,
+    /// An access log will write this response's line: its cache status goes along with it
+    /// (a response extension, whose map costs an allocation a request without one skips).
+    logged: bool,
 }
 
 /// The cache key's URL for a request: its scheme (`https` on a TLS connection, so that an
@@ -780,7 +803,7 @@ pub(crate) async fn answer_in_front(
         && files
         && !target.compression
     {
-        let resp = serve_static(req, root, &target, conn.tls, key.clone()).await;
+        let resp = serve_static(req, root, &target, conn, key.clone()).await;
         let head_only = req.method() == http::Method::HEAD;
         match write_static_head(resp, head_only, close, out) {
             Some(sent) => sent,
@@ -861,6 +884,7 @@ impl CacheCtx {
         key: CacheKey,
         site: &Arc<str>,
         collapse_wait: Duration,
+        logged: bool,
     ) -> Result<CacheCtx, Response<ResponseBody>> {
         let method = req.method();
         let CacheKey { url, absent } = key;
@@ -905,6 +929,7 @@ impl CacheCtx {
             site: site.clone(),
             stale,
             flight,
+            logged,
         })
     }
 
@@ -937,7 +962,9 @@ impl CacheCtx {
             crate::cache::X_CACHE,
             HeaderValue::from_static(CacheStatus::Miss.as_str()),
         );
-        resp.extensions_mut().insert(CacheStatus::Miss);
+        if self.logged {
+            resp.extensions_mut().insert(CacheStatus::Miss);
+        }
         let none = http::HeaderMap::new();
         let decided = policy::decide(
             &self.method,
