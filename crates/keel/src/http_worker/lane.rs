@@ -197,16 +197,10 @@ async fn serve(
             // than a response cut short.
             match h1_client::read_whole(&mut wire, &mut buf, len).await {
                 Ok(body) => {
-                    let closing = if response.reusable && buf.is_empty() {
+                    if response.reusable && buf.is_empty() {
                         upstream.give_back_conn(wire);
-                        None
-                    } else {
-                        Some(wire)
-                    };
-                    answer_whole(&conn, id, response.status, response.headers, body, &window).await;
-                    if let Some(wire) = closing {
-                        close_after_this_turn(wire);
                     }
+                    answer_whole(&conn, id, response.status, response.headers, body, &window).await;
                     return;
                 }
                 Err(e) => {
@@ -244,17 +238,6 @@ async fn serve(
     }
 }
 
-/// Closes a connection the worker will not reuse once the tasks this response woke have
-/// run. A server that closes every connection (gunicorn's sync worker) waits for the
-/// daemon's end to close before it accepts the next one. Closed at once, that wakes it
-/// while the client's writer and the next request's lane still wait to run: on one CPU it
-/// may take over, accept the spare connection before the next request is written to it,
-/// block reading it and be woken again (two more context switches per request). Closed
-/// from a task of its own, spawned after them, it finds the next request written.
-fn close_after_this_turn(wire: Conn) {
-    tokio::spawn(async move { drop(wire) });
-}
-
 /// How many times a request that could not be wholly written is tried on a new connection.
 const MAX_UNWRITTEN_RETRIES: u32 = 3;
 
@@ -279,8 +262,6 @@ async fn stream_body(
                     && buf.is_empty()
                 {
                     upstream.give_back_conn(wire);
-                } else {
-                    close_after_this_turn(wire);
                 }
                 return;
             }
