@@ -513,6 +513,17 @@ impl WorkerConn {
         }
     }
 
+    /// STARTED for a lane stream whose request is written as it is dispatched, which may be
+    /// under the pool's lock: nothing here frees a slot. False: the stream is over or does
+    /// not take STARTED now; the lane's task finds that out through its own frames.
+    pub fn lane_started(&self, id: StreamId) -> bool {
+        let mut streams = self.streams.lock();
+        let Some(entry) = streams.open.get_mut(&id) else {
+            return false;
+        };
+        entry.state.recv_from_worker(&Frame::Started { id }).is_ok()
+    }
+
     /// Applies one frame of an open stream (`Ok(false)`: its stream is not open).
     fn stream_frame(self: &Arc<Self>, frame: Frame) -> Result<bool, String> {
         let id = frame.stream_id();

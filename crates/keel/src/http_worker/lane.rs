@@ -24,7 +24,7 @@
 
 use super::bridge::{BUFFER_LIMIT, await_worker_exit};
 use super::h1_client::{self, BodyReader, Conn, Framing};
-use super::upstream::{self, CONNECT_PATIENCE, Upstream};
+use super::upstream::{self, CONNECT_PATIENCE, Ready, Upstream};
 use crate::dispatch::{DirectLane, LaneRequest, WorkerConn};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -58,6 +58,7 @@ impl DirectLane for Lane {
         request: &LaneRequest,
         window: Arc<Notify>,
     ) -> tokio::task::AbortHandle {
+        let early = write_at_dispatch(&self.upstream, &conn, id, &request.bytes);
         // Boxed: the request's state (its HTTP/1.1 connection's handshake and exchange) is
         // kilobytes, which the task would otherwise copy when spawned and again when done.
         let served = Box::pin(serve(
@@ -67,6 +68,7 @@ impl DirectLane for Lane {
             id,
             request.clone(),
             window,
+            early,
         ));
         let task = async move {
             // A panic ends the stream (502), not the slot: as for a protocol worker's handler.
@@ -79,6 +81,38 @@ impl DirectLane for Lane {
     }
 }
 
+/// A request written, in part or whole, as it was dispatched.
+struct Early {
+    ready: Ready,
+    /// How much of the request the socket took.
+    written: usize,
+}
+
+/// Writes a request on a connection that is ready (an idle one, or the spare) as the request
+/// is dispatched, STARTED first, rather than when its task first runs. A worker that closes
+/// every connection (gunicorn's sync worker) waits for the daemon to close the last one
+/// before it accepts the next; the response that freed this request's slot is what
+/// dispatched it, and its connection closes right after. Written here, the request is
+/// there when the worker accepts: it does not block reading an empty connection and wait
+/// for the task, on its CPU or another. What the socket does not take now, the task writes.
+fn write_at_dispatch(
+    upstream: &Upstream,
+    conn: &WorkerConn,
+    id: StreamId,
+    request: &[u8],
+) -> Option<Early> {
+    let ready = upstream.take_ready()?;
+    // Not STARTED (the stream is over): the connection is dropped, and the task finds the
+    // stream closed.
+    if !conn.lane_started(id) {
+        return None;
+    }
+    // An error here comes back to the task's own write of the rest.
+    let written = ready.conn.try_write(request).unwrap_or(0);
+    Some(Early { ready, written })
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     upstream: Arc<Upstream>,
     pid: u32,
@@ -86,32 +120,41 @@ async fn serve(
     id: StreamId,
     lane_request: LaneRequest,
     window: Arc<Notify>,
+    early: Option<Early>,
 ) {
     let LaneRequest {
         bytes: request,
         head_only: head_request,
         idempotent,
     } = lane_request;
-    let mut started = false;
+    let mut early = early;
+    let mut started = early.is_some();
     let mut fresh_only = false;
     let mut sent_again = false;
     let mut unwritten_retries = 0;
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
-        let leased = upstream::patiently(upstream.address(), patience, || async {
-            if fresh_only {
-                upstream.connect_conn().await.map(|c| (c, false))
-            } else {
-                upstream.lease_conn().await
+        let (mut wire, reused, written) = if let Some(Early { ready, written }) = early.take() {
+            if ready.was_spare {
+                upstream.open_spare().await;
             }
-        })
-        .await;
-        let (mut wire, reused) = match leased {
-            Ok(leased) => leased,
-            Err(e) => {
-                tracing::warn!(pid, id, "cannot connect to {}: {e}", upstream.address());
-                fail(&conn, id);
-                return;
+            (ready.conn, ready.reused, written)
+        } else {
+            let leased = upstream::patiently(upstream.address(), patience, || async {
+                if fresh_only {
+                    upstream.connect_conn().await.map(|c| (c, false))
+                } else {
+                    upstream.lease_conn().await
+                }
+            })
+            .await;
+            match leased {
+                Ok((wire, reused)) => (wire, reused, 0),
+                Err(e) => {
+                    tracing::warn!(pid, id, "cannot connect to {}: {e}", upstream.address());
+                    fail(&conn, id);
+                    return;
+                }
             }
         };
         // STARTED once, right before the first write; later attempts only check that the
@@ -127,7 +170,7 @@ async fn serve(
         }
         // A write that fails (the worker closed its side) may still leave an answer to
         // read: a server may answer early (413) and close before reading the whole request.
-        let unwritten = wire.write_all(&request).await.err();
+        let unwritten = wire.write_all(&request[written..]).await.err();
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let response = match h1_client::read_head(&mut wire, &mut buf, head_request).await {
             Ok(response) => response,

@@ -66,6 +66,15 @@ pub struct Upstream {
     spares_off: AtomicBool,
 }
 
+/// A lane connection taken without waiting ([`Upstream::take_ready`]).
+pub struct Ready {
+    pub conn: Conn,
+    /// It served a request before (a failure on it may be the worker closing it).
+    pub reused: bool,
+    /// It was the spare: the next one is still to be opened.
+    pub was_spare: bool,
+}
+
 /// A connection's HTTP/1.1 state machine; it resolves when the connection closes.
 pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -188,27 +197,51 @@ impl Upstream {
     /// else a new one. Taking the spare or a new one opens the next spare when the worker
     /// closes its connections.
     pub async fn lease_conn(self: &Arc<Self>) -> io::Result<(Conn, bool)> {
+        if let Some(ready) = self.take_ready() {
+            if ready.was_spare {
+                self.open_spare().await;
+            }
+            return Ok((ready.conn, ready.reused));
+        }
+        let conn = Conn::connect(&self.address).await?;
+        if self.closes_connections.load(Ordering::Relaxed) {
+            self.open_spare().await;
+        }
+        Ok((conn, false))
+    }
+
+    /// A lane connection to be had without waiting: an idle one that looks open, else the
+    /// spare (when the worker closes its connections). `None`: one has to be connected.
+    /// Whoever takes the spare opens the next one ([`Self::open_spare`]).
+    pub fn take_ready(&self) -> Option<Ready> {
         loop {
             let candidate = self.lane_idle.lock().pop();
             let Some((conn, since)) = candidate else {
                 break;
             };
             if since.elapsed() < IDLE_KEEP && conn.looks_open() {
-                return Ok((conn, true));
+                return Some(Ready {
+                    conn,
+                    reused: true,
+                    was_spare: false,
+                });
             }
         }
         if !self.closes_connections.load(Ordering::Relaxed) {
-            return Ok((Conn::connect(&self.address).await?, false));
+            return None;
         }
-        let spare = self.spare.lock().take();
-        let conn = match spare {
+        match self.spare.lock().take() {
             // As a new connection: a failure on it never resends a non-idempotent request
             // (the server may have begun it).
-            Some((spare, since)) if since.elapsed() < IDLE_KEEP && spare.looks_open() => spare,
-            _ => Conn::connect(&self.address).await?,
-        };
-        self.open_spare().await;
-        Ok((conn, false))
+            Some((spare, since)) if since.elapsed() < IDLE_KEEP && spare.looks_open() => {
+                Some(Ready {
+                    conn: spare,
+                    reused: false,
+                    was_spare: true,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// A new lane connection (a request sent again after a failure never takes an idle one).
@@ -230,7 +263,7 @@ impl Upstream {
 
     /// Connects the next request's connection now (see the module's comment). A failure
     /// costs nothing: the next request connects for itself.
-    async fn open_spare(self: &Arc<Self>) {
+    pub async fn open_spare(self: &Arc<Self>) {
         if self.spares_off.load(Ordering::Relaxed) {
             return;
         }
