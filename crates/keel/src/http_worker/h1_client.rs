@@ -71,7 +71,6 @@ impl Conn {
         }
     }
 
-    /// An idle connection the worker has neither closed nor written to.
     /// Writes what the socket takes now, without waiting.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
@@ -80,6 +79,7 @@ impl Conn {
         }
     }
 
+    /// An idle connection the worker has neither closed nor written to.
     pub fn looks_open(&self) -> bool {
         let mut probe = [0u8; 1];
         let read = match self {

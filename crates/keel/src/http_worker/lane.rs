@@ -112,7 +112,6 @@ fn write_at_dispatch(
     Some(Early { ready, written })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     upstream: Arc<Upstream>,
     pid: u32,
@@ -120,14 +119,13 @@ async fn serve(
     id: StreamId,
     lane_request: LaneRequest,
     window: Arc<Notify>,
-    early: Option<Early>,
+    mut early: Option<Early>,
 ) {
     let LaneRequest {
         bytes: request,
         head_only: head_request,
         idempotent,
     } = lane_request;
-    let mut early = early;
     let mut started = early.is_some();
     let mut fresh_only = false;
     let mut sent_again = false;
@@ -135,10 +133,8 @@ async fn serve(
     let patience = Instant::now() + CONNECT_PATIENCE;
     loop {
         let (mut wire, reused, written) = if let Some(Early { ready, written }) = early.take() {
-            if ready.was_spare {
-                upstream.open_spare().await;
-            }
-            (ready.conn, ready.reused, written)
+            let (wire, reused) = upstream.claim(ready).await;
+            (wire, reused, written)
         } else {
             let leased = upstream::patiently(upstream.address(), patience, || async {
                 if fresh_only {

@@ -198,10 +198,7 @@ impl Upstream {
     /// closes its connections.
     pub async fn lease_conn(self: &Arc<Self>) -> io::Result<(Conn, bool)> {
         if let Some(ready) = self.take_ready() {
-            if ready.was_spare {
-                self.open_spare().await;
-            }
-            return Ok((ready.conn, ready.reused));
+            return Ok(self.claim(ready).await);
         }
         let conn = Conn::connect(&self.address).await?;
         if self.closes_connections.load(Ordering::Relaxed) {
@@ -212,7 +209,7 @@ impl Upstream {
 
     /// A lane connection to be had without waiting: an idle one that looks open, else the
     /// spare (when the worker closes its connections). `None`: one has to be connected.
-    /// Whoever takes the spare opens the next one ([`Self::open_spare`]).
+    /// Whoever takes it hands it to [`Self::claim`], which opens the next spare.
     pub fn take_ready(&self) -> Option<Ready> {
         loop {
             let candidate = self.lane_idle.lock().pop();
@@ -244,6 +241,15 @@ impl Upstream {
         }
     }
 
+    /// A connection from [`Self::take_ready`] put to use, and whether it served before: the
+    /// next spare is opened if it was the spare.
+    pub async fn claim(self: &Arc<Self>, ready: Ready) -> (Conn, bool) {
+        if ready.was_spare {
+            self.open_spare().await;
+        }
+        (ready.conn, ready.reused)
+    }
+
     /// A new lane connection (a request sent again after a failure never takes an idle one).
     /// The spare is closed first: in the worker's accept queue, the new connection would
     /// wait behind it (a server that lost its process, as gunicorn's master replaces a
@@ -263,7 +269,7 @@ impl Upstream {
 
     /// Connects the next request's connection now (see the module's comment). A failure
     /// costs nothing: the next request connects for itself.
-    pub async fn open_spare(self: &Arc<Self>) {
+    async fn open_spare(self: &Arc<Self>) {
         if self.spares_off.load(Ordering::Relaxed) {
             return;
         }
