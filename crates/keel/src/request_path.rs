@@ -679,15 +679,25 @@ pub(crate) fn answer_plain(
     let Some(cache) = crate::cache::installed() else {
         return not_hit(target, None);
     };
-    let mut key = CacheKey::new(url_key(conn.tls, head.host, head.target));
-    let entry = match cache.peek_plain(&key.url, &target.site, arrived) {
-        Some(Peek::Fresh(entry)) => entry,
-        Some(Peek::Absent) => {
-            key.absent = true;
-            return not_hit(target, Some(key));
+    // A URL this thread answered lately is found without its key built (`cache/hot.rs`).
+    let (tls, host, pq) = (conn.tls, head.host, head.target);
+    let entry = match cache.peek_hot(tls, host, pq, &target.site, arrived) {
+        Ok(entry) => entry,
+        Err(miss) => {
+            let mut key = CacheKey::new(url_key(tls, host, pq));
+            match cache.peek_plain(&key.url, &target.site, arrived) {
+                Some(Peek::Fresh(entry)) => {
+                    cache.remember_hot(miss, tls, host, pq, &entry, arrived);
+                    entry
+                }
+                Some(Peek::Absent) => {
+                    key.absent = true;
+                    return not_hit(target, Some(key));
+                }
+                Some(Peek::NotFresh) => return not_hit(target, Some(key)),
+                None => return PlainAnswer::Unsure,
+            }
         }
-        Some(Peek::NotFresh) => return not_hit(target, Some(key)),
-        None => return PlainAnswer::Unsure,
     };
     let method = if head.head_only {
         &http::Method::HEAD

@@ -18,9 +18,11 @@
 //! - an entry remembers its pool: `invalidate_pool` and a worker's INVALIDATE frame reach only
 //!   that pool's entries.
 
+mod hot;
 pub mod policy;
 mod serve;
 
+pub use hot::HotMiss;
 pub use serve::{Written, respond, write_http1};
 
 use crate::config::{CacheAdmission, CacheCollapse, CacheConfig};
@@ -411,12 +413,21 @@ pub struct Cache {
     next_flight: AtomicU64,
     settings: CacheSettings,
     counters: Arc<Counters>,
+    /// Tells this cache's remembered hits (`hot.rs`) from an earlier cache's.
+    id: u64,
+    /// Removals from the store and invalidation requests so far (`hot.rs`).
+    removals: Arc<AtomicU64>,
+    /// How long a remembered hit answers before the store is asked again (`hot.rs`).
+    touch_every: Duration,
 }
 
 impl Cache {
     pub fn new(settings: CacheSettings) -> Arc<Cache> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let counters = Arc::new(Counters::default());
         let listener_counters = counters.clone();
+        let removals = Arc::new(AtomicU64::new(0));
+        let listener_removals = removals.clone();
         let policy = match settings.admission {
             CacheAdmission::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
             _ => moka::policy::EvictionPolicy::lru(),
@@ -429,6 +440,9 @@ impl Cache {
             .time_to_idle(settings.scavenge_after)
             .support_invalidation_closures()
             .eviction_listener(move |key: Arc<Key>, slot: Slot, cause| {
+                // Called once the entry is out of the store: a remembered hit read the count
+                // before its lookup, so it cannot have found the entry after this.
+                listener_removals.fetch_add(1, Ordering::Release);
                 let c = listener_counters.site(slot.site());
                 c.stored_bytes
                     .fetch_sub(u64::from(weigh(&key, &slot)), Ordering::Relaxed);
@@ -457,8 +471,11 @@ impl Cache {
                 .time_to_idle(settings.scavenge_after)
                 .build_with_hasher(UrlHasher::new()),
             next_flight: AtomicU64::new(1),
+            touch_every: hot::TOUCH_EVERY.min(settings.scavenge_after / 4),
             settings,
             counters,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            removals,
         })
     }
 
@@ -843,6 +860,8 @@ impl Cache {
                 .store
                 .invalidate_entries_if(move |k, _| k.url.starts_with(&prefix)),
         };
+        // After the predicate is in place: the store's lookups from here on apply it.
+        self.note_removal();
     }
 
     /// A worker's INVALIDATE frame: `target` (path and query) matched against the entries of
@@ -862,6 +881,7 @@ impl Cache {
                 InvalidateScope::Prefix => pq.starts_with(&target),
             }
         });
+        self.note_removal();
     }
 
     /// Drops every entry of `pool`'s apps (its config changed and it is recycled).
@@ -870,11 +890,13 @@ impl Cache {
         let _ = self
             .store
             .invalidate_entries_if(move |_, slot| slot.pool() == &*pool);
+        self.note_removal();
     }
 
     /// Drops everything.
     pub fn clear(&self) {
         self.store.invalidate_all();
+        self.note_removal();
     }
 
     pub fn figures(&self) -> CacheFigures {

@@ -165,3 +165,140 @@ fn a_url_key_lower_cases_the_host_only() {
     assert_eq!(Cache::url("http", "h", &long).len(), 8 + 10_001);
     assert_eq!(&*Cache::url("http", "É.h", "/é"), "http://É.h/é");
 }
+
+/// A plain hit as the HTTP/1.1 front takes it: the thread's memo first, else the store
+/// (remembered when fresh).
+fn plain_hit(c: &Cache, host: &str, target: &str) -> Option<Bytes> {
+    let site: Arc<str> = "s".into();
+    let now = Instant::now();
+    match c.peek_hot(false, host, target, &site, now) {
+        Ok(e) => Some(e.body.clone()),
+        Err(miss) => match c.peek_plain(&Cache::url("http", host, target), &site, now)? {
+            Peek::Fresh(e) => {
+                c.remember_hot(miss, false, host, target, &e, now);
+                Some(e.body.clone())
+            }
+            Peek::Absent | Peek::NotFresh => None,
+        },
+    }
+}
+
+/// Whether the thread's memo alone answers for `target` at host `a`.
+fn remembered(c: &Cache, target: &str) -> bool {
+    c.peek_hot(false, "a", target, &"s".into(), Instant::now())
+        .is_ok()
+}
+
+#[test]
+fn a_remembered_hit_never_outlives_its_entry() {
+    let c = cache(CacheAdmission::Always, 1 << 20);
+    let none = HeaderMap::new();
+    let public = headers(PUBLIC);
+    for u in ["http://a/x/1", "http://a/x/2", "http://a/y", "http://a/z"] {
+        put(&c, u, &none, &public, "p", u.as_bytes());
+        assert_eq!(plain_hit(&c, "a", &u[8..]).as_deref(), Some(u.as_bytes()));
+    }
+    assert!(remembered(&c, "/x/1"));
+    assert!(!remembered(&c, "/x/3"));
+    // Found, counted as a hit like a store lookup.
+    let hits = c.figures().hits;
+    assert!(remembered(&c, "/y"));
+    assert_eq!(c.figures().hits, hits + 1);
+
+    // Stored again with a new body: the new one answers.
+    put(&c, "http://a/y", &none, &public, "p", b"new");
+    assert!(!remembered(&c, "/y"));
+    assert_eq!(plain_hit(&c, "a", "/y").as_deref(), Some(&b"new"[..]));
+
+    // Each way of dropping entries drops what the thread remembers.
+    c.invalidate(Scope::Exact("http://a/x/1".into()));
+    assert!(plain_hit(&c, "a", "/x/1").is_none());
+    assert!(plain_hit(&c, "a", "/x/2").is_some());
+    c.invalidate(Scope::Prefix("http://a/x".into()));
+    assert!(plain_hit(&c, "a", "/x/2").is_none());
+    assert!(plain_hit(&c, "a", "/y").is_some());
+    c.invalidate_from_worker("p", InvalidateScope::Exact, b"/y");
+    assert!(plain_hit(&c, "a", "/y").is_none());
+    assert!(plain_hit(&c, "a", "/z").is_some());
+    c.invalidate_pool("p");
+    assert!(plain_hit(&c, "a", "/z").is_none());
+    put(&c, "http://a/z", &none, &public, "p", b"z");
+    assert!(plain_hit(&c, "a", "/z").is_some());
+    c.clear();
+    assert!(plain_hit(&c, "a", "/z").is_none());
+}
+
+#[test]
+fn a_remembered_hit_is_fresh_of_its_site_and_of_its_cache() {
+    let c = cache(CacheAdmission::Always, 1 << 20);
+    let none = HeaderMap::new();
+    put(&c, "http://a/t", &none, &headers(PUBLIC), "p", b"t");
+    assert!(plain_hit(&c, "a", "/t").is_some());
+    assert!(remembered(&c, "/t"));
+    // Another site routed to the same URL is not answered with this site's entry.
+    let other: Arc<str> = "other".into();
+    assert!(
+        c.peek_hot(false, "a", "/t", &other, Instant::now())
+            .is_err()
+    );
+    assert!(plain_hit(&c, "a", "/t").is_some());
+    // Past its freshness (60 s) it is not used.
+    let later = Instant::now() + Duration::from_secs(61);
+    assert!(c.peek_hot(false, "a", "/t", &"s".into(), later).is_err());
+    // Past `TOUCH_EVERY` the store is asked again (it sees the URL used).
+    assert!(plain_hit(&c, "a", "/t").is_some());
+    let later = Instant::now() + hot::TOUCH_EVERY;
+    assert!(c.peek_hot(false, "a", "/t", &"s".into(), later).is_err());
+    // The scheme and the host as sent are part of the key.
+    assert!(plain_hit(&c, "a", "/t").is_some());
+    assert!(
+        c.peek_hot(true, "a", "/t", &"s".into(), Instant::now())
+            .is_err()
+    );
+    assert!(
+        c.peek_hot(false, "A", "/t", &"s".into(), Instant::now())
+            .is_err()
+    );
+    // A new cache (a reload) does not see the old one's.
+    let c2 = cache(CacheAdmission::Always, 1 << 20);
+    assert!(plain_hit(&c, "a", "/t").is_some());
+    assert!(
+        c2.peek_hot(false, "a", "/t", &"s".into(), Instant::now())
+            .is_err()
+    );
+}
+
+#[test]
+fn large_entries_and_evicted_ones_are_not_remembered() {
+    let max = 256 * 1024;
+    let c = cache(CacheAdmission::Always, max);
+    let none = HeaderMap::new();
+    let big = vec![b'b'; hot::MAX_WEIGHT as usize];
+    put(&c, "http://a/big", &none, &headers(PUBLIC), "p", &big);
+    assert!(plain_hit(&c, "a", "/big").is_some());
+    assert!(!remembered(&c, "/big"));
+    put(&c, "http://a/small", &none, &headers(PUBLIC), "p", b"s");
+    assert!(plain_hit(&c, "a", "/small").is_some());
+    assert!(remembered(&c, "/small"));
+    // Filling the store evicts: whatever was evicted, nothing remembered answers for it.
+    let body = vec![b'x'; 10_000];
+    for i in 0..100 {
+        put(
+            &c,
+            &format!("http://a/{i}"),
+            &none,
+            &headers(PUBLIC),
+            "p",
+            &body,
+        );
+    }
+    let in_store = c.peek_plain(&"http://a/small".into(), &"s".into(), Instant::now());
+    if !matches!(in_store, Some(Peek::Fresh(_))) {
+        assert!(!remembered(&c, "/small"));
+    }
+    assert!(c.figures().evictions > 0);
+    assert!(
+        !remembered(&c, "/small"),
+        "an eviction leaves nothing remembered"
+    );
+}

@@ -107,18 +107,16 @@ where
     loop {
         // Every complete head already read: answered in turn, or handed over.
         while !buf.is_empty() {
-            let scanned = match scan(&buf) {
+            let (scanned, plain) = match scan(&buf) {
                 Scan::Partial if buf.len() < MAX_BUFFERED => break,
                 Scan::Partial | Scan::NotOurs => return Front::HandOff(buf),
-                Scan::Head(scanned) => scanned,
+                Scan::Head(scanned, plain) => (scanned, plain),
             };
             let close = scanned.close || super::draining();
             out.clear();
             // A plain GET or HEAD is looked up from the head's slices first: a cache hit is
             // answered without a request built for it.
-            let plain = scanned
-                .plain(&buf)
-                .map(|plain| answer_plain(&plain, ctx, close, &mut out));
+            let plain = plain.map(|plain| answer_plain(&plain, ctx, close, &mut out));
             let (file, in_flight) = if matches!(plain, Some(PlainAnswer::Written)) {
                 buf.advance(scanned.len);
                 (None, clock.begin_request(false))
@@ -296,12 +294,15 @@ const _: () = assert!(MAX_BUFFERED <= u16::MAX as usize);
 /// What [`scan`] found at the start of the buffer. Returned by value to its caller and taken
 /// apart at once: boxing the head would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
-enum Scan {
+enum Scan<'b> {
     /// More bytes are needed to see the whole head.
     Partial,
     /// A head this path leaves to hyper.
     NotOurs,
-    Head(Scanned),
+    /// A head this path may answer, and, when it is plain (HTTP/1.1 without a conditional
+    /// field, its target and Host of bytes that `http` keeps as they are), its slices: a
+    /// cache hit can be told from them.
+    Head(Scanned, Option<PlainHead<'b>>),
 }
 
 /// A head this path may answer, as offsets into the buffer it is still at the start of.
@@ -314,40 +315,6 @@ struct Scanned {
     count: usize,
     /// The client asked for the connection to close after the answer.
     close: bool,
-    /// The Host value, and the first User-Agent and Referer values (for the access log).
-    host: (u16, u16),
-    user_agent: Option<(u16, u16)>,
-    referer: Option<(u16, u16)>,
-    /// The head's size and its longest field line, counted as `request_check` counts them.
-    head_bytes: usize,
-    longest_field: usize,
-    /// HTTP/1.1 without a conditional field, its target and Host of bytes that `http`
-    /// keeps as they are: a cache hit can be told from its slices ([`Scanned::plain`]).
-    plain: bool,
-}
-
-impl Scanned {
-    /// The head as `answer_plain` takes it, if it is plain.
-    fn plain<'b>(&self, buf: &'b [u8]) -> Option<PlainHead<'b>> {
-        if !self.plain {
-            return None;
-        }
-        let text = |(from, to): (u16, u16)| {
-            std::str::from_utf8(&buf[usize::from(from)..usize::from(to)]).ok()
-        };
-        // As `HeaderValue::to_str`: a value with other bytes is not logged.
-        let logged =
-            |at: Option<(u16, u16)>| at.and_then(text).filter(|v| v.bytes().all(to_str_byte));
-        Some(PlainHead {
-            head_only: self.method == Method::HEAD,
-            target: text(self.target)?,
-            host: text(self.host)?,
-            head_bytes: self.head_bytes,
-            longest_field: self.longest_field,
-            user_agent: logged(self.user_agent),
-            referer: logged(self.referer),
-        })
-    }
 }
 
 /// Bytes a plain target may have: unreserved, sub-delims, `:`, `@`, `/`, `?` and `%`
@@ -384,6 +351,15 @@ fn to_str_byte(b: u8) -> bool {
     b == b'\t' || (0x20..0x7f).contains(&b)
 }
 
+/// A field value as `HeaderValue::to_str` takes it.
+fn field_text(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| to_str_byte(b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
 /// The fields whose presence makes a hit's answer depend on them (`cache::write_http1`).
 const CONDITIONAL: [&str; 3] = ["if-none-match", "if-modified-since", "range"];
 
@@ -391,7 +367,7 @@ const CONDITIONAL: [&str; 3] = ["if-none-match", "if-modified-since", "range"];
 /// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
 /// an expectation, or a connection option other than `keep-alive` or `close`. The buffer
 /// is left as it is.
-fn scan(buf: &[u8]) -> Scan {
+fn scan(buf: &[u8]) -> Scan<'_> {
     // httparse fills what it uses of an uninitialised table (no 1 KiB clear per head).
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut head = httparse::Request::new(&mut []);
@@ -422,7 +398,7 @@ fn scan(buf: &[u8]) -> Scan {
     };
     let mut at = [FieldAt::default(); MAX_FIELDS];
     let (mut hosts, mut close, mut keep_alive) = (0, false, false);
-    let mut host = (0, 0);
+    let mut host: &[u8] = &[];
     let (mut user_agent, mut referer) = (None, None);
     let mut plain = minor == 1 && target.bytes().all(plain_target_byte);
     // As `request_check::check_sizes`: the request line with `HTTP/1.1` and CRLF, then
@@ -450,13 +426,11 @@ fn scan(buf: &[u8]) -> Scan {
         }
         if name.eq_ignore_ascii_case("host") {
             hosts += 1;
-            host = offset(field.value);
-            // `HeaderValue::to_str`'s bytes: the request's host as routing reads it.
-            plain &= field.value.iter().all(|&b| to_str_byte(b));
+            host = field.value;
         } else if user_agent.is_none() && name.eq_ignore_ascii_case("user-agent") {
-            user_agent = Some(offset(field.value));
+            user_agent = Some(field.value);
         } else if referer.is_none() && name.eq_ignore_ascii_case("referer") {
-            referer = Some(offset(field.value));
+            referer = Some(field.value);
         }
         plain &= !CONDITIONAL.iter().any(|c| name.eq_ignore_ascii_case(c));
         let line = name.len() + 2 + field.value.len() + 2;
@@ -470,7 +444,21 @@ fn scan(buf: &[u8]) -> Scan {
     if hosts != 1 {
         return Scan::NotOurs;
     }
-    Scan::Head(Scanned {
+    // The Host value as routing reads it (`HeaderValue::to_str`).
+    let plain = plain
+        .then(|| field_text(host))
+        .flatten()
+        .map(|host| PlainHead {
+            head_only: method == Method::HEAD,
+            target,
+            host,
+            head_bytes,
+            longest_field,
+            // A value `to_str` refuses is not logged.
+            user_agent: user_agent.and_then(field_text),
+            referer: referer.and_then(field_text),
+        });
+    let scanned = Scanned {
         len,
         method,
         minor,
@@ -479,13 +467,8 @@ fn scan(buf: &[u8]) -> Scan {
         count: head.headers.len(),
         // HTTP/1.0 keeps a connection only when asked to.
         close: close || (minor == 0 && !keep_alive),
-        host,
-        user_agent,
-        referer,
-        head_bytes,
-        longest_field,
-        plain,
-    })
+    };
+    Scan::Head(scanned, plain)
 }
 
 /// Takes the head `scanned` found off `buf` without a copy and builds its request: the
@@ -639,7 +622,7 @@ mod tests {
         match scan(buf) {
             Scan::Partial => Parsed::Partial,
             Scan::NotOurs => Parsed::NotOurs,
-            Scan::Head(scanned) => match build(buf, &scanned, fields) {
+            Scan::Head(scanned, _) => match build(buf, &scanned, fields) {
                 Ok((req, head)) => Parsed::Request(req, head, scanned.close),
                 Err(head) => Parsed::Refused(head),
             },
