@@ -544,12 +544,38 @@ impl Collector for StateCollector {
         )?;
         encode_family(
             &mut encoder,
+            "cache_collapsed",
+            "Requests answered with the response a concurrent request for the same URL fetched (also counted in cache_hits), by site.",
+            f.sites
+                .iter()
+                .map(|(s, c)| (site(s), ConstCounter::new(c.collapsed))),
+            MetricType::Counter,
+        )?;
+        encode_family(
+            &mut encoder,
             "cache_evictions",
             "Cache entries dropped to make room, by site.",
             f.sites
                 .iter()
                 .map(|(s, c)| (site(s), ConstCounter::new(c.evictions))),
             MetricType::Counter,
+        )?;
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        encode_family(
+            &mut encoder,
+            "cache_site_bytes",
+            "Bytes the cache holds now for each site (their sum is cache_bytes).",
+            f.sites
+                .iter()
+                .map(|(s, c)| (site(s), gauge(c.stored_bytes))),
+            MetricType::Gauge,
+        )?;
+        encode_family(
+            &mut encoder,
+            "cache_site_entries",
+            "Responses the cache holds now for each site (their sum is cache_entries).",
+            f.sites.iter().map(|(s, c)| (site(s), gauge(c.entries))),
+            MetricType::Gauge,
         )?;
         encode_gauge(
             &mut encoder,

@@ -457,8 +457,11 @@ async fn serve_static<B>(
     {
         compress_response(&mut resp, req.headers(), req.method()).await;
     }
+    // A file's answer is kept a few seconds; a 403 or 404 is not (a file put in place shows
+    // at once, as nginx shows it).
     if let Some(ctx) = cached
         && matches!(resp.body(), ResponseBody::Full(_))
+        && resp.status() == StatusCode::OK
     {
         let pool = format!("static:{}", target.site);
         ctx.store(

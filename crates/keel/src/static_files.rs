@@ -625,6 +625,10 @@ impl StaticRoot {
             Ok(m) => m,
             Err(e) => return deny_of(&e).into(),
         };
+        // `file/` names a directory that is not there (nginx: ENOTDIR, 404), not the file.
+        if dir_form && !meta.is_dir() {
+            return StaticResponse::error(StatusCode::NOT_FOUND);
+        }
         if meta.is_dir() {
             if !dir_form {
                 let mut loc = encode_path(canon.as_bytes());
@@ -969,13 +973,17 @@ fn open_regular(path: &Path) -> Result<(File, Metadata), Deny> {
 }
 
 /// `Content-Type` from the extension; text types and JavaScript are labelled UTF-8 (as Go's
-/// and Caddy's tables do); unknown → `application/octet-stream`.
+/// and Caddy's tables do); unknown → `application/octet-stream`. JavaScript is
+/// `text/javascript` whatever its extension (`.js`, `.mjs`), as RFC 9239 names it.
 pub fn content_type(path: &Path) -> String {
     let Some(m) = mime_guess::from_path(path).first() else {
         return "application/octet-stream".to_owned();
     };
-    let s = m.essence_str();
-    if (m.type_() == mime_guess::mime::TEXT || s == "application/javascript")
+    let s = match m.essence_str() {
+        "application/javascript" | "application/x-javascript" => "text/javascript",
+        s => s,
+    };
+    if (m.type_() == mime_guess::mime::TEXT || s == "text/javascript")
         && m.get_param("charset").is_none()
     {
         format!("{s}; charset=utf-8")
@@ -1322,6 +1330,14 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(get(&r, "/staticx/hello.txt").await.0, StatusCode::NOT_FOUND);
+        // A file named as a directory is not there (as nginx answers: ENOTDIR).
+        for path in [
+            "/static/hello.txt/",
+            "/static/hello.txt//",
+            "/static/sub/index.html/",
+        ] {
+            assert_eq!(get(&r, path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
         let (s, h, _) = req(&r, Method::POST, "/static/hello.txt", &[]).await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(h[header::ALLOW], "GET, HEAD");
@@ -1329,6 +1345,18 @@ mod tests {
         fs::write(f.public.join("blob.zzqq"), "x").unwrap();
         let (_, h, _) = get(&r, "/static/blob.zzqq").await;
         assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream");
+    }
+
+    #[test]
+    fn javascript_has_one_type_whatever_its_extension() {
+        for name in ["app.js", "app.mjs"] {
+            let t = content_type(Path::new(name));
+            assert_eq!(t, "text/javascript; charset=utf-8", "{name}");
+        }
+        assert_eq!(content_type(Path::new("a.css")), "text/css; charset=utf-8");
+        assert_eq!(content_type(Path::new("a.json")), "application/json");
+        assert_eq!(content_type(Path::new("a.svg")), "image/svg+xml");
+        assert_eq!(content_type(Path::new("a.wasm")), "application/wasm");
     }
 
     #[tokio::test]

@@ -75,6 +75,19 @@ fn status_shows_pools_workers_and_their_figures() {
         "{status}"
     );
     assert!(status["cache"]["misses"].as_u64().unwrap() >= 5);
+    // Each site's share.
+    let site = &status["cache"]["sites"]["demo"];
+    assert_eq!(site["misses"], status["cache"]["misses"], "{status}");
+    for figure in [
+        "hits",
+        "stale_hits",
+        "collapsed",
+        "stored_bytes",
+        "entries",
+        "evictions",
+    ] {
+        assert!(site[figure].is_u64(), "{figure}: {status}");
+    }
 
     // The table a person reads.
     let out = d.cli(&["status"]);

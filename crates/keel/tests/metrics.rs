@@ -128,6 +128,15 @@ start = "always"
     assert_eq!(value(&m, "keel_cache_stale_hits", &[("site", "demo")]), 0.0);
     assert!(value(&m, "keel_cache_bytes", &[]) > 0.0);
     assert_eq!(value(&m, "keel_cache_entries", &[]), 1.0);
+    assert_eq!(value(&m, "keel_cache_collapsed", &[("site", "demo")]), 0.0);
+    assert_eq!(
+        value(&m, "keel_cache_site_entries", &[("site", "demo")]),
+        1.0
+    );
+    assert_eq!(
+        value(&m, "keel_cache_site_bytes", &[("site", "demo")]),
+        value(&m, "keel_cache_bytes", &[])
+    );
     assert_eq!(value(&m, "keel_worker_starts", &[("pool", "demo")]), 2.0);
     assert_eq!(
         value(

@@ -275,3 +275,24 @@ fn already_encoded_and_small_responses_are_left_alone() {
     );
     assert_eq!(r.text(), "Hello from keel");
 }
+
+#[test]
+fn a_missing_file_is_not_remembered_and_a_file_named_as_a_directory_is_not_served() {
+    let d = start("", &[("here.txt", b"here")]);
+    // Two 404s (a cached answer would be the second), then the file is put in place.
+    for _ in 0..2 {
+        let r = request(&d, "/static/late.txt", "");
+        assert_eq!(r.status, 404);
+        assert_ne!(r.header("x-cache"), Some("HIT"));
+    }
+    std::fs::write(public(&d).join("late.txt"), b"arrived").unwrap();
+    let r = request(&d, "/static/late.txt", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "arrived");
+    // `file/` is not the file (nginx: 404), cached or not.
+    assert_eq!(request(&d, "/static/here.txt", "").status, 200);
+    assert_eq!(request(&d, "/static/here.txt", "").status, 200);
+    for path in ["/static/here.txt/", "/static/here.txt//"] {
+        assert_eq!(request(&d, path, "").status, 404, "{path}");
+    }
+}

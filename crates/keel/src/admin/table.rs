@@ -209,6 +209,7 @@ mod tests {
                 collapsed: 0,
                 evictions: 0,
                 hit_ratio: Some(0.75),
+                sites: Default::default(),
             }),
             queue_sample_secs: 2,
             recent_errors: vec![],
