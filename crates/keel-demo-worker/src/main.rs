@@ -236,8 +236,8 @@ fn echo(req: Request<Body>) -> Response<DemoBody> {
     res
 }
 
-/// `/json?kb=N[&ttl=S]`: about N KiB of JSON (compressible), cacheable for S seconds when
-/// `ttl` is given.
+/// `/json?kb=N[&ttl=S][&cc=V]`: about N KiB of JSON (compressible), cacheable for S seconds
+/// when `ttl` is given; `cc` sets `Cache-Control: V` instead (no percent-decoding).
 fn json(query: &str) -> Response<DemoBody> {
     let kb: usize = param(query, "kb")
         .and_then(|v| v.parse().ok())
@@ -260,6 +260,9 @@ fn json(query: &str) -> Response<DemoBody> {
     if let Some(ttl) = param(query, "ttl").and_then(|v| v.parse::<u32>().ok())
         && let Ok(v) = HeaderValue::from_str(&format!("public, max-age={ttl}"))
     {
+        res.headers_mut().insert(http::header::CACHE_CONTROL, v);
+    }
+    if let Some(v) = param(query, "cc").and_then(|v| HeaderValue::from_str(v).ok()) {
         res.headers_mut().insert(http::header::CACHE_CONTROL, v);
     }
     res

@@ -2,15 +2,19 @@
 //! worth compressing, one-shot compression for bodies that will be cached, and a streaming
 //! `Body` wrapper with bounded memory for bodies too large to hold.
 //!
-//! Independent of the rest of keel: the caller decides *whether* (site setting
-//! `compression = true`, `choose`, `compressible`), then calls `compress` (complete body) or
-//! wraps the body in `CompressBody`, and fixes the headers with `apply_headers`.
+//! Independent of the rest of keel: for a site with `compression = true`, the caller decides
+//! once per request what compression makes of its answer ([`Plan::decide`], from the
+//! request's `Accept-Encoding` and the [`Representation`] the answer is about), has the plan
+//! describe the answer's fields whatever its status ([`Plan::describe`]: a HEAD, a 304 or a
+//! 206 then says what the 200 says of itself), and compresses a 200's body with `compress`
+//! (complete body) or `CompressBody` (streaming).
 
 use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
@@ -195,6 +199,86 @@ pub fn compressible(
     }
 }
 
+/// What a compression decision needs to know of the representation an answer is about: a
+/// 304 or a 206 does not carry it all in its own fields.
+#[derive(Debug, Clone, Default)]
+pub struct Representation {
+    pub content_type: Option<HeaderValue>,
+    /// The length of its identity form, when known (an unknown length counts as large).
+    pub len: Option<u64>,
+    /// It has a `Content-Encoding` already (a precompressed file, a worker's own).
+    pub encoded: bool,
+    /// Its `Cache-Control` says `no-transform`: nothing between the origin and the client may
+    /// change its coding (RFC 9110 §7.7, RFC 9111 §5.2.2.6).
+    pub no_transform: bool,
+}
+
+impl Representation {
+    /// The representation that response fields `headers` describe, `len` long when known.
+    pub fn of(headers: &HeaderMap, len: Option<u64>) -> Self {
+        Representation {
+            content_type: headers.get(header::CONTENT_TYPE).cloned(),
+            len,
+            encoded: headers.contains_key(header::CONTENT_ENCODING),
+            no_transform: crate::header_list::lists(headers, header::CACHE_CONTROL, "no-transform"),
+        }
+    }
+}
+
+/// What compression makes of the answer to one request, decided once and applied to
+/// whichever answer the request gets: a 200 to a GET or a HEAD, a 304, a 206.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Not worth compressing, or not to be: sent as it is, and not varying on
+    /// `Accept-Encoding`.
+    AsIs,
+    /// Compressible, but this client takes identity.
+    Identity,
+    /// Compressed to this coding.
+    Encode(Encoding),
+}
+
+impl Plan {
+    /// The plan for a request with fields `request` whose answer is about `rep`.
+    pub fn decide(request: &HeaderMap, rep: &Representation) -> Plan {
+        if rep.no_transform || !compressible(rep.content_type.as_ref(), rep.len, rep.encoded) {
+            return Plan::AsIs;
+        }
+        choose(request).map_or(Plan::Identity, Plan::Encode)
+    }
+
+    /// Makes the fields of an answer with `status` say what the plan makes of the
+    /// representation: a 200 those of its compressed form ([`apply_headers`]) or
+    /// `Vary: Accept-Encoding`; a 304 the `Vary` and `ETag` the 200 would carry (RFC 9110
+    /// §15.4.5); a 206, a range of the identity form (never compressed), the 200's `Vary`
+    /// (§12.5.5). Any other status is not about the representation and is left alone.
+    pub fn describe(self, status: StatusCode, headers: &mut HeaderMap) {
+        if self == Plan::AsIs {
+            return;
+        }
+        match (status, self) {
+            (StatusCode::OK, Plan::Encode(enc)) => apply_headers(headers, enc),
+            (StatusCode::NOT_MODIFIED, Plan::Encode(_)) => {
+                add_vary_accept_encoding(headers);
+                weaken_etag(headers);
+            }
+            (StatusCode::OK | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT, _) => {
+                add_vary_accept_encoding(headers);
+            }
+            _ => {}
+        }
+    }
+
+    /// The coding the body of an answer with `status` is compressed to: only a 200's (a
+    /// range was asked of the identity bytes).
+    pub fn body_coding(self, status: StatusCode) -> Option<Encoding> {
+        match self {
+            Plan::Encode(enc) if status == StatusCode::OK => Some(enc),
+            _ => None,
+        }
+    }
+}
+
 /// Compress a complete body (for bodies that will be cached): brotli quality 5, gzip 6.
 pub fn compress(bytes: &[u8], enc: Encoding) -> Bytes {
     let cap = bytes.len() / 3 + 64;
@@ -225,11 +309,17 @@ pub fn compress(bytes: &[u8], enc: Encoding) -> Bytes {
 /// `Content-Length` (unknown until done) and no `Accept-Ranges` (ranges of the identity form no
 /// longer apply), `Vary: Accept-Encoding`, and a strong `ETag` weakened (the bytes differ from
 /// the identity representation's; RFC 9110 §8.8.3).
-pub fn apply_headers(headers: &mut HeaderMap, enc: Encoding) {
+fn apply_headers(headers: &mut HeaderMap, enc: Encoding) {
     headers.insert(header::CONTENT_ENCODING, enc.header_value());
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ACCEPT_RANGES);
     add_vary_accept_encoding(headers);
+    weaken_etag(headers);
+}
+
+/// A strong `ETag` made weak: the compressed bytes are not the identity representation's,
+/// though they stand for the same content (RFC 9110 §8.8.3).
+fn weaken_etag(headers: &mut HeaderMap) {
     if let Some(etag) = headers.get(header::ETAG)
         && etag.as_bytes().first() == Some(&b'"')
     {
@@ -242,7 +332,7 @@ pub fn apply_headers(headers: &mut HeaderMap, enc: Encoding) {
 }
 
 /// Add `Accept-Encoding` to `Vary` unless it is there already (or `Vary: *`).
-pub fn add_vary_accept_encoding(headers: &mut HeaderMap) {
+fn add_vary_accept_encoding(headers: &mut HeaderMap) {
     let present = crate::header_list::members(headers, header::VARY)
         .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"));
     if !present {
@@ -591,6 +681,69 @@ mod tests {
                 Encoding::Br => unbrotli(&out),
             };
             assert_eq!(back, b"data: hello\n\n");
+        }
+    }
+
+    #[test]
+    fn a_plan_is_decided_from_the_request_and_the_representation() {
+        use Encoding::*;
+        let mut gzip = HeaderMap::new();
+        gzip.insert(header::ACCEPT_ENCODING, hv("gzip"));
+        let text = Representation {
+            content_type: Some(hv("text/plain")),
+            len: Some(5000),
+            ..Representation::default()
+        };
+        assert_eq!(Plan::decide(&gzip, &text), Plan::Encode(Gzip));
+        assert_eq!(Plan::decide(&HeaderMap::new(), &text), Plan::Identity);
+        let small = Representation {
+            len: Some(100),
+            ..text.clone()
+        };
+        let encoded = Representation {
+            encoded: true,
+            ..text.clone()
+        };
+        let mut fields = HeaderMap::new();
+        fields.insert(header::CONTENT_TYPE, hv("text/plain"));
+        fields.insert(header::CACHE_CONTROL, hv("public, No-Transform"));
+        let no_transform = Representation::of(&fields, Some(5000));
+        assert!(no_transform.no_transform);
+        for rep in [small, encoded, no_transform] {
+            assert_eq!(Plan::decide(&gzip, &rep), Plan::AsIs, "{rep:?}");
+        }
+    }
+
+    #[test]
+    fn a_plan_describes_every_answer_as_the_200_describes_itself() {
+        use Encoding::*;
+        let strong = "\"abc\"";
+        let weak = "W/\"abc\"";
+        // Status, plan, then the Content-Encoding, ETag and Vary the answer gets.
+        let table: &[(u16, Plan, Option<&str>, &str, bool)] = &[
+            (200, Plan::Encode(Br), Some("br"), weak, true),
+            (304, Plan::Encode(Br), None, weak, true),
+            (206, Plan::Encode(Br), None, strong, true),
+            (200, Plan::Identity, None, strong, true),
+            (304, Plan::Identity, None, strong, true),
+            (206, Plan::Identity, None, strong, true),
+            (200, Plan::AsIs, None, strong, false),
+            (304, Plan::AsIs, None, strong, false),
+            (404, Plan::Encode(Gzip), None, strong, false),
+            (412, Plan::Identity, None, strong, false),
+        ];
+        for &(status, plan, encoding, etag, varies) in table {
+            let mut h = HeaderMap::new();
+            h.insert(header::ETAG, hv(strong));
+            let status = StatusCode::from_u16(status).unwrap();
+            plan.describe(status, &mut h);
+            let what = format!("{status} {plan:?}");
+            let got = h.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap());
+            assert_eq!(got, encoding, "{what}");
+            assert_eq!(h[header::ETAG], etag, "{what}");
+            assert_eq!(h.contains_key(header::VARY), varies, "{what}");
+            let body = plan.body_coding(status);
+            assert_eq!(body.is_some(), encoding.is_some(), "{what}: body coding");
         }
     }
 

@@ -8,7 +8,7 @@
 use crate::cache::{
     Cache, CacheStatus, Candidate, Entry, Flight, FlightGuard, Lookup, Peek, policy,
 };
-use crate::compress::{self, CompressBody};
+use crate::compress::{self, CompressBody, Encoding, Plan, Representation};
 use crate::config::Unavailable;
 use crate::dispatch::{Job, JobHead, LaneRequest};
 use crate::exchange::{BodyLimits, Exchange, Failure, RequestMeta, ResponseBroken};
@@ -396,7 +396,7 @@ async fn serve_routed<B: RequestBody>(
     }
     let mut end = end;
     if target.compression {
-        end = compress_response(&mut resp, &parts.headers, &parts.method).await || end;
+        end = compress_answer(&mut resp, &parts.headers, &parts.method, None).await || end;
     }
     if let Some(ctx) = cached {
         ctx.store(&mut resp, head.cache, end, pool.name());
@@ -451,62 +451,79 @@ async fn serve_static<B>(
     });
     *resp.status_mut() = served.status;
     *resp.headers_mut() = served.headers;
-    if target.compression
-        && !resp.headers().contains_key(header::CONTENT_ENCODING)
-        && resp.status() == StatusCode::OK
-    {
-        compress_response(&mut resp, req.headers(), req.method()).await;
+    if target.compression {
+        compress_answer(&mut resp, req.headers(), req.method(), served.file).await;
     }
-    // A file's answer is kept a few seconds; a 403 or 404 is not (a file put in place shows
-    // at once, as nginx shows it).
     if let Some(ctx) = cached
         && matches!(resp.body(), ResponseBody::Full(_))
-        && resp.status() == StatusCode::OK
     {
+        // A file's answer is kept a few seconds; a 403 or 404 is not (a file put in place
+        // shows at once, as nginx shows it): without a policy, its fields do not allow it.
+        let policy = if resp.status() == StatusCode::OK {
+            keel_proto::CachePolicy::Ttl(STATIC_CACHE_TTL)
+        } else {
+            keel_proto::CachePolicy::None
+        };
         let pool = format!("static:{}", target.site);
-        ctx.store(
-            &mut resp,
-            keel_proto::CachePolicy::Ttl(STATIC_CACHE_TTL),
-            true,
-            &pool,
-        );
+        ctx.store(&mut resp, policy, true, &pool);
     }
     resp
 }
 
-/// Compresses a compressible 200 response when the client accepts br or gzip (brotli
-/// preferred). Small bodies are compressed whole (so the cache can keep the compressed
-/// variant); large or unknown-length ones as they stream. Returns whether the body is now
-/// complete in memory.
-async fn compress_response(
+/// Compression on a site that has it: one [`Plan`] for the request, decided from the
+/// representation the answer is about (`file`, a static root's, or what the answer's own
+/// fields say), and applied to the answer whatever its status or method, so that a HEAD, a
+/// 304 or a 206 says what the 200 to a GET says. Returns whether the body is now complete
+/// in memory.
+async fn compress_answer(
     resp: &mut Response<ResponseBody>,
-    request_headers: &http::HeaderMap,
+    request_headers: &HeaderMap,
     method: &http::Method,
+    file: Option<Representation>,
 ) -> bool {
-    let len = resp.body().size_hint().exact().or_else(|| {
-        resp.headers()
-            .get(header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
-    });
-    let encoded = resp.headers().contains_key(header::CONTENT_ENCODING);
-    if resp.status() != StatusCode::OK
-        || !compress::compressible(resp.headers().get(header::CONTENT_TYPE), len, encoded)
-    {
-        return false;
-    }
-    // Whatever this client gets, caches must keep the encodings apart.
-    compress::add_vary_accept_encoding(resp.headers_mut());
-    let Some(enc) = compress::choose(request_headers) else {
+    let rep =
+        file.unwrap_or_else(|| Representation::of(resp.headers(), identity_len(resp, method)));
+    let plan = Plan::decide(request_headers, &rep);
+    plan.describe(resp.status(), resp.headers_mut());
+    let Some(enc) = plan.body_coding(resp.status()) else {
         return false;
     };
     if method == http::Method::HEAD {
-        compress::apply_headers(resp.headers_mut(), enc);
+        // The compressed length is not known without compressing: an ended body leaves it
+        // unsaid (hyper, `h1_writer`), as nginx's gzip leaves it for a HEAD.
         *resp.body_mut() = ResponseBody::Full(None);
         return true;
     }
+    compress_body(resp, enc, rep.len).await
+}
+
+/// The length of the identity representation an answer is about, when its body or fields
+/// tell: not from a HEAD's empty body (a worker may leave the body out, or send it whole for
+/// the daemon to drop), nor from a 304 (no body) or a 206 (a part of it).
+fn identity_len(resp: &Response<ResponseBody>, method: &http::Method) -> Option<u64> {
+    if matches!(
+        resp.status(),
+        StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
+    ) {
+        return None;
+    }
+    let body = resp.body().size_hint().exact();
+    body.filter(|&n| n > 0 || method != http::Method::HEAD)
+        .or_else(|| {
+            resp.headers()
+                .get(header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        })
+}
+
+/// Compresses the body of a 200 whose fields describe its compressed form already: whole
+/// when it is complete or ends within [`COMPRESS_WHOLE_MAX`] (so that the cache can keep the
+/// compressed variant), as it streams otherwise. `len`: its identity length, when known.
+/// Returns whether the body is now complete in memory.
+async fn compress_body(resp: &mut Response<ResponseBody>, enc: Encoding, len: Option<u64>) -> bool {
     let whole = match resp.body_mut() {
         ResponseBody::Full(b) => Some(b.take().unwrap_or_default()),
         body if len.is_none_or(|n| n <= COMPRESS_WHOLE_MAX) => {
@@ -546,7 +563,6 @@ async fn compress_response(
         }
         _ => None,
     };
-    compress::apply_headers(resp.headers_mut(), enc);
     match whole {
         Some(bytes) => {
             *resp.body_mut() = ResponseBody::Full(Some(compress::compress(&bytes, enc)));

@@ -27,7 +27,7 @@ use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::compress::{AcceptEncoding, Encoding};
+use crate::compress::{AcceptEncoding, Encoding, Representation};
 
 /// Bytes read per chunk when streaming a large file: the memory one response holds (twice,
 /// with the chunk read ahead).
@@ -254,6 +254,10 @@ pub struct StaticResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: StaticBody,
+    /// The file this answer is about, also when it is a 304, 206, 412 or 416 that does not
+    /// carry all of its fields: for whoever compresses on the fly. `None` when it is about
+    /// no file (an error, a redirect, a listing).
+    pub file: Option<Representation>,
 }
 
 impl StaticResponse {
@@ -269,6 +273,7 @@ impl StaticResponse {
             status,
             headers: HeaderMap::new(),
             body: StaticBody::Empty,
+            file: None,
         }
     }
 
@@ -288,6 +293,7 @@ impl StaticResponse {
             status,
             headers,
             body: StaticBody::Full(Bytes::from(text)),
+            file: None,
         }
     }
 }
@@ -727,7 +733,7 @@ impl StaticRoot {
         }
         Ok(OpenFile {
             stamp: Stamp::of(&meta),
-            content_type: content_type(path),
+            content_type: HeaderValue::from_str(&content_type(path)).ok(),
             path: path.to_owned(),
             main: Variant::new(file, &meta, None),
             varies,
@@ -751,8 +757,9 @@ impl StaticRoot {
         self.respond(head, &open, cond, false)
     }
 
-    /// The answer from an opened file: encoding, validators, conditionals, range, body.
-    /// `None` when the body would have to be read and `may_read` is false.
+    /// The answer from an opened file: the variant the client takes, then
+    /// [`StaticRoot::answer`], naming the representation it is about. `None` when the body
+    /// would have to be read and `may_read` is false.
     fn respond(
         &self,
         head: bool,
@@ -769,6 +776,24 @@ impl StaticRoot {
             .filter(|v| rank(v) < usize::MAX)
             .min_by_key(|v| rank(v))
             .unwrap_or(&open.main);
+        let mut answer = Self::answer(head, open, variant, cond, may_read)?;
+        answer.file = Some(Representation {
+            content_type: open.content_type.clone(),
+            len: Some(variant.len),
+            encoded: variant.encoding.is_some(),
+            no_transform: false,
+        });
+        Some(answer)
+    }
+
+    /// The answer from `variant` of an opened file: validators, conditionals, range, body.
+    fn answer(
+        head: bool,
+        open: &OpenFile,
+        variant: &Variant,
+        cond: &Conditions,
+        may_read: bool,
+    ) -> Option<StaticResponse> {
         let (len, mtime, encoding) = (variant.len, variant.mtime, variant.encoding);
         let etag = &variant.etag;
 
@@ -809,8 +834,8 @@ impl StaticRoot {
         }
 
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Some(v) = hv(&open.content_type) {
-            headers.insert(header::CONTENT_TYPE, v);
+        if let Some(v) = &open.content_type {
+            headers.insert(header::CONTENT_TYPE, v.clone());
         }
         if let Some(enc) = encoding {
             headers.insert(header::CONTENT_ENCODING, enc.header_value());
@@ -860,6 +885,7 @@ impl StaticRoot {
             status,
             headers,
             body,
+            file: None,
         })
     }
 }
@@ -873,7 +899,8 @@ struct OpenFile {
     path: PathBuf,
     /// What `lstat` said of it when it was opened.
     stamp: Stamp,
-    content_type: String,
+    /// `None` in the unlikely case that the type guessed is no field value.
+    content_type: Option<HeaderValue>,
     main: Variant,
     /// A precompressed sibling is present and not older than the file: the response varies
     /// (also when that sibling could not be opened).
@@ -1123,6 +1150,7 @@ fn listing(head: bool, dir: &Path, canon: &str, at_prefix_root: bool) -> StaticR
         } else {
             StaticBody::Full(Bytes::from(html))
         },
+        file: None,
     }
 }
 
@@ -1306,6 +1334,46 @@ mod tests {
 
     fn root(f: &Fixture, list: bool, follow: bool) -> StaticRoot {
         StaticRoot::new("/static", &f.public, list, follow).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_answer_about_a_file_names_the_file() {
+        let f = fixture();
+        fs::write(f.public.join("hello.txt.gz"), "not really gzip").unwrap();
+        let r = root(&f, false, false);
+        let serve = |hdrs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in hdrs {
+                h.append(
+                    header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let r = r.clone();
+            async move { r.serve(&Method::GET, "/static/hello.txt", &h).await }
+        };
+        let ok = serve(&[]).await;
+        let etag = ok.headers[header::ETAG].to_str().unwrap().to_owned();
+        // A 304 and a 206 carry no Content-Type or whole length of their own.
+        let not_modified = serve(&[("if-none-match", &etag)]).await;
+        let part = serve(&[("range", "bytes=0-1")]).await;
+        for (answer, status) in [
+            (ok, StatusCode::OK),
+            (not_modified, StatusCode::NOT_MODIFIED),
+            (part, StatusCode::PARTIAL_CONTENT),
+        ] {
+            assert_eq!(answer.status, status);
+            let file = answer.file.expect("the file");
+            assert_eq!(file.content_type.unwrap(), "text/plain; charset=utf-8");
+            assert_eq!((file.len, file.encoded), (Some(12), false), "{status}");
+        }
+        let sibling = serve(&[("accept-encoding", "gzip")]).await;
+        assert_eq!(sibling.headers[header::CONTENT_ENCODING], "gzip");
+        assert!(sibling.file.unwrap().encoded);
+        let missing = r
+            .serve(&Method::GET, "/static/nothing", &HeaderMap::new())
+            .await;
+        assert!(missing.file.is_none());
     }
 
     #[tokio::test]

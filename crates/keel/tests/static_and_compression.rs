@@ -296,3 +296,262 @@ fn a_missing_file_is_not_remembered_and_a_file_named_as_a_directory_is_not_serve
         assert_eq!(request(&d, path, "").status, 404, "{path}");
     }
 }
+
+/// `n` bytes of text that compresses well.
+fn compressible_text(n: usize) -> Vec<u8> {
+    let mut text = Vec::with_capacity(n + 64);
+    let mut i = 0;
+    while text.len() < n {
+        text.extend_from_slice(format!("line {i} of a text file worth compressing\n").as_bytes());
+        i += 1;
+    }
+    text.truncate(n);
+    text
+}
+
+/// One request whose answer has no body (a HEAD's, a 304), read to the end of the
+/// connection: whatever follows the head, whatever the head declares, is its `body`.
+fn bodiless(d: &Daemon, method: &str, path: &str, headers: &str) -> RawResponse {
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+    std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no whole head in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    RawResponse {
+        status: status.parse().unwrap(),
+        headers: lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+        body: rest.as_bytes().to_vec(),
+    }
+}
+
+fn head(d: &Daemon, path: &str, headers: &str) -> RawResponse {
+    bodiless(d, "HEAD", path, headers)
+}
+
+fn varies_on_accept_encoding(r: &RawResponse) -> bool {
+    r.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("vary") && v.to_ascii_lowercase().contains("accept-encoding")
+    })
+}
+
+/// A HEAD's fields are the GET's (RFC 9110 §9.3.2): the same encoding, `Vary` and
+/// validator, and a `Content-Length` only if it is the length the GET sends.
+fn assert_head_says_what_get_sends(head: &RawResponse, get: &RawResponse, what: &str) {
+    assert_eq!(head.status, get.status, "{what}: status");
+    for name in ["content-encoding", "etag", "content-type"] {
+        assert_eq!(head.header(name), get.header(name), "{what}: {name}");
+    }
+    assert_eq!(
+        varies_on_accept_encoding(head),
+        varies_on_accept_encoding(get),
+        "{what}: Vary of HEAD {:?}, of GET {:?}",
+        head.header("vary"),
+        get.header("vary")
+    );
+    if let Some(len) = head.header("content-length") {
+        assert_eq!(
+            len.parse::<usize>().unwrap(),
+            get.body.len(),
+            "{what}: HEAD's content-length, not the length GET sends"
+        );
+    }
+    assert!(head.body.is_empty(), "{what}: bytes after HEAD's head");
+}
+
+#[test]
+fn head_of_a_compressed_worker_answer_declares_no_wrong_length() {
+    let d = start("", &[]);
+    let url = "/json?kb=12&ttl=60";
+    let br = "Accept-Encoding: br\r\n";
+    let h = head(&d, url, br);
+    let g = request(&d, url, br);
+    assert_eq!(g.header("content-encoding"), Some("br"));
+    assert!(unbrotli(&g.body).len() >= 12 * 1024);
+    assert_head_says_what_get_sends(&h, &g, "HEAD before the GET is cached");
+    // Once the compressed answer is cached, HEAD is answered from the entry, with its length.
+    let hit = (0..3)
+        .map(|_| request(&d, url, br))
+        .find(|r| r.header("x-cache") == Some("HIT"));
+    assert!(hit.is_some(), "the br answer was never cached");
+    let h = head(&d, url, br);
+    assert_eq!(h.header("x-cache"), Some("HIT"));
+    assert_eq!(h.header("content-length"), Some(&*g.body.len().to_string()));
+    assert_head_says_what_get_sends(&h, &g, "HEAD from the cache");
+}
+
+#[test]
+fn head_of_a_compressible_static_file_says_what_get_sends() {
+    let small = compressible_text(6000);
+    // Larger than a file read whole (256 KiB) and than a body compressed whole (1 MiB):
+    // streamed from disk and compressed as it streams, never cached.
+    let large = compressible_text(2 << 20);
+    let d = start("", &[("comp2.txt", &small), ("large.txt", &large)]);
+    for (path, accept) in [
+        ("/static/comp2.txt", "gzip"),
+        ("/static/comp2.txt", "br"),
+        ("/static/large.txt", "gzip"),
+    ] {
+        let fields = format!("Accept-Encoding: {accept}\r\n");
+        let h = head(&d, path, &fields);
+        let g = request(&d, path, &fields);
+        assert_eq!(g.status, 200, "{path}");
+        assert_eq!(g.header("content-encoding"), Some(accept), "{path}");
+        assert!(g.header("etag").unwrap().starts_with("W/\""), "{path}");
+        assert_head_says_what_get_sends(&h, &g, &format!("{path}, {accept}"));
+    }
+    // A client that takes no coding: the file as it is, with its length, varying all the same.
+    let h = head(&d, "/static/large.txt", "");
+    assert_eq!(h.header("content-length"), Some(&*large.len().to_string()));
+    assert_eq!(h.header("content-encoding"), None);
+    assert!(h.header("etag").unwrap().starts_with('"'));
+    assert!(varies_on_accept_encoding(&h));
+}
+
+#[test]
+fn head_of_a_compressible_http_worker_answer_says_what_get_sends() {
+    let d = Daemon::start(&format!(
+        r#"
+[[site]]
+name = "site"
+bindings = ["http://127.0.0.1:0"]
+compression = true
+app = [{{ path = "/", pool = "demo" }}]
+
+[pool.demo]
+{}
+"#,
+        node_worker()
+    ));
+    // `/headers` answers the request's fields as JSON: padded past what is worth compressing.
+    let fields = format!("Accept-Encoding: gzip\r\nX-Pad: {}\r\n", "p".repeat(2000));
+    let h = head(&d, "/headers", &fields);
+    let g = request(&d, "/headers", &fields);
+    assert_eq!(g.status, 200, "{}", g.text());
+    assert_eq!(g.header("content-encoding"), Some("gzip"));
+    assert!(gunzip(&g.body).len() > 2000);
+    assert_head_says_what_get_sends(&h, &g, "HTTP worker");
+}
+
+#[test]
+fn a_no_transform_answer_is_not_compressed() {
+    let d = start("", &[]);
+    let url = "/json?kb=4&cc=no-transform";
+    let fields = "Accept-Encoding: br, gzip\r\n";
+    let g = request(&d, url, fields);
+    assert_eq!(g.status, 200);
+    assert_eq!(g.header("cache-control"), Some("no-transform"));
+    assert_eq!(g.header("content-encoding"), None);
+    assert!(!varies_on_accept_encoding(&g), "{:?}", g.header("vary"));
+    assert!(g.text().starts_with("[{\"id\":0"), "{}", g.text());
+    assert_head_says_what_get_sends(&head(&d, url, fields), &g, "no-transform");
+}
+
+/// A 6000-byte text file at /static/comp2.txt: worth compressing, and small enough to cache.
+fn start_with_comp2() -> (Daemon, Vec<u8>) {
+    let text = compressible_text(6000);
+    (start("", &[("comp2.txt", &text)]), text)
+}
+
+const COMP2: &str = "/static/comp2.txt";
+const GZIP: &str = "Accept-Encoding: gzip\r\n";
+
+/// The file's strong ETag, from an answer that is never cached (a range).
+fn strong_etag(d: &Daemon) -> String {
+    let part = request(d, COMP2, "Range: bytes=0-0\r\n");
+    assert_eq!(part.status, 206);
+    let etag = part.header("etag").unwrap().to_owned();
+    assert!(etag.starts_with('"'), "{etag}");
+    etag
+}
+
+#[test]
+fn a_range_of_a_compressible_file_varies_as_its_whole_answer() {
+    let (d, text) = start_with_comp2();
+    let whole = request(&d, COMP2, GZIP);
+    assert_eq!(whole.header("content-encoding"), Some("gzip"));
+    assert!(varies_on_accept_encoding(&whole));
+    // A range is of the identity bytes, whatever the client accepts.
+    let part = request(&d, COMP2, &format!("{GZIP}Range: bytes=0-3\r\n"));
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-encoding"), None);
+    assert_eq!(part.body, &text[..4]);
+    assert!(varies_on_accept_encoding(&part), "206: {:?}", part.headers);
+}
+
+#[test]
+fn a_304_made_from_the_file_carries_the_etag_and_vary_of_the_200() {
+    let (d, _) = start_with_comp2();
+    let strong = strong_etag(&d);
+    let weak = format!("W/{strong}");
+    // Nothing cached yet: the 304s are made from the file.
+    let gzip_304 = bodiless(
+        &d,
+        "GET",
+        COMP2,
+        &format!("{GZIP}If-None-Match: {weak}\r\n"),
+    );
+    let identity_304 = bodiless(&d, "GET", COMP2, &format!("If-None-Match: {strong}\r\n"));
+    // The 200s they stand for.
+    let gzip_200 = request(&d, COMP2, GZIP);
+    assert_eq!(gzip_200.header("content-encoding"), Some("gzip"));
+    assert_eq!(gzip_200.header("etag"), Some(weak.as_str()));
+    let identity_200 = request(&d, COMP2, "");
+    assert_eq!(identity_200.header("content-encoding"), None);
+    assert_eq!(identity_200.header("etag"), Some(strong.as_str()));
+    for (not_modified, ok, what) in [
+        (&gzip_304, &gzip_200, "gzip"),
+        (&identity_304, &identity_200, "identity"),
+    ] {
+        assert_eq!(not_modified.status, 304, "{what}");
+        assert_eq!(not_modified.header("x-cache"), Some("MISS"), "{what}");
+        assert_eq!(not_modified.header("etag"), ok.header("etag"), "{what}");
+        assert!(varies_on_accept_encoding(ok), "{what} 200");
+        assert!(varies_on_accept_encoding(not_modified), "{what} 304");
+        assert!(not_modified.body.is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn a_304_from_a_cached_entry_leaves_out_the_fields_of_a_body() {
+    let (d, _) = start_with_comp2();
+    let strong = strong_etag(&d);
+    let weak = format!("W/{strong}");
+    for (fields, etag) in [(GZIP, &weak), ("", &strong)] {
+        let cached = (0..3)
+            .map(|_| request(&d, COMP2, fields))
+            .any(|r| r.header("x-cache") == Some("HIT"));
+        assert!(cached, "{fields:?}: never cached");
+        let r = bodiless(
+            &d,
+            "GET",
+            COMP2,
+            &format!("{fields}If-None-Match: {etag}\r\n"),
+        );
+        assert_eq!(r.status, 304, "{fields:?}");
+        assert_eq!(r.header("x-cache"), Some("HIT"), "{fields:?}");
+        for gone in [
+            "content-encoding",
+            "content-length",
+            "accept-ranges",
+            "content-type",
+        ] {
+            assert_eq!(r.header(gone), None, "{fields:?}: {gone} on a 304");
+        }
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "{fields:?}");
+        assert!(r.header("last-modified").is_some(), "{fields:?}");
+        assert!(r.header("date").is_some(), "{fields:?}");
+        assert!(varies_on_accept_encoding(&r), "{fields:?}");
+        assert!(r.body.is_empty(), "{fields:?}");
+    }
+}

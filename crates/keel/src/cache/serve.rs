@@ -12,6 +12,19 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use std::time::{Instant, SystemTime};
 
+/// A stored answer's fields that a 304 made from it leaves out: they describe a body the 304
+/// does not have (representation metadata, RFC 9110 §15.4.5, and the range fields). It
+/// keeps `Cache-Control`, `Content-Location`, `Date`, `ETag`, `Expires`, `Vary` and
+/// `Last-Modified`, and the rest of the stored fields.
+const NOT_IN_304: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+];
+
 /// Builds the answer to `method` with headers `req` from `entry`. The body is shared with
 /// the entry, never copied.
 pub fn respond(
@@ -38,11 +51,7 @@ pub fn respond(
     }
     let ok = matches!(entry.status.as_u16(), 200 | 203);
     let (code, body) = if ok && not_modified(entry, req) {
-        for name in [
-            header::CONTENT_TYPE,
-            header::CONTENT_LANGUAGE,
-            header::CONTENT_RANGE,
-        ] {
+        for name in NOT_IN_304 {
             headers.remove(name);
         }
         (StatusCode::NOT_MODIFIED, None)

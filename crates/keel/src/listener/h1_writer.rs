@@ -2,7 +2,7 @@
 //! (`h1_front.rs`), its head framed as hyper's server frames one (`http1_head.rs`): a
 //! `Content-Length` from the worker is kept and the body is sent as it comes; otherwise a
 //! body of known size gets one, and any other body is sent chunked; HEAD gets the head
-//! only.
+//! only, with the length its body declares (none for a body that has ended, as hyper).
 //!
 //! Frames that are ready together leave in one write; the body is not read ahead of the
 //! socket (a slow client holds the worker's stream back through its window, as under hyper).
@@ -38,7 +38,14 @@ where
     headers.remove(header::TRANSFER_ENCODING);
     out.clear();
     http1_head::put_start(status, &headers, out);
-    let size = body.size_hint().exact();
+    // As hyper: a HEAD's body that has ended says nothing of the length a GET would be
+    // sent (a compressed answer's is not known without compressing), so no length is
+    // declared from it; a GET's ended body is 0 bytes long.
+    let size = if head_only && body.is_end_stream() {
+        None
+    } else {
+        body.size_hint().exact()
+    };
     let framing = http1_head::put_end(status, &headers, size, head_only, close, out);
 
     if head_only || matches!(framing, Framing::None) {
