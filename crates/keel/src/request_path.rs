@@ -985,13 +985,16 @@ impl CacheCtx {
             SystemTime::now(),
         );
         let (Ok(lifetime), Some(req_headers)) = (decided, &self.headers) else {
-            match (decided.is_ok(), self.passed) {
+            match (decided, self.passed) {
+                // A HEAD's answer has no body to store, and says nothing of whether the
+                // GET's may be stored: the URL is not marked either way.
+                (Err(policy::NoStore::Method), _) => {}
                 // Still uncacheable, and still marked so.
-                (false, true) => {}
-                (false, false) => self.cache.mark_uncacheable(self.url),
+                (Err(_), true) => {}
+                (Err(_), false) => self.cache.mark_uncacheable(self.url),
                 // Cacheable now, but this request's headers were not kept (`Vary`): the
                 // next request for the URL takes the whole path and stores it.
-                (true, _) => self.cache.unmark_uncacheable(&self.url),
+                (Ok(_), _) => self.cache.unmark_uncacheable(&self.url),
             }
             return;
         };

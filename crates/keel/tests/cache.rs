@@ -391,3 +391,24 @@ fn a_cached_url_is_a_hit_in_any_head_and_the_limits_still_apply() {
     assert_eq!(count(a, "forms"), 1);
     assert_eq!(count(a, "odd"), 1);
 }
+
+/// The `x-cache` of the answer to a GET for `url` (`-` without one).
+fn x_cache(addr: SocketAddr, url: &str) -> String {
+    let answer = request(addr, "GET", url, &[]);
+    answer.header("x-cache").unwrap_or("-").to_owned()
+}
+
+/// A HEAD's answer has no body to store, but it says nothing against storing the GET's: the
+/// first GET after a HEAD is stored.
+#[test]
+fn a_head_request_does_not_keep_the_next_get_from_being_stored() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=hq";
+    let head = head_exchange(a, url);
+    assert!(head.contains("x-cache: MISS"), "{head}");
+    assert_eq!(x_cache(a, url), "MISS");
+    assert_eq!(x_cache(a, url), "HIT");
+    assert_eq!(x_cache(a, url), "HIT");
+    assert_eq!(count(a, "hq"), 2, "the HEAD and the first GET");
+}

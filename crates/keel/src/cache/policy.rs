@@ -27,6 +27,7 @@ pub struct Lifetime {
 /// Why a response is not stored (for tests and, later, tracing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoStore {
+    /// Not a GET: a HEAD's answer has no body to store (a stored GET answers HEADs).
     Method,
     Status,
     SetCookie,
