@@ -319,7 +319,8 @@ fn counter(id: &str, add: bool) -> u64 {
 /// `/cookie` adds Set-Cookie; `/private` is private; `/vary` varies on Accept-Encoding (the
 /// body says which it got); `/varystar` has `Vary: *`; `/slow-cached?ms=N` waits first;
 /// `/etag` has an ETag and a Last-Modified; `/status?code=C&cache=ttl:N|until` answers C
-/// with the worker cache policy and no cache headers.
+/// with the worker cache policy and no cache headers. `cc=V` on any of them sends
+/// `Cache-Control: V` instead (as written in the query: no percent-decoding).
 async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<DemoBody> {
     use http::header::{CACHE_CONTROL, ETAG, LAST_MODIFIED, SET_COOKIE, VARY};
     let id = param(query, "id").unwrap_or("");
@@ -327,7 +328,9 @@ async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<D
     let ttl: u64 = param(query, "ttl")
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let public = HeaderValue::from_str(&format!("public, max-age={ttl}")).unwrap();
+    let public = param(query, "cc")
+        .and_then(|cc| HeaderValue::from_str(cc).ok())
+        .unwrap_or_else(|| HeaderValue::from_str(&format!("public, max-age={ttl}")).unwrap());
     let mut res = text(StatusCode::OK, format!("{path} id={id} call={n}").into());
     let h = res.headers_mut();
     h.insert(CACHE_CONTROL, public);

@@ -412,3 +412,22 @@ fn a_head_request_does_not_keep_the_next_get_from_being_stored() {
     assert_eq!(x_cache(a, url), "HIT");
     assert_eq!(count(a, "hq"), 2, "the HEAD and the first GET");
 }
+
+/// RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31 seconds.
+#[test]
+fn a_lifetime_past_any_integer_is_stored_as_2_pow_31_seconds() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let huge = "99999999999999999999";
+    for (id, cc) in [
+        ("max", format!("public,max-age={huge}")),
+        ("shared", format!("s-maxage={huge},stale-if-error={huge}")),
+    ] {
+        let url = format!("/cached?id={id}&cc={cc}");
+        assert_eq!(get(a, &url).header("x-cache"), Some("MISS"), "{cc}");
+        let hit = get(a, &url);
+        assert_eq!(hit.header("x-cache"), Some("HIT"), "{cc}");
+        assert_eq!(hit.header("cache-control"), Some(cc.as_str()));
+        assert_eq!(count(a, id), 1, "{cc}");
+    }
+}
