@@ -413,6 +413,94 @@ fn a_head_request_does_not_keep_the_next_get_from_being_stored() {
     assert_eq!(count(a, "hq"), 2, "the HEAD and the first GET");
 }
 
+/// The ways a conditional GET reaches a hit: read by the HTTP/1.1 front itself, and (with a
+/// `Content-Length: 0` the front leaves to hyper) through the request path.
+const BOTH_PATHS: [&[&str]; 2] = [&[], &["Content-Length: 0"]];
+
+/// Sends a GET for `url` with `fields` along each of [`BOTH_PATHS`]; the answer of each.
+fn answers(a: SocketAddr, url: &str, fields: &[&str]) -> [common::RawResponse; 2] {
+    BOTH_PATHS.map(|path| {
+        let all: Vec<&str> = fields.iter().chain(path).copied().collect();
+        request(a, "GET", url, &all)
+    })
+}
+
+/// The status of each of [`answers`].
+fn statuses(a: SocketAddr, url: &str, fields: &[&str]) -> [u16; 2] {
+    answers(a, url, fields).map(|r| r.status)
+}
+
+#[test]
+fn if_match_and_if_unmodified_since_are_preconditions_of_a_hit() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/etag?id=pre";
+    assert_eq!(get(a, url).status, 200);
+    let (before, at) = (
+        "Sat, 05 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+    );
+    let ium = |date| format!("If-Unmodified-Since: {date}");
+    // (fields, status) in RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since, then
+    // If-None-Match, else If-Modified-Since, then Range.
+    let table: &[(&[&str], u16)] = &[
+        (&["If-Match: \"zz\""], 412),
+        (&["If-Match: \"v0\", \"v1\""], 200),
+        (&["If-Match: *"], 200),
+        // If-Match compares strongly.
+        (&["If-Match: W/\"v1\""], 412),
+        (&[&ium(before)], 412),
+        (&[&ium(at)], 200),
+        (&["If-Match: \"v1\"", &ium(before)], 200),
+        (&["If-Match: \"zz\"", "If-None-Match: \"v1\""], 412),
+        (&["If-Match: \"v1\"", "If-None-Match: \"v1\""], 304),
+        (&[&ium(before), &format!("If-Modified-Since: {at}")], 412),
+        (&["If-Match: \"zz\"", "Range: bytes=0-4"], 412),
+        (&["If-Match: \"v1\"", "Range: bytes=0-4"], 206),
+    ];
+    for (fields, want) in table {
+        assert_eq!(statuses(a, url, fields), [*want; 2], "{fields:?}");
+    }
+    // The 412 names what failed, but carries no caching field a cache on the way could
+    // store it by.
+    let failed = request(a, "GET", url, &["If-Match: \"zz\""]);
+    assert_eq!(failed.header("x-cache"), Some("HIT"));
+    assert_eq!(failed.header("etag"), Some("\"v1\""));
+    assert_eq!(failed.header("cache-control"), None);
+    assert!(failed.body.is_empty());
+    assert_eq!(count(a, "pre"), 1);
+}
+
+#[test]
+fn if_none_match_star_matches_a_hit_without_an_etag() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=star";
+    assert_eq!(get(a, url).status, 200);
+    assert_eq!(statuses(a, url, &["If-None-Match: *"]), [304; 2]);
+    assert_eq!(statuses(a, url, &["If-None-Match: \"x\""]), [200; 2]);
+    assert_eq!(statuses(a, url, &["If-Match: \"x\""]), [412; 2]);
+    assert_eq!(statuses(a, url, &["If-Match: *"]), [200; 2]);
+    assert_eq!(count(a, "star"), 1);
+}
+
+#[test]
+fn a_range_unit_in_any_case_is_served_from_a_hit() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/etag?id=unit";
+    assert_eq!(get(a, url).status, 200);
+    for unit in ["BYTES", "Bytes", "bytes"] {
+        let range = format!("Range: {unit}=0-4");
+        for r in answers(a, url, &[&range]) {
+            assert_eq!(r.status, 206, "{range}");
+            assert_eq!(r.text(), "01234");
+            assert_eq!(r.header("content-range"), Some("bytes 0-4/36"));
+        }
+    }
+    assert_eq!(count(a, "unit"), 1);
+}
+
 /// RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31 seconds.
 #[test]
 fn a_lifetime_past_any_integer_is_stored_as_2_pow_31_seconds() {
