@@ -519,3 +519,81 @@ fn a_lifetime_past_any_integer_is_stored_as_2_pow_31_seconds() {
         assert_eq!(count(a, id), 1, "{cc}");
     }
 }
+
+/// RFC 9111 §4.4: a 2xx or 3xx answer to an unsafe method drops what is stored for its
+/// target URI (and, on the same host, for its `Location`); an error answer or a safe method
+/// does not.
+#[test]
+fn an_unsafe_request_answered_without_error_drops_the_stored_url() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=unsafe";
+    // `method` on `url`, the demo worker asked to answer `status` (and `fields`).
+    let send = |method: &str, status: u16, fields: &[&str]| {
+        let asked = format!("x-demo-status: {status}");
+        let mut all = vec!["Content-Length: 0", asked.as_str()];
+        all.extend(fields);
+        let r = request(a, method, url, &all);
+        assert_eq!(r.status, status, "{method} {fields:?}");
+    };
+    assert_eq!(x_cache(a, url), "MISS");
+    let changes = [("POST", 200), ("PUT", 201), ("DELETE", 204), ("PATCH", 303)];
+    for (method, status) in changes {
+        assert_eq!(x_cache(a, url), "HIT", "before {method}");
+        send(method, status, &[]);
+        assert_eq!(x_cache(a, url), "MISS", "after {method} {status}");
+    }
+    for (method, status) in [
+        ("POST", 404),
+        ("PUT", 409),
+        ("DELETE", 500),
+        ("OPTIONS", 200),
+    ] {
+        send(method, status, &[]);
+        assert_eq!(x_cache(a, url), "HIT", "after {method} {status}");
+    }
+    assert_eq!(count(a, "unsafe"), 1 + changes.len() as u64);
+
+    // The Location of the answer goes too, when it is on the same host.
+    let moved = "/cached?ttl=300&id=located";
+    assert_eq!(x_cache(a, moved), "MISS");
+    let elsewhere = format!("x-demo-location: http://elsewhere.example{moved}");
+    send("POST", 201, &[&elsewhere]);
+    assert_eq!(x_cache(a, moved), "HIT", "another host's Location");
+    send(
+        "POST",
+        201,
+        &[&format!("x-demo-location: http://LocalHost{moved}")],
+    );
+    assert_eq!(x_cache(a, moved), "MISS", "an absolute Location");
+    send("POST", 201, &[&format!("x-demo-location: {moved}")]);
+    assert_eq!(x_cache(a, moved), "MISS", "a path Location");
+    assert_eq!(count(a, "located"), 3);
+}
+
+/// Only the worker's own answer counts: a 503 keel gives for an offline pool says nothing
+/// of the resource.
+#[test]
+fn an_unsafe_request_refused_by_keel_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail");
+    std::fs::write(&fail, "ok").unwrap();
+    let d = start(
+        "admission = \"always\"",
+        &format!(
+            "queue_timeout = \"1s\"\nrapid_fail = {{ failures = 2, interval = \"1m\", backoff = false }}\nenv = {{ KEEL_DEMO_FAIL_FILE = \"{}\" }}",
+            fail.display()
+        ),
+    );
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=refused";
+    assert_eq!(x_cache(a, url), "MISS");
+    std::fs::write(&fail, "fail").unwrap();
+    for pid in d.worker_pids() {
+        common::kill(pid);
+    }
+    common::wait_until(Duration::from_secs(10), "a 503 from keel", || {
+        request(a, "POST", url, &["Content-Length: 0"]).status == 503
+    });
+    assert_eq!(x_cache(a, url), "HIT");
+}

@@ -46,6 +46,18 @@ pub fn request_may_use_cache(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD
 }
 
+/// Whether the answer `status` to a request with `method` means the target resource
+/// changed, so that what is stored for it is dropped (RFC 9111 §4.4): a 2xx or 3xx to an
+/// unsafe method, that is any method but GET, HEAD, OPTIONS and TRACE (RFC 9110 §9.2.1),
+/// unknown ones included. A GET is told by its first comparison.
+pub fn changes_resource(method: &Method, status: StatusCode) -> bool {
+    let safe = *method == Method::GET
+        || *method == Method::HEAD
+        || *method == Method::OPTIONS
+        || *method == Method::TRACE;
+    !safe && (status.is_success() || status.is_redirection())
+}
+
 /// The directives of every `Cache-Control` field, lower-cased, `(name, value)`.
 fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
@@ -429,6 +441,39 @@ mod tests {
             )
             .map(|l| l.fresh_for);
             assert_eq!(&got, want, "row {i}: {method} {status} {resp:?} {worker:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_error_answer_to_an_unsafe_method_changes_the_resource() {
+        let rows: &[(&str, u16, bool)] = &[
+            ("POST", 200, true),
+            ("PUT", 201, true),
+            ("DELETE", 204, true),
+            ("PATCH", 303, true),
+            ("POST", 307, true),
+            // Unknown methods are not known to be safe.
+            ("PURGE", 200, true),
+            ("CONNECT", 200, true),
+            ("POST", 304, true),
+            ("POST", 100, false),
+            ("POST", 404, false),
+            ("PUT", 409, false),
+            ("DELETE", 500, false),
+            ("PATCH", 503, false),
+            ("GET", 200, false),
+            ("HEAD", 200, false),
+            ("OPTIONS", 200, false),
+            ("TRACE", 200, false),
+        ];
+        for (method, status, want) in rows {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let status = StatusCode::from_u16(*status).unwrap();
+            assert_eq!(
+                changes_resource(&method, status),
+                *want,
+                "{method} {status}"
+            );
         }
     }
 
