@@ -216,6 +216,7 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
             WS_OPEN.load(Ordering::Relaxed).to_string().into(),
         ),
         (&Method::GET, p) if CACHE_ROUTES.contains(&p) => cache_route(&req, p, query).await,
+        (_, p) if CACHE_ROUTES.contains(&p) => changed(&req),
         (&Method::GET, "/env") => match param(query, "name").and_then(|n| std::env::var(n).ok()) {
             Some(value) => text(StatusCode::OK, value.into()),
             None => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not set")),
@@ -322,7 +323,8 @@ fn counter(id: &str, add: bool) -> u64 {
 /// `/cookie` adds Set-Cookie; `/private` is private; `/vary` varies on Accept-Encoding (the
 /// body says which it got); `/varystar` has `Vary: *`; `/slow-cached?ms=N` waits first;
 /// `/etag` has an ETag and a Last-Modified; `/status?code=C&cache=ttl:N|until` answers C
-/// with the worker cache policy and no cache headers.
+/// with the worker cache policy and no cache headers. `cc=V` on any of them sends
+/// `Cache-Control: V` instead (as written in the query: no percent-decoding).
 async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<DemoBody> {
     use http::header::{CACHE_CONTROL, ETAG, LAST_MODIFIED, SET_COOKIE, VARY};
     let id = param(query, "id").unwrap_or("");
@@ -330,7 +332,9 @@ async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<D
     let ttl: u64 = param(query, "ttl")
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let public = HeaderValue::from_str(&format!("public, max-age={ttl}")).unwrap();
+    let public = param(query, "cc")
+        .and_then(|cc| HeaderValue::from_str(cc).ok())
+        .unwrap_or_else(|| HeaderValue::from_str(&format!("public, max-age={ttl}")).unwrap());
     let mut res = text(StatusCode::OK, format!("{path} id={id} call={n}").into());
     let h = res.headers_mut();
     h.insert(CACHE_CONTROL, public);
@@ -392,6 +396,23 @@ async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<D
             res.extensions_mut().insert(policy);
         }
         _ => {}
+    }
+    res
+}
+
+/// Any other method on a cache route: the resource "changed", answered with the status the
+/// request's `x-demo-status` names (200 without it) and the `Location` its `x-demo-location`
+/// names; not counted, so `/count` still tells the GETs that reached the worker.
+fn changed(req: &Request<Body>) -> Response<DemoBody> {
+    let asked = |name: &str| req.headers().get(name);
+    let status = asked("x-demo-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut res = text(status, Bytes::from_static(b"changed"));
+    if let Some(location) = asked("x-demo-location") {
+        res.headers_mut()
+            .insert(http::header::LOCATION, location.clone());
     }
     res
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod allocator;
 pub mod cache;
 pub mod compress;
+pub mod conditional;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;

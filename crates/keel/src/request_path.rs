@@ -394,6 +394,11 @@ async fn serve_routed<B: RequestBody>(
             headers.append(name, value);
         }
     }
+    // After the worker's own answer only: a 503 of keel's (queue full, pool offline) or a
+    // worker lost says nothing of the resource.
+    if policy::changes_resource(&parts.method, status) {
+        invalidate_changed(&parts, resp.headers(), conn.tls, &target.site);
+    }
     let mut end = end;
     if target.compression {
         end = compress_answer(&mut resp, &parts.headers, &parts.method, None).await || end;
@@ -597,21 +602,78 @@ struct CacheCtx {
     logged: bool,
 }
 
-/// The cache key's URL for a request: its scheme (`https` on a TLS connection, so that an
-/// app's answer for one scheme, such as a redirect to https, never answers the other), host
-/// and target.
 /// The host a request names: an absolute-form target's (HTTP/1) or `:authority`'s
 /// (HTTP/2), else its `Host` field. What routing, the cache key and the access log use.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .host()
-        .or_else(|| first_value(req.headers(), &header::HOST)?.to_str().ok())
+    host_named(req.uri(), req.headers())
 }
 
+/// [`request_host`] of a request's target `uri` and fields `headers`.
+fn host_named<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.host()
+        .or_else(|| first_value(headers, &header::HOST)?.to_str().ok())
+}
+
+/// The cache key's URL for a request: its scheme (`https` on a TLS connection, so that an
+/// app's answer for one scheme, such as a redirect to https, never answers the other), host
+/// and target.
 fn cache_url<B>(req: &Request<B>, tls: bool) -> Arc<str> {
-    let host = request_host(req).unwrap_or("");
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    target_url(req.uri(), req.headers(), tls)
+}
+
+/// [`cache_url`] of a request's target `uri` and fields `headers`.
+fn target_url(uri: &http::Uri, headers: &HeaderMap, tls: bool) -> Arc<str> {
+    let host = host_named(uri, headers).unwrap_or("");
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     url_key(tls, host, pq)
+}
+
+/// The worker answered an unsafe request without an error (`policy::changes_resource`):
+/// what `site` stored for its target URI is dropped, and for the `Location` and
+/// `Content-Location` of the answer `resp` when they name a URL on the same host (RFC 9111
+/// §4.4).
+fn invalidate_changed(
+    request: &http::request::Parts,
+    resp: &HeaderMap,
+    tls: bool,
+    site: &Arc<str>,
+) {
+    let Some(cache) = crate::cache::installed() else {
+        return;
+    };
+    cache.invalidate_changed(&target_url(&request.uri, &request.headers, tls), site);
+    let host = host_named(&request.uri, &request.headers).unwrap_or("");
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let named = resp.get(name).and_then(|v| v.to_str().ok());
+        if let Some(pq) = named.and_then(|v| same_host_target(v, tls, host)) {
+            cache.invalidate_changed(&url_key(tls, host, pq), site);
+        }
+    }
+}
+
+/// The path and query a `Location`-like `reference` names on `host` (the request's, on a
+/// TLS connection or not): an absolute path (`/a?b`), or an absolute URL with the same
+/// scheme and host (`http://host/a?b`). `None` for another host or scheme, and for a
+/// reference relative to the target's path, which is left alone (RFC 9111 §4.4 makes all
+/// of these optional).
+fn same_host_target<'a>(reference: &'a str, tls: bool, host: &str) -> Option<&'a str> {
+    let reference = reference.split('#').next().unwrap_or_default();
+    if reference.starts_with('/') {
+        return (!reference.starts_with("//")).then_some(reference);
+    }
+    let scheme = if tls { "https://" } else { "http://" };
+    let head = reference.get(..scheme.len())?;
+    if !head.eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    let rest = &reference[scheme.len()..];
+    let (authority, pq) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    // `http://h?q` would be `/?q`, which is not a slice of it: left alone.
+    let same_host = !authority.is_empty() && authority.eq_ignore_ascii_case(host);
+    (same_host && !pq.starts_with('?')).then_some(pq)
 }
 
 /// The cache key's URL of a request for `path_and_query` at `host`, on a TLS connection or not.
@@ -1004,13 +1066,16 @@ impl CacheCtx {
             SystemTime::now(),
         );
         let (Ok(lifetime), Some(req_headers)) = (decided, &self.headers) else {
-            match (decided.is_ok(), self.passed) {
+            match (decided, self.passed) {
+                // A HEAD's answer has no body to store, and says nothing of whether the
+                // GET's may be stored: the URL is not marked either way.
+                (Err(policy::NoStore::Method), _) => {}
                 // Still uncacheable, and still marked so.
-                (false, true) => {}
-                (false, false) => self.cache.mark_uncacheable(self.url),
+                (Err(_), true) => {}
+                (Err(_), false) => self.cache.mark_uncacheable(self.url),
                 // Cacheable now, but this request's headers were not kept (`Vary`): the
                 // next request for the URL takes the whole path and stores it.
-                (true, _) => self.cache.unmark_uncacheable(&self.url),
+                (Ok(_), _) => self.cache.unmark_uncacheable(&self.url),
             }
             return;
         };
@@ -1602,6 +1667,41 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
             p.write();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_host_target;
+
+    #[test]
+    fn a_location_on_the_same_host_names_a_target() {
+        // (reference, TLS, request host) → the path and query it names there.
+        let rows: &[(&str, bool, &str, Option<&str>)] = &[
+            ("/items/42", false, "h", Some("/items/42")),
+            ("/a?b=1#top", false, "h", Some("/a?b=1")),
+            ("http://h/a?b", false, "h", Some("/a?b")),
+            ("HTTP://H/a", false, "h", Some("/a")),
+            ("http://h", false, "h", Some("/")),
+            ("https://h:8443/a", true, "h:8443", Some("/a")),
+            ("http://h?q", false, "h", None),
+            ("https://h/a", false, "h", None),
+            ("http://h/a", true, "h", None),
+            ("http://other/a", false, "h", None),
+            ("http://h:81/a", false, "h", None),
+            ("http://u@h/a", false, "h", None),
+            ("//h/a", false, "h", None),
+            ("a/b", false, "h", None),
+            ("", false, "h", None),
+            ("http:///a", false, "", None),
+        ];
+        for (reference, tls, host, want) in rows {
+            assert_eq!(
+                same_host_target(reference, *tls, host),
+                *want,
+                "{reference} on {host}"
+            );
         }
     }
 }

@@ -28,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
 use crate::compress::{AcceptEncoding, Encoding, Representation};
+use crate::conditional::{self, Precondition, Range};
 
 /// Bytes read per chunk when streaming a large file: the memory one response holds (twice,
 /// with the chunk read ahead).
@@ -485,27 +486,22 @@ impl std::fmt::Debug for Inner {
 #[derive(Debug, Default)]
 struct Conditions {
     accept_encoding: AcceptEncoding,
-    /// Every line of `If-Match` and of `If-None-Match` (each a list of entity-tags).
-    if_match: Vec<HeaderValue>,
-    if_unmodified_since: Option<HeaderValue>,
-    if_none_match: Vec<HeaderValue>,
-    if_modified_since: Option<HeaderValue>,
-    if_range: Option<HeaderValue>,
-    range: Option<HeaderValue>,
+    /// Every line of the request's [`conditional::FIELDS`] and `If-Range` (none allocated
+    /// for a request without them).
+    fields: HeaderMap,
 }
 
 impl Conditions {
     fn from(h: &HeaderMap) -> Self {
-        let g = |n: header::HeaderName| h.get(n).cloned();
-        let all = |n: header::HeaderName| h.get_all(n).iter().cloned().collect::<Vec<_>>();
+        let mut fields = HeaderMap::new();
+        for name in conditional::FIELDS.iter().chain([&header::IF_RANGE]) {
+            for value in h.get_all(name) {
+                fields.append(name.clone(), value.clone());
+            }
+        }
         Conditions {
             accept_encoding: AcceptEncoding::of(h),
-            if_match: all(header::IF_MATCH),
-            if_unmodified_since: g(header::IF_UNMODIFIED_SINCE),
-            if_none_match: all(header::IF_NONE_MATCH),
-            if_modified_since: g(header::IF_MODIFIED_SINCE),
-            if_range: g(header::IF_RANGE),
-            range: g(header::RANGE),
+            fields,
         }
     }
 }
@@ -809,28 +805,19 @@ impl StaticRoot {
             headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         }
 
-        // RFC 9110 §13.2.2 order.
-        let mtime_s = secs(mtime);
-        let matches = |lines: &[HeaderValue], strong| {
-            crate::header_list::etag_list_matches(lines, etag.as_bytes(), strong)
+        // RFC 9110 §13.2.2: the preconditions, then the range.
+        let ours = conditional::Validators {
+            etag: Some(etag.as_bytes()),
+            last_modified: Some(conditional::seconds(mtime)),
         };
-        if !cond.if_match.is_empty() {
-            if !matches(&cond.if_match, true) {
+        match conditional::preconditions(&cond.fields, ours) {
+            Precondition::Holds => {}
+            Precondition::Failed => {
                 return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
             }
-        } else if let Some(t) = cond.if_unmodified_since.as_ref().and_then(parse_date)
-            && mtime_s > t
-        {
-            return Some(with_headers(StatusCode::PRECONDITION_FAILED, headers));
-        }
-        if !cond.if_none_match.is_empty() {
-            if matches(&cond.if_none_match, false) {
+            Precondition::NotModified => {
                 return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
             }
-        } else if let Some(t) = cond.if_modified_since.as_ref().and_then(parse_date)
-            && mtime_s <= t
-        {
-            return Some(with_headers(StatusCode::NOT_MODIFIED, headers));
         }
 
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -841,31 +828,27 @@ impl StaticRoot {
             headers.insert(header::CONTENT_ENCODING, enc.header_value());
         }
 
-        let range_applies = !head
-            && cond.range.is_some()
-            && cond
-                .if_range
-                .as_ref()
-                .is_none_or(|ir| if_range_matches(ir, etag, mtime_s));
-        let (status, start, n) = match cond.range.as_ref().filter(|_| range_applies) {
-            None => (StatusCode::OK, 0, len),
-            Some(r) => match parse_range(r, len) {
-                RangeOutcome::Full => (StatusCode::OK, 0, len),
-                RangeOutcome::Unsatisfiable => {
-                    headers.remove(header::CONTENT_TYPE);
-                    headers.remove(header::CONTENT_ENCODING);
-                    if let Some(v) = hv(&format!("bytes */{len}")) {
-                        headers.insert(header::CONTENT_RANGE, v);
-                    }
-                    return Some(with_headers(StatusCode::RANGE_NOT_SATISFIABLE, headers));
+        let range = if head {
+            Range::Whole
+        } else {
+            conditional::range(&cond.fields, ours, len)
+        };
+        let (status, start, n) = match range {
+            Range::Whole => (StatusCode::OK, 0, len),
+            Range::Unsatisfiable => {
+                headers.remove(header::CONTENT_TYPE);
+                headers.remove(header::CONTENT_ENCODING);
+                if let Some(v) = hv(&format!("bytes */{len}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
                 }
-                RangeOutcome::Partial(a, b) => {
-                    if let Some(v) = hv(&format!("bytes {a}-{b}/{len}")) {
-                        headers.insert(header::CONTENT_RANGE, v);
-                    }
-                    (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+                return Some(with_headers(StatusCode::RANGE_NOT_SATISFIABLE, headers));
+            }
+            Range::Part(a, b) => {
+                if let Some(v) = hv(&format!("bytes {a}-{b}/{len}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
                 }
-            },
+                (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+            }
         };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         let body = if head || n == 0 {
@@ -1019,83 +1002,6 @@ pub fn content_type(path: &Path) -> String {
     }
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn parse_date(v: &HeaderValue) -> Option<u64> {
-    httpdate::parse_http_date(v.to_str().ok()?.trim())
-        .ok()
-        .map(secs)
-}
-
-/// `If-Range`: a strong ETag match, or the exact `Last-Modified` date.
-fn if_range_matches(v: &HeaderValue, ours: &str, mtime_s: u64) -> bool {
-    let b = v.as_bytes();
-    if b.starts_with(b"\"") || b.starts_with(b"W/") {
-        return b == ours.as_bytes();
-    }
-    parse_date(v) == Some(mtime_s)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeOutcome {
-    /// No usable range (absent, malformed, another unit, several ranges): send it all.
-    Full,
-    /// Inclusive byte positions.
-    Partial(u64, u64),
-    Unsatisfiable,
-}
-
-fn parse_range(v: &HeaderValue, len: u64) -> RangeOutcome {
-    let Some(s) = v.to_str().ok().map(str::trim) else {
-        return RangeOutcome::Full;
-    };
-    let Some((unit, set)) = s.split_once('=') else {
-        return RangeOutcome::Full;
-    };
-    if !unit.trim().eq_ignore_ascii_case("bytes") {
-        return RangeOutcome::Full;
-    }
-    let specs: Vec<&str> = set
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    // Several ranges: multipart/byteranges is not produced; a 200 is allowed (RFC 9110 §14.2).
-    let [spec] = specs[..] else {
-        return RangeOutcome::Full;
-    };
-    let Some((a, b)) = spec.split_once('-') else {
-        return RangeOutcome::Full;
-    };
-    let num = |s: &str| -> Option<u64> {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    match (a.trim().is_empty(), num(a), num(b)) {
-        (true, _, Some(suffix)) => {
-            if suffix == 0 || len == 0 {
-                RangeOutcome::Unsatisfiable
-            } else {
-                RangeOutcome::Partial(len - suffix.min(len), len - 1)
-            }
-        }
-        (false, Some(first), last) if b.trim().is_empty() || last.is_some() => {
-            if last.is_some_and(|l| l < first) {
-                return RangeOutcome::Full;
-            }
-            if first >= len {
-                return RangeOutcome::Unsatisfiable;
-            }
-            RangeOutcome::Partial(first, last.map_or(len - 1, |l| l.min(len - 1)))
-        }
-        _ => RangeOutcome::Full,
-    }
-}
-
 /// A simple HTML listing: names escaped, hrefs percent-encoded, directories with a trailing
 /// slash, dot files hidden (as nginx's autoindex), at most `MAX_LISTING` entries.
 fn listing(head: bool, dir: &Path, canon: &str, at_prefix_root: bool) -> StaticResponse {
@@ -1242,38 +1148,6 @@ mod tests {
         for p in ["/a b/c%d", "/café/x?y#z", "/a:b/@!$&'()*+,;="] {
             let enc = encode_path(p.as_bytes());
             assert_eq!(canonical_path(&enc).unwrap(), p, "{enc}");
-        }
-    }
-
-    #[test]
-    fn range_table() {
-        use RangeOutcome::*;
-        let t: &[(&str, u64, RangeOutcome)] = &[
-            ("bytes=0-4", 12, Partial(0, 4)),
-            ("bytes=6-", 12, Partial(6, 11)),
-            ("bytes=-3", 12, Partial(9, 11)),
-            ("bytes=-100", 12, Partial(0, 11)),
-            ("bytes=5-100", 12, Partial(5, 11)),
-            ("bytes=11-11", 12, Partial(11, 11)),
-            ("BYTES = 1-2", 12, Partial(1, 2)),
-            ("bytes=12-", 12, Unsatisfiable),
-            ("bytes=100-200", 12, Unsatisfiable),
-            ("bytes=-0", 12, Unsatisfiable),
-            ("bytes=0-", 0, Unsatisfiable),
-            ("bytes=5-4", 12, Full),
-            ("bytes=0-1,3-4", 12, Full),
-            ("bytes=a-b", 12, Full),
-            ("bytes=-", 12, Full),
-            ("bytes=1", 12, Full),
-            ("items=0-1", 12, Full),
-            ("bytes=99999999999999999999999-", 12, Full),
-        ];
-        for (h, len, want) in t {
-            assert_eq!(
-                parse_range(&HeaderValue::from_static(h), *len),
-                *want,
-                "{h} of {len}"
-            );
         }
     }
 

@@ -391,3 +391,209 @@ fn a_cached_url_is_a_hit_in_any_head_and_the_limits_still_apply() {
     assert_eq!(count(a, "forms"), 1);
     assert_eq!(count(a, "odd"), 1);
 }
+
+/// The `x-cache` of the answer to a GET for `url` (`-` without one).
+fn x_cache(addr: SocketAddr, url: &str) -> String {
+    let answer = request(addr, "GET", url, &[]);
+    answer.header("x-cache").unwrap_or("-").to_owned()
+}
+
+/// A HEAD's answer has no body to store, but it says nothing against storing the GET's: the
+/// first GET after a HEAD is stored.
+#[test]
+fn a_head_request_does_not_keep_the_next_get_from_being_stored() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=hq";
+    let head = head_exchange(a, url);
+    assert!(head.contains("x-cache: MISS"), "{head}");
+    assert_eq!(x_cache(a, url), "MISS");
+    assert_eq!(x_cache(a, url), "HIT");
+    assert_eq!(x_cache(a, url), "HIT");
+    assert_eq!(count(a, "hq"), 2, "the HEAD and the first GET");
+}
+
+/// The ways a conditional GET reaches a hit: read by the HTTP/1.1 front itself, and (with a
+/// `Content-Length: 0` the front leaves to hyper) through the request path.
+const BOTH_PATHS: [&[&str]; 2] = [&[], &["Content-Length: 0"]];
+
+/// Sends a GET for `url` with `fields` along each of [`BOTH_PATHS`]; the answer of each.
+fn answers(a: SocketAddr, url: &str, fields: &[&str]) -> [common::RawResponse; 2] {
+    BOTH_PATHS.map(|path| {
+        let all: Vec<&str> = fields.iter().chain(path).copied().collect();
+        request(a, "GET", url, &all)
+    })
+}
+
+/// The status of each of [`answers`].
+fn statuses(a: SocketAddr, url: &str, fields: &[&str]) -> [u16; 2] {
+    answers(a, url, fields).map(|r| r.status)
+}
+
+#[test]
+fn if_match_and_if_unmodified_since_are_preconditions_of_a_hit() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/etag?id=pre";
+    assert_eq!(get(a, url).status, 200);
+    let (before, at) = (
+        "Sat, 05 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+    );
+    let ium = |date| format!("If-Unmodified-Since: {date}");
+    // (fields, status) in RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since, then
+    // If-None-Match, else If-Modified-Since, then Range.
+    let table: &[(&[&str], u16)] = &[
+        (&["If-Match: \"zz\""], 412),
+        (&["If-Match: \"v0\", \"v1\""], 200),
+        (&["If-Match: *"], 200),
+        // If-Match compares strongly.
+        (&["If-Match: W/\"v1\""], 412),
+        (&[&ium(before)], 412),
+        (&[&ium(at)], 200),
+        (&["If-Match: \"v1\"", &ium(before)], 200),
+        (&["If-Match: \"zz\"", "If-None-Match: \"v1\""], 412),
+        (&["If-Match: \"v1\"", "If-None-Match: \"v1\""], 304),
+        (&[&ium(before), &format!("If-Modified-Since: {at}")], 412),
+        (&["If-Match: \"zz\"", "Range: bytes=0-4"], 412),
+        (&["If-Match: \"v1\"", "Range: bytes=0-4"], 206),
+    ];
+    for (fields, want) in table {
+        assert_eq!(statuses(a, url, fields), [*want; 2], "{fields:?}");
+    }
+    // The 412 names what failed, but carries no caching field a cache on the way could
+    // store it by.
+    let failed = request(a, "GET", url, &["If-Match: \"zz\""]);
+    assert_eq!(failed.header("x-cache"), Some("HIT"));
+    assert_eq!(failed.header("etag"), Some("\"v1\""));
+    assert_eq!(failed.header("cache-control"), None);
+    assert!(failed.body.is_empty());
+    assert_eq!(count(a, "pre"), 1);
+}
+
+#[test]
+fn if_none_match_star_matches_a_hit_without_an_etag() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=star";
+    assert_eq!(get(a, url).status, 200);
+    assert_eq!(statuses(a, url, &["If-None-Match: *"]), [304; 2]);
+    assert_eq!(statuses(a, url, &["If-None-Match: \"x\""]), [200; 2]);
+    assert_eq!(statuses(a, url, &["If-Match: \"x\""]), [412; 2]);
+    assert_eq!(statuses(a, url, &["If-Match: *"]), [200; 2]);
+    assert_eq!(count(a, "star"), 1);
+}
+
+#[test]
+fn a_range_unit_in_any_case_is_served_from_a_hit() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/etag?id=unit";
+    assert_eq!(get(a, url).status, 200);
+    for unit in ["BYTES", "Bytes", "bytes"] {
+        let range = format!("Range: {unit}=0-4");
+        for r in answers(a, url, &[&range]) {
+            assert_eq!(r.status, 206, "{range}");
+            assert_eq!(r.text(), "01234");
+            assert_eq!(r.header("content-range"), Some("bytes 0-4/36"));
+        }
+    }
+    assert_eq!(count(a, "unit"), 1);
+}
+
+/// RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31 seconds.
+#[test]
+fn a_lifetime_past_any_integer_is_stored_as_2_pow_31_seconds() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let huge = "99999999999999999999";
+    for (id, cc) in [
+        ("max", format!("public,max-age={huge}")),
+        ("shared", format!("s-maxage={huge},stale-if-error={huge}")),
+    ] {
+        let url = format!("/cached?id={id}&cc={cc}");
+        assert_eq!(get(a, &url).header("x-cache"), Some("MISS"), "{cc}");
+        let hit = get(a, &url);
+        assert_eq!(hit.header("x-cache"), Some("HIT"), "{cc}");
+        assert_eq!(hit.header("cache-control"), Some(cc.as_str()));
+        assert_eq!(count(a, id), 1, "{cc}");
+    }
+}
+
+/// RFC 9111 §4.4: a 2xx or 3xx answer to an unsafe method drops what is stored for its
+/// target URI (and, on the same host, for its `Location`); an error answer or a safe method
+/// does not.
+#[test]
+fn an_unsafe_request_answered_without_error_drops_the_stored_url() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=unsafe";
+    // `method` on `url`, the demo worker asked to answer `status` (and `fields`).
+    let send = |method: &str, status: u16, fields: &[&str]| {
+        let asked = format!("x-demo-status: {status}");
+        let mut all = vec!["Content-Length: 0", asked.as_str()];
+        all.extend(fields);
+        let r = request(a, method, url, &all);
+        assert_eq!(r.status, status, "{method} {fields:?}");
+    };
+    assert_eq!(x_cache(a, url), "MISS");
+    let changes = [("POST", 200), ("PUT", 201), ("DELETE", 204), ("PATCH", 303)];
+    for (method, status) in changes {
+        assert_eq!(x_cache(a, url), "HIT", "before {method}");
+        send(method, status, &[]);
+        assert_eq!(x_cache(a, url), "MISS", "after {method} {status}");
+    }
+    for (method, status) in [
+        ("POST", 404),
+        ("PUT", 409),
+        ("DELETE", 500),
+        ("OPTIONS", 200),
+    ] {
+        send(method, status, &[]);
+        assert_eq!(x_cache(a, url), "HIT", "after {method} {status}");
+    }
+    assert_eq!(count(a, "unsafe"), 1 + changes.len() as u64);
+
+    // The Location of the answer goes too, when it is on the same host.
+    let moved = "/cached?ttl=300&id=located";
+    assert_eq!(x_cache(a, moved), "MISS");
+    let elsewhere = format!("x-demo-location: http://elsewhere.example{moved}");
+    send("POST", 201, &[&elsewhere]);
+    assert_eq!(x_cache(a, moved), "HIT", "another host's Location");
+    send(
+        "POST",
+        201,
+        &[&format!("x-demo-location: http://LocalHost{moved}")],
+    );
+    assert_eq!(x_cache(a, moved), "MISS", "an absolute Location");
+    send("POST", 201, &[&format!("x-demo-location: {moved}")]);
+    assert_eq!(x_cache(a, moved), "MISS", "a path Location");
+    assert_eq!(count(a, "located"), 3);
+}
+
+/// Only the worker's own answer counts: a 503 keel gives for an offline pool says nothing
+/// of the resource.
+#[test]
+fn an_unsafe_request_refused_by_keel_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail");
+    std::fs::write(&fail, "ok").unwrap();
+    let d = start(
+        "admission = \"always\"",
+        &format!(
+            "queue_timeout = \"1s\"\nrapid_fail = {{ failures = 2, interval = \"1m\", backoff = false }}\nenv = {{ KEEL_DEMO_FAIL_FILE = \"{}\" }}",
+            fail.display()
+        ),
+    );
+    let a = d.addr();
+    let url = "/cached?ttl=300&id=refused";
+    assert_eq!(x_cache(a, url), "MISS");
+    std::fs::write(&fail, "fail").unwrap();
+    for pid in d.worker_pids() {
+        common::kill(pid);
+    }
+    common::wait_until(Duration::from_secs(10), "a 503 from keel", || {
+        request(a, "POST", url, &["Content-Length: 0"]).status == 503
+    });
+    assert_eq!(x_cache(a, url), "HIT");
+}

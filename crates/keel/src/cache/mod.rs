@@ -201,6 +201,11 @@ impl Slot {
             Slot::Response(e) => &e.site,
         }
     }
+    /// The slot was stored by `site` (by name, as [`Entry::of_site`]).
+    fn of_site(&self, site: &Arc<str>) -> bool {
+        let ours = self.site();
+        Arc::ptr_eq(ours, site) || **ours == **site
+    }
 }
 
 fn weigh(key: &Key, slot: &Slot) -> u32 {
@@ -862,6 +867,34 @@ impl Cache {
         };
         // After the predicate is in place: the store's lookups from here on apply it.
         self.note_removal();
+    }
+
+    /// Drops what `site` stored for `url`, every variant of it: an unsafe request to the
+    /// URL was answered without an error, so the resource changed (RFC 9111 §4.4). What
+    /// another site stored under the same key stays. A URL with nothing stored costs one
+    /// lookup, and no removal is counted for it (`hot.rs` keeps trusting its memo).
+    pub fn invalidate_changed(&self, url: &Arc<str>, site: &Arc<str>) {
+        let primary = Key {
+            url: url.clone(),
+            variant: None,
+        };
+        let Some(slot) = self.store.get(&primary) else {
+            return;
+        };
+        if !slot.of_site(site) {
+            return;
+        }
+        // The store's removal listener counts it. (A response stored for the key in between
+        // by another site goes too: one miss more for that site.)
+        self.store.invalidate(&primary);
+        if let Slot::Vary(_) = slot {
+            // The variants' keys are not known here: matched by URL and site.
+            let (url, site) = (url.clone(), site.clone());
+            let _ = self
+                .store
+                .invalidate_entries_if(move |k, slot| k.url == url && slot.of_site(&site));
+            self.note_removal();
+        }
     }
 
     /// A worker's INVALIDATE frame: `target` (path and query) matched against the entries of

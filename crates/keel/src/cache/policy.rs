@@ -27,6 +27,7 @@ pub struct Lifetime {
 /// Why a response is not stored (for tests and, later, tracing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoStore {
+    /// Not a GET: a HEAD's answer has no body to store (a stored GET answers HEADs).
     Method,
     Status,
     SetCookie,
@@ -45,6 +46,18 @@ pub fn request_may_use_cache(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD
 }
 
+/// Whether the answer `status` to a request with `method` means the target resource
+/// changed, so that what is stored for it is dropped (RFC 9111 §4.4): a 2xx or 3xx to an
+/// unsafe method, that is any method but GET, HEAD, OPTIONS and TRACE (RFC 9110 §9.2.1),
+/// unknown ones included. A GET is told by its first comparison.
+pub fn changes_resource(method: &Method, status: StatusCode) -> bool {
+    let safe = *method == Method::GET
+        || *method == Method::HEAD
+        || *method == Method::OPTIONS
+        || *method == Method::TRACE;
+    !safe && (status.is_success() || status.is_redirection())
+}
+
 /// The directives of every `Cache-Control` field, lower-cased, `(name, value)`.
 fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
@@ -58,8 +71,24 @@ fn directives(headers: &HeaderMap) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// The largest delta-seconds (RFC 9111 §1.2.2): a larger value, or one too large for any
+/// integer, is taken as 2^31 seconds (68 years), so no sum of lifetimes and ages overflows.
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// A delta-seconds value (`1*DIGIT`), at most [`DELTA_SECONDS_MAX`]; `None` if `text` is not
+/// one.
+fn delta_seconds(text: &str) -> Option<Duration> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Only digits: parsing fails only past u64::MAX.
+    let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs.min(DELTA_SECONDS_MAX)))
+}
+
+/// A directive's delta-seconds argument.
 fn seconds(arg: &Option<String>) -> Option<Duration> {
-    arg.as_deref()?.parse::<u64>().ok().map(Duration::from_secs)
+    delta_seconds(arg.as_deref()?)
 }
 
 fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
@@ -143,8 +172,7 @@ pub fn decide(
     };
     let initial_age = resp
         .get(header::AGE)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .and_then(|v| delta_seconds(v.to_str().ok()?.trim()))
         .unwrap_or_default();
     Ok(Lifetime {
         fresh_for,
@@ -413,6 +441,107 @@ mod tests {
             )
             .map(|l| l.fresh_for);
             assert_eq!(&got, want, "row {i}: {method} {status} {resp:?} {worker:?}");
+        }
+    }
+
+    #[test]
+    fn a_non_error_answer_to_an_unsafe_method_changes_the_resource() {
+        let rows: &[(&str, u16, bool)] = &[
+            ("POST", 200, true),
+            ("PUT", 201, true),
+            ("DELETE", 204, true),
+            ("PATCH", 303, true),
+            ("POST", 307, true),
+            // Unknown methods are not known to be safe.
+            ("PURGE", 200, true),
+            ("CONNECT", 200, true),
+            ("POST", 304, true),
+            ("POST", 100, false),
+            ("POST", 404, false),
+            ("PUT", 409, false),
+            ("DELETE", 500, false),
+            ("PATCH", 503, false),
+            ("GET", 200, false),
+            ("HEAD", 200, false),
+            ("OPTIONS", 200, false),
+            ("TRACE", 200, false),
+        ];
+        for (method, status, want) in rows {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let status = StatusCode::from_u16(*status).unwrap();
+            assert_eq!(
+                changes_resource(&method, status),
+                *want,
+                "{method} {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn delta_seconds_past_2_pow_31_are_2_pow_31() {
+        let max = Duration::from_secs(1 << 31);
+        let huge = "99999999999999999999";
+        // Response fields → (fresh_for, stale_if_error, initial_age), or why not stored.
+        type Outcome = Result<(Option<Duration>, Option<Duration>, Duration), NoStore>;
+        let rows: &[(&[(&str, String)], Outcome)] = &[
+            (
+                &[("cache-control", format!("public, max-age={huge}"))],
+                Ok((Some(max), None, Duration::ZERO)),
+            ),
+            (
+                &[("cache-control", format!("s-maxage={huge}"))],
+                Ok((Some(max), None, Duration::ZERO)),
+            ),
+            (
+                &[("cache-control", format!("public, max-age={}", u64::MAX))],
+                Ok((Some(max), None, Duration::ZERO)),
+            ),
+            (
+                &[(
+                    "cache-control",
+                    format!("s-maxage=60, stale-if-error={huge}"),
+                )],
+                Ok((Some(Duration::from_secs(60)), Some(max), Duration::ZERO)),
+            ),
+            (
+                &[
+                    ("cache-control", "s-maxage=60".to_owned()),
+                    ("age", huge.to_owned()),
+                ],
+                Ok((Some(Duration::from_secs(60)), None, max)),
+            ),
+            (
+                &[("cache-control", "s-maxage=2147483647".to_owned())],
+                Ok((Some(max - Duration::from_secs(1)), None, Duration::ZERO)),
+            ),
+            // Not delta-seconds at all: no lifetime from it.
+            (
+                &[("cache-control", "public, max-age=+5".to_owned())],
+                Err(NoStore::NoLifetime),
+            ),
+            (
+                &[("cache-control", "public, max-age=-1".to_owned())],
+                Err(NoStore::NoLifetime),
+            ),
+        ];
+        for (i, (resp, want)) in rows.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            for (n, v) in *resp {
+                h.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let got = decide(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &h,
+                CachePolicy::None,
+                SystemTime::now(),
+            )
+            .map(|l| (l.fresh_for, l.stale_if_error, l.initial_age));
+            assert_eq!(&got, want, "row {i}: {resp:?}");
         }
     }
 

@@ -1,16 +1,18 @@
 //! The response for a request answered from an entry: `Age`, `x-cache`, HEAD, conditional
-//! requests (304) and a single byte range (206 / 416), RFC 9110 §13–14. As a hyper
+//! requests (412, 304) and a single byte range (206 / 416), RFC 9110 §13–14, judged by
+//! `conditional.rs` as the static roots' are. As a hyper
 //! `Response` ([`respond`]), or as HTTP/1.1 bytes for the connections whose hits keel
 //! answers before hyper ([`write_http1`], from `listener/h1_front.rs`).
 
 use super::{CacheStatus, Entry};
+use crate::conditional::{self, Precondition, Range, Validators};
 use crate::http1_head;
 use crate::request_check::has_none_of;
 use crate::request_path::ResponseBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 /// A stored answer's fields that a 304 made from it leaves out: they describe a body the 304
 /// does not have (representation metadata, RFC 9110 §15.4.5, and the range fields). It
@@ -33,9 +35,109 @@ pub fn respond(
     req: &HeaderMap,
     status: CacheStatus,
 ) -> Response<ResponseBody> {
-    let now = Instant::now();
+    let answer = if has_none_of(req, &conditional::FIELDS) {
+        Answer::Whole
+    } else {
+        Answer::of(entry, method, req)
+    };
+    let len = entry.body.len() as u64;
+    let (code, headers, body) = match answer {
+        Answer::Whole => (
+            entry.status,
+            hit_headers(entry, status),
+            Some(entry.body.clone()),
+        ),
+        Answer::PreconditionFailed => (
+            StatusCode::PRECONDITION_FAILED,
+            failed_headers(entry, status),
+            None,
+        ),
+        Answer::NotModified => {
+            let mut headers = hit_headers(entry, status);
+            for name in NOT_IN_304 {
+                headers.remove(name);
+            }
+            (StatusCode::NOT_MODIFIED, headers, None)
+        }
+        Answer::Part(first, last) => {
+            let mut headers = hit_headers(entry, status);
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+            let body = entry.body.slice(first as usize..=last as usize);
+            (StatusCode::PARTIAL_CONTENT, headers, Some(body))
+        }
+        Answer::Unsatisfiable => {
+            let mut headers = hit_headers(entry, status);
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            );
+            (StatusCode::RANGE_NOT_SATISFIABLE, headers, None)
+        }
+    };
+    // HEAD: hyper sends the head only, with the Content-Length of this body.
+    let mut resp = Response::new(ResponseBody::Full(body));
+    *resp.status_mut() = code;
+    *resp.headers_mut() = headers;
+    resp.extensions_mut().insert(status);
+    resp
+}
+
+/// What a hit answers with (RFC 9110 §13.2.2: the preconditions, then the range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// The entry as stored.
+    Whole,
+    /// 412: `If-Match` or `If-Unmodified-Since` failed.
+    PreconditionFailed,
+    /// 304.
+    NotModified,
+    /// 206: the body's bytes `first..=last`.
+    Part(u64, u64),
+    /// 416.
+    Unsatisfiable,
+}
+
+impl Answer {
+    /// The answer to `method` with fields `req`, some of them conditional, from `entry`.
+    fn of(entry: &Entry, method: &Method, req: &HeaderMap) -> Answer {
+        // RFC 9110 §13.2.1: preconditions apply only to what would be a 2xx.
+        if !entry.status.is_success() {
+            return Answer::Whole;
+        }
+        let ours = validators(entry);
+        match conditional::preconditions(req, ours) {
+            Precondition::Holds => {}
+            Precondition::Failed => return Answer::PreconditionFailed,
+            Precondition::NotModified => return Answer::NotModified,
+        }
+        if entry.status != StatusCode::OK || *method != Method::GET {
+            return Answer::Whole;
+        }
+        match conditional::range(req, ours, entry.body.len() as u64) {
+            Range::Whole => Answer::Whole,
+            Range::Part(first, last) => Answer::Part(first, last),
+            Range::Unsatisfiable => Answer::Unsatisfiable,
+        }
+    }
+}
+
+/// What the entry is compared by.
+fn validators(entry: &Entry) -> Validators<'_> {
+    Validators {
+        etag: entry.etag.as_ref().map(HeaderValue::as_bytes),
+        last_modified: entry.last_modified.map(conditional::seconds),
+    }
+}
+
+/// The entry's fields with `Age`, `x-cache` and, for a stale answer, its warnings.
+fn hit_headers(entry: &Entry, status: CacheStatus) -> HeaderMap {
     let mut headers = entry.headers.clone();
-    let age = entry.age(now).as_secs();
+    let age = entry.age(Instant::now()).as_secs();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert(super::X_CACHE, HeaderValue::from_static(status.as_str()));
     if status == CacheStatus::Stale {
@@ -49,139 +151,20 @@ pub fn respond(
             HeaderValue::from_static("111 - \"Revalidation Failed\""),
         );
     }
-    let ok = matches!(entry.status.as_u16(), 200 | 203);
-    let (code, body) = if ok && not_modified(entry, req) {
-        for name in NOT_IN_304 {
-            headers.remove(name);
-        }
-        (StatusCode::NOT_MODIFIED, None)
-    } else if entry.status == StatusCode::OK
-        && *method == Method::GET
-        && let Some(range) = req.get(header::RANGE)
-        && if_range_holds(entry, req)
-    {
-        let len = entry.body.len() as u64;
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        match single_range(range.as_bytes(), len) {
-            Range::Ignore => (StatusCode::OK, Some(entry.body.clone())),
-            Range::Unsatisfiable => {
-                headers.insert(
-                    header::CONTENT_RANGE,
-                    HeaderValue::from_str(&format!("bytes */{len}"))
-                        .unwrap_or(HeaderValue::from_static("bytes */0")),
-                );
-                (StatusCode::RANGE_NOT_SATISFIABLE, None)
-            }
-            Range::Bytes(first, last) => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                let body = entry.body.slice(first as usize..=last as usize);
-                (StatusCode::PARTIAL_CONTENT, Some(body))
-            }
-        }
-    } else {
-        (entry.status, Some(entry.body.clone()))
-    };
-    // HEAD: hyper sends the head only, with the Content-Length of this body.
-    let mut resp = Response::new(ResponseBody::Full(body));
-    *resp.status_mut() = code;
-    *resp.headers_mut() = headers;
-    resp.extensions_mut().insert(status);
-    resp
+    headers
 }
 
-/// RFC 9110 §13.1.2 (weak comparison; `*` matches) then §13.1.3 (only without
-/// If-None-Match).
-fn not_modified(entry: &Entry, req: &HeaderMap) -> bool {
-    if req.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = &entry.etag else {
-            return false;
-        };
-        return crate::header_list::etag_list_matches(
-            req.get_all(header::IF_NONE_MATCH),
-            etag.as_bytes(),
-            false,
-        );
-    }
-    let Some(lm) = entry.last_modified else {
-        return false;
-    };
-    req.get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
-        .is_some_and(|since: SystemTime| lm <= since)
-}
-
-/// RFC 9110 §13.1.5: a Range applies only if the If-Range validator (strong ETag or exact
-/// Last-Modified date) still matches.
-fn if_range_holds(entry: &Entry, req: &HeaderMap) -> bool {
-    let Some(v) = req.get(header::IF_RANGE) else {
-        return true;
-    };
-    let b = v.as_bytes();
-    if b.starts_with(b"\"") {
-        return entry.etag.as_ref().is_some_and(|e| e.as_bytes() == b);
-    }
-    match (
-        entry.last_modified,
-        httpdate::parse_http_date(v.to_str().unwrap_or("")),
-    ) {
-        (Some(lm), Ok(d)) => lm == d,
-        _ => false,
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Range {
-    /// Not one byte range we serve (several ranges, other units, bad syntax): send all.
-    Ignore,
-    Unsatisfiable,
-    /// Inclusive.
-    Bytes(u64, u64),
-}
-
-fn single_range(value: &[u8], len: u64) -> Range {
-    let Ok(text) = std::str::from_utf8(value) else {
-        return Range::Ignore;
-    };
-    let Some(spec) = text.trim().strip_prefix("bytes=") else {
-        return Range::Ignore;
-    };
-    if spec.contains(',') {
-        return Range::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Range::Ignore;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
-    let (first, last) = if a.is_empty() {
-        // Suffix: the last N bytes.
-        let Some(n) = parse(b) else {
-            return Range::Ignore;
-        };
-        if n == 0 || len == 0 {
-            return Range::Unsatisfiable;
+/// A 412's fields: the validators the request failed against, and `x-cache`. None of the
+/// entry's caching fields, so that no cache on the way stores the 412 for the URL.
+fn failed_headers(entry: &Entry, status: CacheStatus) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in [header::ETAG, header::LAST_MODIFIED] {
+        if let Some(v) = entry.headers.get(&name) {
+            headers.insert(name, v.clone());
         }
-        (len.saturating_sub(n), len - 1)
-    } else {
-        let Some(first) = parse(a) else {
-            return Range::Ignore;
-        };
-        let last = if b.is_empty() {
-            u64::MAX
-        } else {
-            match parse(b) {
-                Some(l) if l >= first => l,
-                _ => return Range::Ignore,
-            }
-        };
-        if first >= len {
-            return Range::Unsatisfiable;
-        }
-        (first, last.min(len - 1))
-    };
-    Range::Bytes(first, last)
+    }
+    headers.insert(super::X_CACHE, HeaderValue::from_static(status.as_str()));
+    headers
 }
 
 /// The status line and fields of a stored response as HTTP/1.1 bytes, without the blank
@@ -211,13 +194,8 @@ pub fn write_http1(
     now: Instant,
     out: &mut BytesMut,
 ) -> Written {
-    const CONDITIONAL: [HeaderName; 3] = [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::RANGE,
-    ];
     let head_only = *method == Method::HEAD;
-    let (status, body, len, framing) = if has_none_of(req, &CONDITIONAL) {
+    let (status, body, len, framing) = if has_none_of(req, &conditional::FIELDS) {
         out.reserve(entry.prepared.len() + 160 + entry.body.len());
         out.put_slice(&entry.prepared);
         out.put_slice(b"age: ");
@@ -261,30 +239,5 @@ pub fn write_http1(
     Written {
         status: status.as_u16(),
         body_bytes,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        let cases: &[(&str, u64, Range)] = &[
-            ("bytes=0-9", 100, Range::Bytes(0, 9)),
-            ("bytes=90-", 100, Range::Bytes(90, 99)),
-            ("bytes=-10", 100, Range::Bytes(90, 99)),
-            ("bytes=-1000", 100, Range::Bytes(0, 99)),
-            ("bytes=50-1000", 100, Range::Bytes(50, 99)),
-            ("bytes=100-", 100, Range::Unsatisfiable),
-            ("bytes=-0", 100, Range::Unsatisfiable),
-            ("bytes=0-1,5-6", 100, Range::Ignore),
-            ("bytes=9-1", 100, Range::Ignore),
-            ("items=0-1", 100, Range::Ignore),
-            ("bytes=x-1", 100, Range::Ignore),
-        ];
-        for (v, len, want) in cases {
-            assert_eq!(&single_range(v.as_bytes(), *len), want, "{v}");
-        }
     }
 }

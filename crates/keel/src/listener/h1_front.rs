@@ -360,8 +360,14 @@ fn field_text(value: &[u8]) -> Option<&str> {
     }
 }
 
-/// The fields whose presence makes a hit's answer depend on them (`cache::write_http1`).
-const CONDITIONAL: [&str; 3] = ["if-none-match", "if-modified-since", "range"];
+/// Whether a field can make a hit's answer depend on it (`conditional::FIELDS`, which
+/// `cache::write_http1` looks for): every precondition's name starts with `If-` (RFC 9110
+/// §13.1), then `Range`. (`If-Range` alone changes nothing, and only takes the longer path.)
+fn changes_a_hit(name: &str) -> bool {
+    let name = name.as_bytes();
+    (name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-"))
+        || name.eq_ignore_ascii_case(b"range")
+}
 
 /// Reads the head at the start of `buf`, if it is one this path may answer: HTTP/1.1, GET
 /// or HEAD, an origin-form target, one Host, and no field that gives it a body, an upgrade,
@@ -432,7 +438,7 @@ fn scan(buf: &[u8]) -> Scan<'_> {
         } else if referer.is_none() && name.eq_ignore_ascii_case("referer") {
             referer = Some(field.value);
         }
-        plain &= !CONDITIONAL.iter().any(|c| name.eq_ignore_ascii_case(c));
+        plain &= !changes_a_hit(name);
         let line = name.len() + 2 + field.value.len() + 2;
         head_bytes += line;
         longest_field = longest_field.max(line);
@@ -661,6 +667,30 @@ mod tests {
         assert!(parsed("HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").is_some());
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n";
         assert!(matches!(parse_all(raw), Parsed::Request(_, _, true)));
+    }
+
+    #[test]
+    fn a_head_with_a_field_a_hit_depends_on_is_not_plain() {
+        let is_plain = |field: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n\r\n");
+            match scan(raw.as_bytes()) {
+                Scan::Head(_, plain) => plain.is_some(),
+                _ => panic!("not a head: {raw:?}"),
+            }
+        };
+        for field in [
+            "If-Match: \"a\"",
+            "if-unmodified-since: Sun, 06 Nov 1994 08:49:37 GMT",
+            "If-None-Match: *",
+            "IF-MODIFIED-SINCE: Sun, 06 Nov 1994 08:49:37 GMT",
+            "Range: bytes=0-1",
+            "RANGE: bytes=0-1",
+        ] {
+            assert!(!is_plain(field), "{field}");
+        }
+        for field in ["Accept: */*", "If: x", "Ranges: x", "X-If-Match: 1"] {
+            assert!(is_plain(field), "{field}");
+        }
     }
 
     #[test]
