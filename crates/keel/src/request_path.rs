@@ -403,8 +403,15 @@ async fn serve_routed<B: RequestBody>(
     if target.compression {
         end = compress_answer(&mut resp, &parts.headers, &parts.method, None).await || end;
     }
-    if let Some(ctx) = cached {
-        ctx.store(&mut resp, head.cache, end, pool.name());
+    if let Some(ctx) = cached
+        && let Some(entry) = ctx.store(&mut resp, head.cache, end, pool.name())
+        && !crate::request_check::has_none_of(&parts.headers, &crate::conditional::FIELDS)
+    {
+        // A conditional or range request whose answer is complete and cacheable is answered
+        // as its hits will be (304, 412, 206), as nginx answers a cacheable miss.
+        let answer =
+            crate::cache::respond(&entry, &parts.method, &parts.headers, CacheStatus::Miss);
+        return Ok(answer);
     }
     Ok(resp)
 }
@@ -1042,13 +1049,16 @@ impl CacheCtx {
 
     /// Marks the worker's response as a miss and, when policy allows, stores it: at once
     /// for a complete body, as it streams to the client otherwise.
+    /// Marks the response a miss and stores it if the policy allows it. Returns the entry
+    /// made of it when the response was complete and cacheable (stored, or only shared with
+    /// the requests waiting on it when admission refused it).
     fn store(
         self,
         resp: &mut Response<ResponseBody>,
         worker_policy: keel_proto::CachePolicy,
         end: bool,
         pool: &str,
-    ) {
+    ) -> Option<Arc<Entry>> {
         resp.headers_mut().insert(
             crate::cache::X_CACHE,
             HeaderValue::from_static(CacheStatus::Miss.as_str()),
@@ -1077,7 +1087,7 @@ impl CacheCtx {
                 // next request for the URL takes the whole path and stores it.
                 (Ok(_), _) => self.cache.unmark_uncacheable(&self.url),
             }
-            return;
+            return None;
         };
         let candidate = self.cache.candidate(
             self.url,
@@ -1096,8 +1106,9 @@ impl CacheCtx {
                 if body.len() <= limit {
                     let entry = self.cache.finish(candidate, body);
                     if let Some(flight) = self.flight {
-                        flight.publish(entry);
+                        flight.publish(entry.clone());
                     }
+                    return Some(entry);
                 }
             }
             ResponseBody::Streaming { capture, .. } => {
@@ -1113,6 +1124,7 @@ impl CacheCtx {
             // Incomplete, streamed from disk, or compressed on the fly: not stored.
             _ => {}
         }
+        None
     }
 }
 

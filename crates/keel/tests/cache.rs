@@ -597,3 +597,36 @@ fn an_unsafe_request_refused_by_keel_drops_nothing() {
     });
     assert_eq!(x_cache(a, url), "HIT");
 }
+
+#[test]
+fn a_conditional_or_range_miss_is_answered_as_its_hits_will_be() {
+    let d = start("", ""); // default admission: the first answer is not even stored
+    let a = d.addr();
+    // The first request for a URL, conditional: the worker answers 200, the client gets 304.
+    let inm = request(a, "GET", "/etag?id=m1", &["If-None-Match: \"v1\""]);
+    assert_eq!(inm.status, 304, "{}", inm.text());
+    assert_eq!(inm.header("x-cache"), Some("MISS"));
+    assert_eq!(inm.header("etag"), Some("\"v1\""));
+    assert!(inm.body.is_empty());
+    assert_eq!(count(a, "m1"), 1);
+    let ims = request(
+        a,
+        "GET",
+        "/etag?id=m2",
+        &["If-Modified-Since: Sun, 06 Nov 1994 08:49:37 GMT"],
+    );
+    assert_eq!(ims.status, 304);
+    let failed = request(a, "GET", "/etag?id=m3", &["If-Match: \"other\""]);
+    assert_eq!(failed.status, 412);
+    let range = request(a, "GET", "/etag?id=m4", &["Range: bytes=10-15"]);
+    assert_eq!(range.status, 206);
+    assert_eq!(range.text(), "abcdef");
+    assert_eq!(range.header("content-range"), Some("bytes 10-15/36"));
+    // Not matching: the whole answer.
+    let other = request(a, "GET", "/etag?id=m5", &["If-None-Match: \"v0\""]);
+    assert_eq!(other.status, 200);
+    assert_eq!(other.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
+    // An uncacheable answer is passed on as the worker gave it.
+    let private = request(a, "GET", "/private?id=m6", &["Range: bytes=0-1"]);
+    assert_eq!(private.status, 200);
+}
