@@ -56,7 +56,7 @@ where
         .get::<CachePolicy>()
         .copied()
         .unwrap_or(CachePolicy::None);
-    let headers = wire_headers(&parts.headers);
+    let mut headers = wire_headers(&parts.headers);
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // The daemon would take a 101 to a request that cannot upgrade for a broken
         // protocol: the handler's mistake ends only this stream.
@@ -80,6 +80,12 @@ where
     let mut body = pin!(body);
 
     let limit = (conn.window(id)? as usize).min(INLINE_LIMIT);
+    if let Some(len) = streamed_length(&parts, body.size_hint().exact(), limit) {
+        headers.push((
+            Bytes::from_static(b"content-length"),
+            Bytes::from(len.to_string()),
+        ));
+    }
     let (inline, next) = gather_ready(body.as_mut(), limit).await;
     let (mut pending, end) = match next {
         Next::Error(e) => return Err(Failure::App(e)),
@@ -210,6 +216,19 @@ async fn send_bytes(conn: &Conn, id: StreamId, mut data: Bytes, end: bool) -> Re
 /// already lower-cases them), hop-by-hop fields dropped since the daemon frames the body
 /// itself. All names and values share one allocation. Public for adapters that build
 /// RESPONSE frames themselves.
+/// The length to declare for a body that knows its length but will not fit in the RESPONSE
+/// frame (`limit`), when the handler did not declare one: the daemon then sends the client
+/// `Content-Length` rather than chunks, as a proxy passes an upstream's on. A body that fits
+/// is whole when the daemon gets it, and the daemon counts it itself.
+fn streamed_length(parts: &http::response::Parts, exact: Option<u64>, limit: usize) -> Option<u64> {
+    let len = exact?;
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    (len > limit as u64 && !bodiless && !declared).then_some(len)
+}
+
 pub fn wire_headers(headers: &HeaderMap) -> Vec<Header> {
     let size: usize = headers
         .iter()

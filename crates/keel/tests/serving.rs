@@ -59,6 +59,27 @@ fn big_response_is_streamed_whole() {
 }
 
 #[test]
+fn a_streamed_answer_of_known_length_keeps_its_content_length() {
+    let d = Daemon::start(&demo_config(""));
+    // 200 KiB of JSON: more than the RESPONSE frame carries, so it streams; the SDK knows
+    // its length and declares it, and the client gets it rather than chunks.
+    let r = get(d.addr(), "/json?kb=200");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    assert!(r.body.len() > 200 * 1024);
+    // A small answer is whole when the daemon gets it: its length is counted there.
+    let r = get(d.addr(), "/json?kb=1");
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+}
+
+#[test]
 fn worker_output_is_logged_with_pool_and_pid() {
     let d = Daemon::start(&demo_config(""));
     assert_eq!(get(d.addr(), "/").status, 200);
