@@ -103,19 +103,7 @@ pub struct CacheStatus {
     pub hit_ratio: Option<f64>,
     /// The same figures for each site that has used the cache.
     #[serde(default)]
-    pub sites: BTreeMap<String, CacheSiteStatus>,
-}
-
-/// One site's share of [`CacheStatus`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct CacheSiteStatus {
-    pub stored_bytes: u64,
-    pub entries: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub stale_hits: u64,
-    pub collapsed: u64,
-    pub evictions: u64,
+    pub sites: BTreeMap<String, crate::cache::SiteFigures>,
 }
 
 /// `GET /healthz`.

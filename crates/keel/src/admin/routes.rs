@@ -290,22 +290,7 @@ fn status(ctx: &AdminContext) -> json::Status {
             collapsed: f.collapsed,
             evictions: f.evictions,
             hit_ratio: (looked_up > 0).then(|| answered as f64 / looked_up as f64),
-            sites: f
-                .sites
-                .into_iter()
-                .map(|(name, s)| {
-                    let site = json::CacheSiteStatus {
-                        stored_bytes: s.stored_bytes,
-                        entries: s.entries,
-                        hits: s.hits,
-                        misses: s.misses,
-                        stale_hits: s.stale_hits,
-                        collapsed: s.collapsed,
-                        evictions: s.evictions,
-                    };
-                    (name, site)
-                })
-                .collect(),
+            sites: f.sites,
         }
     });
     json::Status {

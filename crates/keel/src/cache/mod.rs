@@ -300,8 +300,8 @@ impl Counters {
     }
 }
 
-/// Cache figures for one site.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Cache figures for one site (also as the admin API shows them, `GET /status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SiteFigures {
     pub hits: u64,
     pub misses: u64,
