@@ -327,7 +327,7 @@ async fn serve_routed<B: RequestBody>(
         if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
             return Ok(stale);
         }
-        return failure_response(f, &meta, &pool);
+        return failure_response(f, &meta, &pool).map(|r| marked_miss(cached.as_ref(), r));
     }
 
     // wait for the response head
@@ -337,7 +337,7 @@ async fn serve_routed<B: RequestBody>(
             if let Some(stale) = cached.as_ref().and_then(CacheCtx::stale) {
                 return Ok(stale);
             }
-            return failure_response(f, &meta, &pool);
+            return failure_response(f, &meta, &pool).map(|r| marked_miss(cached.as_ref(), r));
         }
     };
 
@@ -347,7 +347,7 @@ async fn serve_routed<B: RequestBody>(
             StatusCode::BAD_GATEWAY,
             Reason::ConnectionAbandonedByAppPool,
         );
-        return failure_response(f, &meta, &pool);
+        return failure_response(f, &meta, &pool).map(|r| marked_miss(cached.as_ref(), r));
     };
     if status.is_server_error()
         && let Some(stale) = cached.as_ref().and_then(CacheCtx::stale)
@@ -361,7 +361,7 @@ async fn serve_routed<B: RequestBody>(
                 StatusCode::BAD_GATEWAY,
                 Reason::ConnectionAbandonedByAppPool,
             );
-            return failure_response(f, &meta, &pool);
+            return failure_response(f, &meta, &pool).map(|r| marked_miss(cached.as_ref(), r));
         };
         let requested = parts.headers.get(header::UPGRADE).cloned();
         return Ok(crate::upgrade::switch(
@@ -1049,6 +1049,17 @@ impl CacheCtx {
 
     /// Marks the worker's response as a miss and, when policy allows, stores it: at once
     /// for a complete body, as it streams to the client otherwise.
+    /// `x-cache: MISS`, and the same for the access log when it writes this response's line.
+    fn mark_miss(&self, resp: &mut Response<ResponseBody>) {
+        resp.headers_mut().insert(
+            crate::cache::X_CACHE,
+            HeaderValue::from_static(CacheStatus::Miss.as_str()),
+        );
+        if self.logged {
+            resp.extensions_mut().insert(CacheStatus::Miss);
+        }
+    }
+
     /// Marks the response a miss and stores it if the policy allows it. Returns the entry
     /// made of it when the response was complete and cacheable (stored, or only shared with
     /// the requests waiting on it when admission refused it).
@@ -1059,13 +1070,7 @@ impl CacheCtx {
         end: bool,
         pool: &str,
     ) -> Option<Arc<Entry>> {
-        resp.headers_mut().insert(
-            crate::cache::X_CACHE,
-            HeaderValue::from_static(CacheStatus::Miss.as_str()),
-        );
-        if self.logged {
-            resp.extensions_mut().insert(CacheStatus::Miss);
-        }
+        self.mark_miss(resp);
         let none = http::HeaderMap::new();
         let decided = policy::decide(
             &self.method,
@@ -1289,6 +1294,18 @@ fn encode_frame(
     // hyper's limits keep every field far below the u16 length prefixes.
     debug_assert!(encoded.is_ok());
     out.freeze()
+}
+
+/// An answer keel made for a request it looked up in the cache and did not find (a refusal,
+/// a worker lost): marked a miss, as the cache's figures count it.
+fn marked_miss(
+    cached: Option<&CacheCtx>,
+    mut resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    if let Some(ctx) = cached {
+        ctx.mark_miss(&mut resp);
+    }
+    resp
 }
 
 fn failure_response(

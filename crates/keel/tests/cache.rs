@@ -228,6 +228,8 @@ fn stale_if_error_answers_while_the_pool_is_offline_then_503() {
     std::thread::sleep(Duration::from_millis(4500).saturating_sub(stored.elapsed()));
     let r = get(a, "/cached?ttl=1&id=stale");
     assert_eq!(r.status, 503, "{r:?}");
+    // Looked up and not answered from the cache: a miss, as the figures count it.
+    assert_eq!(r.header("x-cache"), Some("MISS"));
 }
 
 /// Margin over `max_bytes` the daemon's resident set may grow by while the cache fills and
