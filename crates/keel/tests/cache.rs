@@ -632,3 +632,37 @@ fn a_conditional_or_range_miss_is_answered_as_its_hits_will_be() {
     let private = request(a, "GET", "/private?id=m6", &["Range: bytes=0-1"]);
     assert_eq!(private.status, 200);
 }
+
+/// Hot hits are remembered per serving thread (`cache/hot.rs`): once an invalidation has
+/// returned, no thread answers with what it remembered.
+#[test]
+fn an_invalidated_url_is_fetched_again_on_every_serving_thread() {
+    use std::io::{BufReader, Write};
+    let d = Daemon::start(&format!(
+        "[daemon]\nthreads = 2\n\n[cache]\nadmission = \"always\"\n{}",
+        demo_config("")
+    ));
+    let url = "/cached?ttl=600&id=mt";
+    assert_eq!(get(d.addr(), url).text(), "/cached id=mt call=1");
+    let ask = |conn: &mut BufReader<std::net::TcpStream>| {
+        let req = format!("GET {url} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        conn.get_mut().write_all(req.as_bytes()).unwrap();
+        common::read_response(conn).expect("an answer").text()
+    };
+    // Kept-alive connections, spread over both threads, each answered from the cache a few
+    // times: the URL is remembered wherever they are served.
+    let mut conns: Vec<_> = (0..16)
+        .map(|_| BufReader::new(std::net::TcpStream::connect(d.addr()).unwrap()))
+        .collect();
+    for _ in 0..3 {
+        for conn in &mut conns {
+            assert_eq!(ask(conn), "/cached id=mt call=1");
+        }
+    }
+    let out = d.cli(&["invalidate", &format!("http://localhost{url}")]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for conn in &mut conns {
+        assert_eq!(ask(conn), "/cached id=mt call=2");
+    }
+    assert_eq!(count(d.addr(), "mt"), 2);
+}
