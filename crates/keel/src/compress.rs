@@ -225,6 +225,13 @@ impl Representation {
     }
 }
 
+/// A response extension: keel alone chose this answer's coding from the request's
+/// `Accept-Encoding` ([`Plan::Identity`] or [`Plan::Encode`], for an answer that did not vary
+/// on it already), so that field matters to the answer only through [`choose`] (the cache
+/// keys its variants by that).
+#[derive(Clone, Copy, Debug)]
+pub struct CodingChosenHere;
+
 /// What compression makes of the answer to one request, decided once and applied to
 /// whichever answer the request gets: a 200 to a GET or a HEAD, a 304, a 206.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -496,7 +496,13 @@ async fn compress_answer(
     let rep =
         file.unwrap_or_else(|| Representation::of(resp.headers(), identity_len(resp, method)));
     let plan = Plan::decide(request_headers, &rep);
+    // Whoever made the answer varied it on `Accept-Encoding` already (a worker's own
+    // negotiation, a static root's precompressed files): keel's choice is not the only one.
+    let varied = crate::header_list::lists(resp.headers(), header::VARY, "accept-encoding");
     plan.describe(resp.status(), resp.headers_mut());
+    if plan != Plan::AsIs && !varied {
+        resp.extensions_mut().insert(compress::CodingChosenHere);
+    }
     let Some(enc) = plan.body_coding(resp.status()) else {
         return false;
     };
@@ -1103,6 +1109,9 @@ impl CacheCtx {
             pool,
             &self.site,
             self.stale.is_some(),
+            resp.extensions()
+                .get::<compress::CodingChosenHere>()
+                .is_some(),
         );
         let limit = self.cache.settings().max_entry_bytes;
         match resp.body_mut() {

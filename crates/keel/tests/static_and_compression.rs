@@ -555,3 +555,40 @@ fn a_304_from_a_cached_entry_leaves_out_the_fields_of_a_body() {
         assert!(r.body.is_empty(), "{fields:?}");
     }
 }
+
+/// On a compressing site the cache keys an answer by the coding keel chose for it, not by
+/// the text of `Accept-Encoding`: every spelling of one choice shares one variant.
+#[test]
+fn spellings_of_one_coding_share_its_cached_variant() {
+    let d = start("", &[]);
+    let fetch = |ae: &str| {
+        let field = if ae.is_empty() {
+            String::new()
+        } else {
+            format!("Accept-Encoding: {ae}\r\n")
+        };
+        let r = request(&d, "/json?kb=12&ttl=60", &field);
+        assert_eq!(r.status, 200, "{ae}");
+        let field = |name| r.header(name).map(str::to_owned);
+        (field("x-cache"), field("content-encoding"))
+    };
+    let hit = |coding: Option<&str>| (Some("HIT".to_owned()), coding.map(str::to_owned));
+    let miss = |coding: Option<&str>| (Some("MISS".to_owned()), coding.map(str::to_owned));
+    assert_eq!(fetch("gzip, deflate, br"), miss(Some("br")));
+    for ae in [
+        "gzip, deflate, br, zstd",
+        "br",
+        "BR;q=1, gzip;q=0.5",
+        "br,gzip",
+    ] {
+        assert_eq!(fetch(ae), hit(Some("br")), "{ae}");
+    }
+    assert_eq!(fetch("gzip"), miss(Some("gzip")));
+    for ae in ["gzip, deflate", "x-gzip", "br;q=0, gzip"] {
+        assert_eq!(fetch(ae), hit(Some("gzip")), "{ae}");
+    }
+    assert_eq!(fetch(""), miss(None));
+    for ae in ["deflate", "identity", "zstd;q=1"] {
+        assert_eq!(fetch(ae), hit(None), "{ae}");
+    }
+}

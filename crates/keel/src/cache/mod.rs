@@ -99,6 +99,11 @@ struct Key {
 /// The request headers a URL's responses vary on.
 pub struct VarySpec {
     names: Vec<HeaderName>,
+    /// keel chose the coding of the URL's answers itself from `Accept-Encoding` (the site
+    /// compresses them): that field is keyed by the coding it selects (`br`, `gzip` or
+    /// `identity`), not by its text, so every browser's spelling of the same choice shares
+    /// one entry. A worker's own coding is keyed by the field's text: its choice is its own.
+    coding_chosen_here: bool,
     pool: Arc<str>,
     site: Arc<str>,
 }
@@ -109,6 +114,12 @@ impl VarySpec {
         for name in &self.names {
             out.extend_from_slice(name.as_str().as_bytes());
             out.push(b':');
+            if self.coding_chosen_here && name == header::ACCEPT_ENCODING {
+                let coding = crate::compress::choose(req).map_or("identity", |e| e.as_str());
+                out.extend_from_slice(coding.as_bytes());
+                out.push(b'\n');
+                continue;
+            }
             let mut first = true;
             for v in req.get_all(name) {
                 if !first {
@@ -724,6 +735,7 @@ impl Cache {
         pool: &str,
         site: &Arc<str>,
         refresh: bool,
+        coding_chosen_here: bool,
     ) -> Candidate {
         self.known.insert(url.clone(), ());
         let pool: Arc<str> = pool.into();
@@ -739,6 +751,7 @@ impl Cache {
             names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             let spec = Arc::new(VarySpec {
                 names,
+                coding_chosen_here,
                 pool: pool.clone(),
                 site: site.clone(),
             });
@@ -842,7 +855,7 @@ impl Cache {
                     url: url.clone(),
                     variant: None,
                 };
-                let same = matches!(self.store.get(&primary), Some(Slot::Vary(old)) if old.names == spec.names);
+                let same = matches!(self.store.get(&primary), Some(Slot::Vary(old)) if old.names == spec.names && old.coding_chosen_here == spec.coding_chosen_here);
                 if !same {
                     put(primary, Slot::Vary(spec.clone()));
                 }

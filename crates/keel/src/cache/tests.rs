@@ -48,6 +48,7 @@ fn put(c: &Cache, url: &str, req: &HeaderMap, resp: &HeaderMap, pool: &str, body
         pool,
         &site,
         false,
+        false,
     );
     c.finish(cand, body);
 }
