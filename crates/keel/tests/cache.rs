@@ -666,3 +666,23 @@ fn an_invalidated_url_is_fetched_again_on_every_serving_thread() {
     }
     assert_eq!(count(d.addr(), "mt"), 2);
 }
+
+#[test]
+fn a_fully_qualified_host_shares_the_entry_of_its_name() {
+    let d = start("admission = \"always\"", "");
+    let ask = |host: &str| {
+        let req = format!(
+            "GET /cached?ttl=60&id=fq HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw_request(d.addr(), req.as_bytes());
+        assert_eq!(r.status, 200, "{host}");
+        r.header("x-cache").map(str::to_owned)
+    };
+    assert_eq!(ask("localhost").as_deref(), Some("MISS"));
+    assert_eq!(ask("LocalHost.").as_deref(), Some("HIT"));
+    // Invalidated under either spelling.
+    let out = d.cli(&["invalidate", "http://localhost./cached?ttl=60&id=fq"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(ask("localhost").as_deref(), Some("MISS"));
+    assert_eq!(count(d.addr(), "fq"), 2);
+}

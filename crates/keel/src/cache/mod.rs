@@ -499,7 +499,7 @@ impl Cache {
         &self.settings
     }
 
-    /// The URL part of a key: `scheme://host/path?query`, host lower-cased.
+    /// The URL part of a key: `scheme://host/path?query`, the host as [`key_host`] makes it.
     pub fn url(scheme: &str, host: &str, path_and_query: &str) -> Arc<str> {
         thread_local! {
             // The URL is put together here, so the `Arc` is its one allocation (and the
@@ -513,6 +513,9 @@ impl Cache {
             let from = s.len();
             s.push_str(host);
             s[from..].make_ascii_lowercase();
+            if let Some(dot) = root_dot(&s[from..]) {
+                s.remove(from + dot);
+            }
             s.push_str(path_and_query);
             let url = Arc::from(s.as_str());
             // A very long URL's room is not kept for the thread's life.
@@ -973,6 +976,26 @@ impl Cache {
         }
         f
     }
+}
+
+/// A Host as cache keys hold it: ASCII lower-case, without the root dot of a fully qualified
+/// name (`Example.COM.:8080` is `example.com:8080`), the same host for routing. The port
+/// stays: it is part of the URL the client named.
+pub fn key_host(host: &str) -> String {
+    let mut key = host.to_ascii_lowercase();
+    if let Some(dot) = root_dot(&key) {
+        key.remove(dot);
+    }
+    key
+}
+
+/// Where the root dot of a host name (`name.` or `name.:port`) is; an IPv6 literal has none.
+fn root_dot(host: &str) -> Option<usize> {
+    if host.starts_with('[') {
+        return None;
+    }
+    let name_end = host.bytes().position(|b| b == b':').unwrap_or(host.len());
+    (name_end > 1 && host.as_bytes()[name_end - 1] == b'.').then(|| name_end - 1)
 }
 
 /// `/path?query` of a key's URL.

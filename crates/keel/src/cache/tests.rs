@@ -165,6 +165,22 @@ fn a_url_key_lower_cases_the_host_only() {
     let long = format!("/{}", "x".repeat(10_000));
     assert_eq!(Cache::url("http", "h", &long).len(), 8 + 10_001);
     assert_eq!(&*Cache::url("http", "É.h", "/é"), "http://É.h/é");
+    // A fully qualified name's root dot is the same host (as routing reads it); the port
+    // stays, and an IPv6 literal is left as it is.
+    assert_eq!(
+        &*Cache::url("http", "Shop.Example.", "/a"),
+        "http://shop.example/a"
+    );
+    assert_eq!(
+        &*Cache::url("http", "shop.example.:8080", "/"),
+        "http://shop.example:8080/"
+    );
+    assert_eq!(
+        &*Cache::url("http", "[::1]:8080", "/"),
+        "http://[::1]:8080/"
+    );
+    assert_eq!(&*Cache::url("http", ".", "/"), "http://./");
+    assert_eq!(key_host("X.Example.:81"), "x.example:81");
 }
 
 /// A plain hit as the HTTP/1.1 front takes it: the thread's memo first, else the store
