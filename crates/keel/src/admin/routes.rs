@@ -448,8 +448,8 @@ fn invalidate(body: json::InvalidateRequest) -> Response<Full<Bytes>> {
     )
 }
 
-/// `url` as the cache keys it: scheme lower-case, the host as `cache::key_host` makes it,
-/// and a bare host given the path `/` when it names one URL.
+/// `url` as the cache keys it (`Cache::url`: scheme and host as keys hold them), a bare
+/// host given the path `/` when it names one URL.
 fn cache_url(url: &str, exact: bool) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
@@ -466,7 +466,7 @@ fn cache_url(url: &str, exact: bool) -> Option<String> {
     } else {
         path.to_owned()
     };
-    Some(format!("{scheme}://{}{path}", crate::cache::key_host(host)))
+    Some(crate::cache::Cache::url(&scheme, host, &path).to_string())
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes; `Err` is the status and message to

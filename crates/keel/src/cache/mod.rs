@@ -499,7 +499,10 @@ impl Cache {
         &self.settings
     }
 
-    /// The URL part of a key: `scheme://host/path?query`, the host as [`key_host`] makes it.
+    /// The URL part of a key: `scheme://host/path?query`, the host ASCII lower-case and
+    /// without the root dot of a fully qualified name (`Example.COM.:8080` is
+    /// `example.com:8080`, the same host for routing; the port stays, as part of the URL the
+    /// client named).
     pub fn url(scheme: &str, host: &str, path_and_query: &str) -> Arc<str> {
         thread_local! {
             // The URL is put together here, so the `Arc` is its one allocation (and the
@@ -873,16 +876,21 @@ impl Cache {
         self.store.run_pending_tasks();
     }
 
+    /// Drops every entry `drops` picks. The store removes them in the background, but its
+    /// lookups apply the predicate from the moment it is in place; the removal is counted
+    /// after that (`hot.rs`), so no remembered hit outlives this call.
+    fn drop_where(&self, drops: impl Fn(&Key, &Slot) -> bool + Send + Sync + 'static) {
+        // Refused only by a store built without `support_invalidation_closures`.
+        let _ = self.store.invalidate_entries_if(drops);
+        self.note_removal();
+    }
+
     /// Drops the entries of `scope` (every variant), whatever their pool.
     pub fn invalidate(&self, scope: Scope) {
-        let _ = match scope {
-            Scope::Exact(url) => self.store.invalidate_entries_if(move |k, _| *k.url == *url),
-            Scope::Prefix(prefix) => self
-                .store
-                .invalidate_entries_if(move |k, _| k.url.starts_with(&prefix)),
-        };
-        // After the predicate is in place: the store's lookups from here on apply it.
-        self.note_removal();
+        match scope {
+            Scope::Exact(url) => self.drop_where(move |k, _| *k.url == *url),
+            Scope::Prefix(prefix) => self.drop_where(move |k, _| k.url.starts_with(&prefix)),
+        }
     }
 
     /// Drops what `site` stored for `url`, every variant of it: an unsafe request to the
@@ -906,10 +914,7 @@ impl Cache {
         if let Slot::Vary(_) = slot {
             // The variants' keys are not known here: matched by URL and site.
             let (url, site) = (url.clone(), site.clone());
-            let _ = self
-                .store
-                .invalidate_entries_if(move |k, slot| k.url == url && slot.of_site(&site));
-            self.note_removal();
+            self.drop_where(move |k, slot| k.url == url && slot.of_site(&site));
         }
     }
 
@@ -920,7 +925,7 @@ impl Cache {
             return;
         };
         let (pool, target): (Arc<str>, String) = (pool.into(), target.to_owned());
-        let _ = self.store.invalidate_entries_if(move |k, slot| {
+        self.drop_where(move |k, slot| {
             if slot.pool() != &*pool {
                 return false;
             }
@@ -930,16 +935,12 @@ impl Cache {
                 InvalidateScope::Prefix => pq.starts_with(&target),
             }
         });
-        self.note_removal();
     }
 
     /// Drops every entry of `pool`'s apps (its config changed and it is recycled).
     pub fn invalidate_pool(&self, pool: &str) {
         let pool: Arc<str> = pool.into();
-        let _ = self
-            .store
-            .invalidate_entries_if(move |_, slot| slot.pool() == &*pool);
-        self.note_removal();
+        self.drop_where(move |_, slot| slot.pool() == &*pool);
     }
 
     /// Drops everything.
@@ -976,17 +977,6 @@ impl Cache {
         }
         f
     }
-}
-
-/// A Host as cache keys hold it: ASCII lower-case, without the root dot of a fully qualified
-/// name (`Example.COM.:8080` is `example.com:8080`), the same host for routing. The port
-/// stays: it is part of the URL the client named.
-pub fn key_host(host: &str) -> String {
-    let mut key = host.to_ascii_lowercase();
-    if let Some(dot) = root_dot(&key) {
-        key.remove(dot);
-    }
-    key
 }
 
 /// Where the root dot of a host name (`name.` or `name.:port`) is; an IPv6 literal has none.

@@ -180,7 +180,10 @@ fn a_url_key_lower_cases_the_host_only() {
         "http://[::1]:8080/"
     );
     assert_eq!(&*Cache::url("http", ".", "/"), "http://./");
-    assert_eq!(key_host("X.Example.:81"), "x.example:81");
+    assert_eq!(
+        &*Cache::url("http", "X.Example.:81", ""),
+        "http://x.example:81"
+    );
 }
 
 /// A plain hit as the HTTP/1.1 front takes it: the thread's memo first, else the store
