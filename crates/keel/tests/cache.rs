@@ -182,8 +182,8 @@ fn a_worker_invalidates_by_prefix() {
 }
 
 #[test]
-fn concurrent_misses_reach_the_worker_once() {
-    let d = start("collapse = \"all\"", "");
+fn concurrent_first_requests_reach_the_worker_once_with_the_default_settings() {
+    let d = start("", "");
     let a = d.addr();
     let threads: Vec<_> = (0..50)
         .map(|_| std::thread::spawn(move || get(a, "/slow-cached?ms=700&id=col")))

@@ -284,11 +284,13 @@ pub struct CacheConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CacheCollapse {
     /// URLs whose last response could be stored (or that have an expired entry): an
-    /// uncacheable URL never waits on another request.
-    #[default]
+    /// uncacheable URL never waits on another request, but a URL's very first requests
+    /// all reach the worker.
     Cacheable,
-    /// Every GET, including the first requests of a URL never seen (Varnish-style); a URL
-    /// whose response turns out uncacheable is then not collapsed for 10 s.
+    /// Every GET, including the first requests of a URL never seen (Varnish-style, and
+    /// what a burst of first requests for a slow page needs); a URL whose response turns
+    /// out uncacheable is then not collapsed for 10 s.
+    #[default]
     All,
 }
 
