@@ -746,9 +746,13 @@ pub(crate) fn answer_plain(
 ) -> PlainAnswer {
     let arrived = Instant::now();
     let limits = &conn.request_limits;
-    let Ok(path) =
-        crate::request_check::check_plain(head.target, head.head_bytes, head.longest_field, limits)
-    else {
+    let Ok(path) = crate::request_check::check_plain(
+        head.target,
+        head.host,
+        head.head_bytes,
+        head.longest_field,
+        limits,
+    ) else {
         return PlainAnswer::Unsure;
     };
     let table = conn.routes.read().clone();

@@ -56,6 +56,25 @@ fn a_cacheable_url_reaches_the_worker_once_per_ttl_and_never_with_cookie_or_priv
     assert_eq!(count(a, "p"), 20);
 }
 
+/// The cache key is built from the Host as sent: a Host that is not `host[:port]` would let
+/// `Host: h/x` plus `/p` share the key of `/x/p` on `h`.
+#[test]
+fn a_host_with_a_path_cannot_plant_an_answer_under_another_url() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    for host in [format!("{a}/x"), format!("{a}/x?"), format!("u@{a}")] {
+        let raw =
+            format!("GET /cached?id=plant HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = raw_request(a, raw.as_bytes());
+        assert_eq!(r.status, 400, "Host: {host}: {r:?}");
+        assert!(r.text().contains("Hostname"), "{}", r.text());
+    }
+    assert_eq!(count(a, "plant"), 0);
+    let r = get(a, "/x/cached?id=plant");
+    assert_ne!(r.header("x-cache"), Some("HIT"), "{r:?}");
+    assert!(!r.text().contains("call="), "{}", r.text());
+}
+
 #[test]
 fn default_admission_stores_on_the_second_request() {
     let d = start("", "");
@@ -265,6 +284,46 @@ fn memory_stays_bounded() {
     eprintln!("daemon RSS: {before} KiB before, peak {peak} KiB");
     assert!(
         peak <= before + max_kib + RSS_MARGIN_KIB,
+        "RSS grew from {before} KiB to {peak} KiB"
+    );
+}
+
+/// What the cache remembers of URLs it did not store (admission counts, uncacheable URLs) is
+/// bounded too, whatever the URLs' length: 4,000 distinct 6 KB URLs (24 MB of them) leave
+/// the daemon's RSS within the margin.
+#[test]
+fn urls_the_cache_did_not_store_do_not_grow_memory() {
+    use std::io::{BufReader, Write};
+    let d = start("max_bytes = \"1 MiB\"", "");
+    let a = d.addr();
+    let pad = "p".repeat(6000);
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut batch = |from: usize| {
+        let mut raw = String::new();
+        for i in from..from + 50 {
+            // A cacheable URL seen once (admission counts it) and an uncacheable one.
+            let path = if i % 2 == 0 { "/cached" } else { "/private" };
+            raw.push_str(&format!(
+                "GET {path}?id=u{i}&pad={pad} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            ));
+        }
+        s.write_all(raw.as_bytes()).unwrap();
+        for _ in 0..50 {
+            assert_eq!(common::read_response(&mut r).unwrap().status, 200);
+        }
+    };
+    batch(0);
+    let before = rss_kib(d.pid());
+    let mut peak = before;
+    for from in (50..4000).step_by(50) {
+        batch(from);
+        peak = peak.max(rss_kib(d.pid()));
+    }
+    eprintln!("daemon RSS: {before} KiB before, peak {peak} KiB");
+    assert!(
+        peak <= before + 1024 + RSS_MARGIN_KIB,
         "RSS grew from {before} KiB to {peak} KiB"
     );
 }
