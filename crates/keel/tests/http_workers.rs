@@ -332,10 +332,11 @@ fn a_large_response_streams_whole_and_a_client_that_leaves_frees_its_slot() {
     assert_slot_freed_within(&d, Duration::from_secs(5));
     // Both slots serve: two slow requests run side by side.
     let t = Instant::now();
+    // Two URLs: the same GET twice at once would be collapsed into one worker request.
     let both: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
             let addr = d.addr();
-            std::thread::spawn(move || get(addr, "/sleep?ms=800"))
+            std::thread::spawn(move || get(addr, &format!("/sleep?ms=800&n={i}")))
         })
         .collect();
     for h in both {

@@ -8,8 +8,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Starts a request that holds the only worker slot for `ms` milliseconds, on its own thread.
+/// Each one's URL is its own: identical GETs in flight together would be collapsed into one
+/// request to the worker (the cache's `collapse = "all"`), and never fill the queue.
 fn occupy(addr: std::net::SocketAddr, ms: u64) -> std::thread::JoinHandle<RawResponse> {
-    std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}")))
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::thread::spawn(move || get(addr, &format!("/sleep?ms={ms}&n={n}")))
 }
 
 #[test]

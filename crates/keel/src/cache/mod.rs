@@ -85,8 +85,14 @@ const ENTRY_OVERHEAD: usize = 256;
 pub const FREQUENT_HITS: u32 = 2;
 pub const FREQUENT_WINDOW: Duration = Duration::from_secs(10);
 
-/// How long a URL whose response could not be stored is fetched without collapsing.
-const PASS_FOR: Duration = Duration::from_secs(10);
+/// How long a URL whose response could not be stored is fetched without collapsing
+/// (Varnish's hit-for-miss default): with `collapse = "all"`, an uncacheable URL's
+/// concurrent requests wait on each other only once in this time. A response that can be
+/// stored ends it at once.
+const PASS_FOR: Duration = Duration::from_secs(120);
+
+/// URLs each side table (`seen`, `pass`, `known`) holds at most.
+const SIDE_TABLE_URLS: u64 = 100_000;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -415,17 +421,22 @@ pub struct Candidate {
 /// fraction of std's SipHash, which was a fifth of a cache hit's lookup.
 type UrlHasher = ahash::RandomState;
 
+/// A URL as the side tables know it ([`Cache::fingerprint`]).
+type Fingerprint = u64;
+
 pub struct Cache {
     store: moka::sync::Cache<Key, Slot, UrlHasher>,
     /// `admission = "frequent"`: requests per URL within the window.
-    seen: Option<moka::sync::Cache<Arc<str>, Arc<AtomicU32>, UrlHasher>>,
+    seen: Option<moka::sync::Cache<Fingerprint, Arc<AtomicU32>, UrlHasher>>,
     flights: Flights,
     /// URLs whose last response could not be stored ("hit-for-pass"): their concurrent
     /// requests are not collapsed, so an uncacheable URL never waits on another request.
-    pass: moka::sync::Cache<Arc<str>, (), UrlHasher>,
-    /// URLs whose last response could be stored (admitted or not): with the default
+    pass: moka::sync::Cache<Fingerprint, (), UrlHasher>,
+    /// URLs whose last response could be stored (admitted or not): with
     /// `collapse = "cacheable"`, only these (and URLs with a stale entry) are collapsed.
-    known: moka::sync::Cache<Arc<str>, (), UrlHasher>,
+    known: moka::sync::Cache<Fingerprint, (), UrlHasher>,
+    /// Keys the side tables' fingerprints.
+    fingerprints: UrlHasher,
     next_flight: AtomicU64,
     settings: CacheSettings,
     counters: Arc<Counters>,
@@ -470,7 +481,7 @@ impl Cache {
             .build_with_hasher(UrlHasher::new());
         let seen = (settings.admission == CacheAdmission::Frequent).then(|| {
             moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(SIDE_TABLE_URLS)
                 .time_to_live(FREQUENT_WINDOW)
                 .build_with_hasher(UrlHasher::new())
         });
@@ -479,13 +490,14 @@ impl Cache {
             seen,
             flights: Arc::default(),
             pass: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(SIDE_TABLE_URLS)
                 .time_to_live(PASS_FOR)
                 .build_with_hasher(UrlHasher::new()),
             known: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(SIDE_TABLE_URLS)
                 .time_to_idle(settings.scavenge_after)
                 .build_with_hasher(UrlHasher::new()),
+            fingerprints: UrlHasher::new(),
             next_flight: AtomicU64::new(1),
             touch_every: hot::TOUCH_EVERY.min(settings.scavenge_after / 4),
             settings,
@@ -555,13 +567,22 @@ impl Cache {
         site: &Arc<str>,
         absent: bool,
     ) -> (Lookup, bool) {
-        let passed = self.pass.contains_key(url);
+        let passed = self.pass.contains_key(&self.fingerprint(url));
         (self.lookup_inner(url, req, site, passed, absent), passed)
     }
 
     /// The URL's responses may be stored again: the next request takes the whole path.
     pub fn unmark_uncacheable(&self, url: &Arc<str>) {
-        self.pass.invalidate(url);
+        self.pass.invalidate(&self.fingerprint(url));
+    }
+
+    /// `url`'s key in the side tables: a keyed 64-bit hash, so that they hold a few dozen
+    /// bytes per URL whatever its length (a URL may be 8 KiB; `SIDE_TABLE_URLS` of them
+    /// whole would be gigabytes beside `max_bytes`). Two URLs sharing one (odds about one in
+    /// 10^9 among 100 000, and a client cannot aim for it: the key is random per cache)
+    /// would only share admission counts and collapsing hints, never an answer.
+    fn fingerprint(&self, url: &str) -> Fingerprint {
+        self.fingerprints.hash_one(url)
     }
 
     fn lookup_inner(
@@ -592,7 +613,7 @@ impl Cache {
             _ => {
                 self.count(site, CacheStatus::Miss);
                 if let Some(seen) = &self.seen {
-                    seen.get_with(url.clone(), Arc::default)
+                    seen.get_with(self.fingerprint(url), Arc::default)
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Lookup::Miss
@@ -676,6 +697,7 @@ impl Cache {
     pub fn mark_uncacheable(&self, url: Arc<str>) {
         // Uncacheable URLs are most requests of a dynamic site: keep this path write-free
         // once the URL is known (a moka insert per request costs more than the request).
+        let url = self.fingerprint(&url);
         if self.known.contains_key(&url) {
             self.known.invalidate(&url);
         }
@@ -692,8 +714,11 @@ impl Cache {
         if passed {
             return None;
         }
-        if !(self.settings.collapse == CacheCollapse::All || stale || self.known.contains_key(url))
-        {
+        let collapse = match self.settings.collapse {
+            CacheCollapse::All => true,
+            CacheCollapse::Cacheable => stale || self.known.contains_key(&self.fingerprint(url)),
+        };
+        if !collapse {
             return None;
         }
         Some(self.join_flight_now(url))
@@ -743,7 +768,7 @@ impl Cache {
         refresh: bool,
         coding_chosen_here: bool,
     ) -> Candidate {
-        self.known.insert(url.clone(), ());
+        self.known.insert(self.fingerprint(&url), ());
         let pool: Arc<str> = pool.into();
         let mut names: Vec<HeaderName> = Vec::new();
         for t in crate::header_list::members(resp, header::VARY) {
@@ -841,7 +866,7 @@ impl Cache {
             None => true,
             Some(_) if refresh => true,
             Some(seen) => seen
-                .get(url)
+                .get(&self.fingerprint(url))
                 .is_some_and(|n| n.load(Ordering::Relaxed) >= FREQUENT_HITS),
         }
     }

@@ -289,7 +289,7 @@ pub enum CacheCollapse {
     Cacheable,
     /// Every GET, including the first requests of a URL never seen (Varnish-style, and
     /// what a burst of first requests for a slow page needs); a URL whose response turns
-    /// out uncacheable is then not collapsed for 10 s.
+    /// out uncacheable is then not collapsed for 2 minutes.
     #[default]
     All,
 }
