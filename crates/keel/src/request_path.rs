@@ -27,6 +27,7 @@ use keel_proto::{HttpVersion, RequestParts};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -404,7 +405,13 @@ async fn serve_routed<B: RequestBody>(
         end = compress_answer(&mut resp, &parts.headers, &parts.method, None).await || end;
     }
     if let Some(ctx) = cached
-        && let Some(entry) = ctx.store(&mut resp, head.cache, end, pool.name())
+        && let Some(entry) = ctx.store(
+            &mut resp,
+            head.cache,
+            end,
+            pool.name(),
+            Some(pool.retired()),
+        )
         && !crate::request_check::has_none_of(&parts.headers, &crate::conditional::FIELDS)
     {
         // A conditional or range request whose answer is complete and cacheable is answered
@@ -477,7 +484,7 @@ async fn serve_static<B>(
             keel_proto::CachePolicy::None
         };
         let pool = format!("static:{}", target.site);
-        ctx.store(&mut resp, policy, true, &pool);
+        ctx.store(&mut resp, policy, true, &pool, None);
     }
     resp
 }
@@ -1072,13 +1079,15 @@ impl CacheCtx {
 
     /// Marks the response a miss and stores it if the policy allows it. Returns the entry
     /// made of it when the response was complete and cacheable (stored, or only shared with
-    /// the requests waiting on it when admission refused it).
+    /// the requests waiting on it when admission refused it). `pool` answered it; `retired`
+    /// is that pool's retirement flag (`Pool::retired`), `None` for a static root.
     fn store(
         self,
         resp: &mut Response<ResponseBody>,
         worker_policy: keel_proto::CachePolicy,
         end: bool,
         pool: &str,
+        retired: Option<&Arc<AtomicBool>>,
     ) -> Option<Arc<Entry>> {
         self.mark_miss(resp);
         let none = http::HeaderMap::new();
@@ -1111,6 +1120,7 @@ impl CacheCtx {
             resp.headers(),
             lifetime,
             pool,
+            retired,
             &self.site,
             self.stale.is_some(),
             resp.extensions()

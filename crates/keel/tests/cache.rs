@@ -745,3 +745,36 @@ fn a_fully_qualified_host_shares_the_entry_of_its_name() {
     assert_eq!(ask("localhost").as_deref(), Some("MISS"));
     assert_eq!(count(d.addr(), "fq"), 2);
 }
+
+#[test]
+fn an_answer_in_flight_when_its_pool_is_replaced_is_not_stored() {
+    let d = start("admission = \"always\"", "start = \"always\"");
+    let a = d.addr();
+    let slow = "/slow-cached?ms=2000&id=r&ttl=300";
+    let old_pid = get(a, "/pid").text();
+    let first = std::thread::spawn(move || get(a, slow));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A deploy: the pool's config changes, so a reload replaces it while its worker is
+    // still working on the first request.
+    let path = d.dir.path().join("keel.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text.replace("[pool.demo]", "[pool.demo]\nenv = { DEPLOY = \"2\" }");
+    std::fs::write(&path, changed).unwrap();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("replaced: demo"), "{out:?}");
+
+    let r = first.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "/slow-cached id=r call=1");
+    assert_ne!(get(a, "/pid").text(), old_pid, "a new worker serves");
+
+    // The old worker's answer was not kept: the next request reaches the new worker, whose
+    // answer is stored as usual.
+    let r = get(a, slow);
+    assert_eq!(r.header("x-cache"), Some("MISS"), "{}", r.text());
+    assert_eq!(count(a, "r"), 1, "the new worker's calls");
+    assert_eq!(get(a, slow).header("x-cache"), Some("HIT"));
+    assert_eq!(count(a, "r"), 1);
+}

@@ -16,7 +16,8 @@
 //!   is what it really keeps alive, and the sum of weights never exceeds `max_bytes` once the
 //!   store's pending work has run (it runs after every insert);
 //! - an entry remembers its pool: `invalidate_pool` and a worker's INVALIDATE frame reach only
-//!   that pool's entries.
+//!   that pool's entries;
+//! - nothing a pool answers after a reload retired it stays stored (`Candidate::retired`).
 
 mod hot;
 pub mod policy;
@@ -36,7 +37,7 @@ use policy::Lifetime;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -411,6 +412,10 @@ pub struct Candidate {
     lifetime: Lifetime,
     vary: Option<(Arc<VarySpec>, Box<[u8]>)>,
     pool: Arc<str>,
+    /// Set when a reload retires the pool that answered (`None`: a static root's answer):
+    /// the answer comes from the code and config being replaced, and its pool's
+    /// `invalidate_pool` has run, so it is not stored.
+    retired: Option<Arc<AtomicBool>>,
     site: Arc<str>,
     /// A stale entry was there: the URL is known, admit without counting.
     refresh: bool,
@@ -754,7 +759,8 @@ impl Cache {
     }
 
     /// Prepares storing a response whose policy allows it. `req` are the request's headers,
-    /// `resp` the response's as the client gets them.
+    /// `resp` the response's as the client gets them; `retired`, the answering pool's
+    /// retirement flag ([`Candidate`]).
     #[allow(clippy::too_many_arguments)]
     pub fn candidate(
         &self,
@@ -764,6 +770,7 @@ impl Cache {
         resp: &HeaderMap,
         lifetime: Lifetime,
         pool: &str,
+        retired: Option<&Arc<AtomicBool>>,
         site: &Arc<str>,
         refresh: bool,
         coding_chosen_here: bool,
@@ -810,13 +817,15 @@ impl Cache {
             lifetime,
             vary,
             pool,
+            retired: retired.cloned(),
             site: site.clone(),
             refresh,
         }
     }
 
-    /// The body is complete: builds the entry and stores it if admitted. The entry is
-    /// returned either way (collapsed followers get it even when it is not stored).
+    /// The body is complete: builds the entry and stores it if admitted and its pool has not
+    /// been retired. The entry is returned either way (collapsed followers get it even when
+    /// it is not stored: they asked while the pool was serving).
     pub fn finish(&self, c: Candidate, body: &[u8]) -> Arc<Entry> {
         let header_bytes: usize = c
             .headers
@@ -855,8 +864,28 @@ impl Cache {
             vary: c.vary,
             weight,
         });
-        if body.len() <= self.settings.max_entry_bytes && self.admit(&c.url, c.refresh) {
+        // SeqCst, as `Pool::mark_retired` sets it: a check after the insert that still finds
+        // it unset comes before the flag, hence before the `invalidate_pool` that follows it
+        // and covers every entry inserted until then.
+        let retired = || c.retired.as_ref().is_some_and(|r| r.load(Ordering::SeqCst));
+        if body.len() <= self.settings.max_entry_bytes
+            && self.admit(&c.url, c.refresh)
+            && !retired()
+        {
             self.insert(c.url, entry.clone());
+            // Retired between the check and the insert: its `invalidate_pool` may have come
+            // before the entry was in. This entry alone goes again (not one the successor
+            // pool, which has the same name, stored under the key meanwhile).
+            if retired() {
+                let ours = entry.clone();
+                self.drop_where(move |_, slot| match slot {
+                    Slot::Response(e) => Arc::ptr_eq(e, &ours),
+                    Slot::Vary(spec) => ours
+                        .vary
+                        .as_ref()
+                        .is_some_and(|(v, _)| Arc::ptr_eq(v, spec)),
+                });
+            }
         }
         entry
     }

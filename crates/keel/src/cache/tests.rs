@@ -46,6 +46,7 @@ fn put(c: &Cache, url: &str, req: &HeaderMap, resp: &HeaderMap, pool: &str, body
         resp,
         lifetime,
         pool,
+        None,
         &site,
         false,
         false,
@@ -93,6 +94,51 @@ fn worker_invalidation_stays_in_its_pool() {
     assert!(hit(&c, "http://a/other/1", &none).is_some());
     c.invalidate_pool("p2");
     assert!(hit(&c, "http://a/other/1", &none).is_none());
+}
+
+#[test]
+fn a_retired_pools_answer_is_shared_but_not_stored() {
+    let c = cache(CacheAdmission::Always, 1 << 20);
+    let none = HeaderMap::new();
+    let public = headers(PUBLIC);
+    let site: Arc<str> = "s".into();
+    let lifetime = || {
+        policy::decide(
+            &Method::GET,
+            &none,
+            StatusCode::OK,
+            &public,
+            keel_proto::CachePolicy::None,
+            SystemTime::now(),
+        )
+        .unwrap()
+    };
+    let candidate = |url: &str, retired: &Arc<AtomicBool>| {
+        c.candidate(
+            url.into(),
+            &none,
+            StatusCode::OK,
+            &public,
+            lifetime(),
+            "p",
+            Some(retired),
+            &site,
+            false,
+            false,
+        )
+    };
+    // The request reached the pool before the reload; its body completes after it.
+    let old = Arc::new(AtomicBool::new(false));
+    let in_flight = candidate("http://a/r", &old);
+    old.store(true, Ordering::SeqCst);
+    c.invalidate_pool("p");
+    let entry = c.finish(in_flight, b"old");
+    assert_eq!(&entry.body[..], b"old", "collapsed followers still get it");
+    assert!(hit(&c, "http://a/r", &none).is_none());
+    // The successor, under the same name, stores as usual.
+    let new = Arc::new(AtomicBool::new(false));
+    c.finish(candidate("http://a/r", &new), b"new");
+    assert_eq!(hit(&c, "http://a/r", &none).as_deref(), Some(&b"new"[..]));
 }
 
 #[test]

@@ -468,9 +468,13 @@ impl Default for Running {
 const RETIRE_SETTLE: Duration = Duration::from_millis(500);
 
 /// A pool that no route leads to any more: it serves what is already queued (up to its
-/// `queue_timeout`), then its workers drain and its manager ends. Its cached responses go.
+/// `queue_timeout`), then its workers drain and its manager ends. Its cached responses go,
+/// and what it still answers is not stored: those answers come from the old code and config.
 fn retire(old: RunningPool) {
     let RunningPool { pool, stop, .. } = old;
+    // Before the entries are dropped, so that an answer completing meanwhile is either
+    // refused by the cache or stored early enough for the drop to take it.
+    pool.mark_retired();
     if let Some(cache) = crate::cache::installed() {
         cache.invalidate_pool(pool.name());
     }

@@ -155,6 +155,9 @@ pub struct Pool {
     pub figures: Mutex<PoolFigures>,
     /// Set when a reload replaced this pool: new requests go to the successor.
     successor: Mutex<Option<Arc<Pool>>>,
+    /// Set when a reload retired this pool (replaced or removed). Shared with the cache's
+    /// candidates of its answers, so that what it still answers is not stored.
+    retired: Arc<AtomicBool>,
     /// How long its requests waited in the queue (the metrics series).
     pub queue_wait: crate::metrics::QueueWaitMetric,
 }
@@ -187,6 +190,7 @@ impl Pool {
                 workers: Vec::new(),
             }),
             successor: Mutex::new(None),
+            retired: Arc::default(),
         });
         (pool, rx)
     }
@@ -209,6 +213,18 @@ impl Pool {
     /// A reload replaced this pool by `successor`.
     pub fn set_successor(&self, successor: Arc<Pool>) {
         *self.successor.lock() = Some(successor);
+    }
+
+    /// A reload retired this pool: its answers from now on are not cached. Called before
+    /// its cached entries are dropped, so none stored after that drop stays
+    /// (`Cache::finish` checks the flag again after inserting).
+    pub fn mark_retired(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// The flag [`Pool::mark_retired`] sets, for the cache.
+    pub fn retired(&self) -> &Arc<AtomicBool> {
+        &self.retired
     }
 
     pub fn name(&self) -> &str {
