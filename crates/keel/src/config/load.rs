@@ -1529,8 +1529,8 @@ fn read_static(
 ) -> Option<StaticConfig> {
     let root_key = format!("{key}.root");
     let v = t.get("root")?;
-    let text = ck.string(v, &root_key)?;
-    let root = base_dir.join(text);
+    // An empty root would be the config file's own directory (keel.toml, logs, tokens).
+    let root = read_path(ck, v, &root_key, base_dir)?;
     if !root.is_dir() {
         ck.report(
             &v.span(),

@@ -819,6 +819,28 @@ fn an_app_needs_a_path_and_a_pool_that_exists() {
     );
 }
 
+/// An empty `root` would serve the config file's own directory (keel.toml, logs, an
+/// admin token): it is refused even where that directory exists; `"."` says it on purpose.
+#[test]
+fn a_static_root_must_not_be_empty() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let with_root = |root: &str| {
+        let app = format!(r#"{{ path = "/", pool = "demo" }}, {{ path = "/r", root = "{root}" }}"#);
+        let text = MINIMAL.replace(r#"{ path = "/", pool = "demo" }"#, &app);
+        load_str(&text, ConfigSource::File("keel.toml".into()), dir)
+    };
+    let err = with_root("").expect_err("an empty root loaded").to_string();
+    assert!(
+        err.contains("keel.toml:5: site[0].app[1].root: must not be empty"),
+        "{err}"
+    );
+    let config = with_root(".").unwrap();
+    match &config.sites[0].apps[1].serve {
+        AppServe::Static(files) => assert_eq!(files.root, dir.join(".")),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn two_sites_may_share_a_port_but_not_a_binding_and_path() {
     let second = |binding: &str, path: &str| {
