@@ -686,3 +686,25 @@ fn a_fully_qualified_host_shares_the_entry_of_its_name() {
     assert_eq!(ask("localhost").as_deref(), Some("MISS"));
     assert_eq!(count(d.addr(), "fq"), 2);
 }
+
+/// A cache smaller than the default largest entry (256 KiB) stores no answer it could not
+/// keep: one larger than the whole cache is passed through, not stored and evicted at once
+/// (counted as an eviction, after its body was copied aside for nothing).
+#[test]
+fn a_small_cache_passes_larger_answers_through() {
+    let d = start("admission = \"always\"\nmax_bytes = \"100 KiB\"", "");
+    let a = d.addr();
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "MISS");
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "HIT");
+    for _ in 0..3 {
+        let r = get(a, "/cached?ttl=60&id=big&size=153600");
+        assert_eq!(r.body.len(), 153_600);
+        assert_eq!(r.header("x-cache"), Some("MISS"));
+    }
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "HIT");
+    // Time for the store's removals to be reported, if there were any.
+    std::thread::sleep(Duration::from_millis(300));
+    let cache = &d.admin_json("GET", "/status")["cache"];
+    assert_eq!(cache["evictions"], 0, "{cache}");
+    assert_eq!(cache["entries"], 1, "{cache}");
+}

@@ -1530,3 +1530,30 @@ fn daemon_threads_is_auto_or_a_count() {
         "keel.toml:2: daemon.threads: must be an integer from 1 to 256",
     );
 }
+
+/// `max_entry_bytes` never exceeds `max_bytes`: given, it is checked; left out, the default
+/// (256 KiB) is lowered to a smaller cache, whose entries could not be kept otherwise.
+#[test]
+fn cache_max_entry_bytes_is_at_most_max_bytes() {
+    let cache = |lines: &str| load(&format!("[cache]\n{lines}\n{MINIMAL}")).unwrap().cache;
+    let entry_bytes = |lines: &str| cache(lines).max_entry_bytes;
+    let defaults = load(MINIMAL).unwrap().cache;
+    assert_eq!(defaults.max_bytes, 256 << 20);
+    assert_eq!(defaults.max_entry_bytes, 256 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"1 MiB\""), 256 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"100 KiB\""), 100 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"256 KiB\""), 256 << 10);
+    assert_eq!(
+        entry_bytes("max_bytes = \"100 KiB\"\nmax_entry_bytes = \"10 KiB\""),
+        10 << 10
+    );
+    assert_eq!(
+        entry_bytes("max_entry_bytes = \"100 KiB\"\nmax_bytes = \"100 KiB\""),
+        100 << 10
+    );
+    assert_eq!(entry_bytes("max_entry_bytes = \"1 MiB\""), 1 << 20);
+    assert_error(
+        &format!("[cache]\nmax_bytes = \"100 KiB\"\nmax_entry_bytes = \"200 KiB\"\n{MINIMAL}"),
+        "keel.toml:3: cache.max_entry_bytes: must not exceed cache.max_bytes (102400 bytes)",
+    );
+}
