@@ -701,13 +701,23 @@ fn url_key(tls: bool, host: &str, path_and_query: &str) -> Arc<str> {
     Cache::url(if tls { "https" } else { "http" }, host, path_and_query)
 }
 
-/// How the access log names an answer the HTTP/1.1 front gave without a worker: a pool's
-/// (from the cache) names its pool and is marked as a hit; a static root's names no pool and
-/// is not marked.
-fn front_answer_marks(backend: &Backend) -> (Option<&Arc<str>>, CacheMark) {
+/// The pool the access log names for a request routed to `backend`: the pool whose URL it
+/// is, also when the cache answered without a worker; none for a static root's.
+fn logged_pool(backend: &Backend) -> Option<&Arc<str>> {
     match backend {
-        Backend::Pool(p) => (Some(&p.settings.name), CacheMark::Hit),
-        Backend::Static(_) => (None, CacheMark::None),
+        Backend::Pool(p) => Some(&p.settings.name),
+        Backend::Static(_) => None,
+    }
+}
+
+/// The access log's cache field for an answer: what its `x-cache` field says (the mark the
+/// cache left on it, for a worker's answer and a static root's alike).
+fn cache_mark<T>(resp: &Response<T>) -> CacheMark {
+    match resp.extensions().get::<CacheStatus>() {
+        Some(CacheStatus::Hit | CacheStatus::Collapsed) => CacheMark::Hit,
+        Some(CacheStatus::Miss) => CacheMark::Miss,
+        Some(CacheStatus::Stale) => CacheMark::Stale,
+        None => CacheMark::None,
     }
 }
 
@@ -814,11 +824,10 @@ pub(crate) fn answer_plain(
     let taken = arrived.elapsed();
     target.metrics.done(w.status, taken);
     if let Some(log) = &conn.access_log {
-        let (pool, cache) = front_answer_marks(&target.backend);
         log.log(&AccessRecord {
             time: SystemTime::now(),
             site: &target.site,
-            pool: pool.map(|p| &**p),
+            pool: logged_pool(&target.backend).map(|p| &**p),
             client: conn.peer,
             server: conn.local,
             method: method.as_str(),
@@ -828,7 +837,7 @@ pub(crate) fn answer_plain(
             bytes_sent: w.body_bytes,
             bytes_received: 0,
             duration: taken,
-            cache,
+            cache: CacheMark::Hit,
             user_agent: head.user_agent,
             referer: head.referer,
             host: Some(head.host),
@@ -911,17 +920,18 @@ pub(crate) async fn answer_in_front(
             Peek::NotFresh => None,
         }
     });
-    let (status, body_bytes, file) = if let Some(entry) = cached {
+    let ((status, body_bytes, file), mark) = if let Some(entry) = cached {
         let w = crate::cache::write_http1(&entry, req.method(), req.headers(), close, arrived, out);
-        (w.status, w.body_bytes, None)
+        ((w.status, w.body_bytes, None), CacheMark::Hit)
     } else if let Some(root) = root
         && files
         && !target.compression
     {
         let resp = serve_static(req, root, &target, conn, key.clone()).await;
+        let mark = cache_mark(&resp);
         let head_only = req.method() == http::Method::HEAD;
         match write_static_head(resp, head_only, close, out) {
-            Some(sent) => sent,
+            Some(sent) => (sent, mark),
             None => {
                 out.clear();
                 return FrontAnswer::Serve(Routed {
@@ -938,11 +948,11 @@ pub(crate) async fn answer_in_front(
     };
     target.metrics.done(status, arrived.elapsed());
     let log = conn.access_log.as_ref().map(|log| {
-        let (pool, cache) = front_answer_marks(&target.backend);
         let site = target.site.clone();
-        let mut line = PendingLog::new(req, conn, log.clone(), site, pool.cloned());
+        let pool = logged_pool(&target.backend).cloned();
+        let mut line = PendingLog::new(req, conn, log.clone(), site, pool);
         line.status = status;
-        line.cache = cache;
+        line.cache = mark;
         line.bytes_sent = body_bytes;
         line
     });
@@ -1535,10 +1545,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
     let (site, pool, metrics) = match &routed {
         Ok(t) => (
             t.site.clone(),
-            match &t.backend {
-                Backend::Pool(p) => Some(p.settings.name.clone()),
-                Backend::Static(_) => None,
-            },
+            logged_pool(&t.backend).cloned(),
             Some(t.metrics.clone()),
         ),
         Err(_) => (crate::metrics::none_label(), None, None),
@@ -1565,12 +1572,7 @@ pub(crate) async fn serve_logged_routed<B: RequestBody>(
         Ok(mut resp) => {
             counted(resp.status());
             pending.status = resp.status().as_u16();
-            pending.cache = match resp.extensions().get::<CacheStatus>() {
-                Some(CacheStatus::Hit | CacheStatus::Collapsed) => CacheMark::Hit,
-                Some(CacheStatus::Miss) => CacheMark::Miss,
-                Some(CacheStatus::Stale) => CacheMark::Stale,
-                None => CacheMark::None,
-            };
+            pending.cache = cache_mark(&resp);
             let pending = start_tunnel(&mut resp, Some(pending));
             Ok(resp.map(|inner| LoggedBody { inner, pending }))
         }

@@ -54,6 +54,54 @@ fn w3c_lines_mark_cache_hits() {
     assert!(lines[1].contains("HIT"), "{}", lines[1]);
 }
 
+/// The last two W3C fields, `x-cache x-pool`, of `line`.
+fn cache_and_pool(line: &str) -> String {
+    let fields: Vec<&str> = line.split(' ').collect();
+    fields[fields.len() - 2..].join(" ")
+}
+
+/// A static root's small files go through the response cache: their lines say MISS and HIT
+/// as the answers' `x-cache` does, and name no pool. A worker URL's lines name its pool, also
+/// for a hit, which no worker took part in.
+#[test]
+fn static_and_worker_answers_are_logged_with_their_cache_status() {
+    // The root must exist when the config is loaded.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("public")).unwrap();
+    std::fs::write(dir.path().join("public/a.txt"), "hello\n").unwrap();
+    let text = format!(
+        "{}\n[cache]\nadmission = \"always\"\n\n[log]\nerror_log = \"error.log\"\naccess_log = \"access.log\"\n",
+        demo_config("")
+    )
+    .replace(
+        r#"app = [{ path = "/", pool = "demo" }]"#,
+        r#"app = [{ path = "/", pool = "demo" }, { path = "/static", root = "public" }]"#,
+    )
+    .replace("{demo}", demo_worker().to_str().unwrap());
+    let path = dir.path().join("keel.toml");
+    std::fs::write(&path, text).unwrap();
+    let d = Daemon::start_with(dir, &["serve", "--config", path.to_str().unwrap()]);
+    let mut sent = Vec::new();
+    for url in [
+        "/static/a.txt",
+        "/static/a.txt",
+        "/cached?ttl=60&id=w3c",
+        "/cached?ttl=60&id=w3c",
+    ] {
+        let r = get(d.addr(), url);
+        assert_eq!(r.status, 200, "{url}");
+        sent.push(r.header("x-cache").unwrap_or("-").to_owned());
+    }
+    assert_eq!(sent, ["MISS", "HIT", "MISS", "HIT"]);
+    let lines = wait_for_lines(&d, "access.log", 4);
+    let logged: Vec<String> = lines.iter().map(|l| cache_and_pool(l)).collect();
+    assert_eq!(
+        logged,
+        ["MISS -", "HIT -", "MISS demo", "HIT demo"],
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn combined_and_json_lines() {
     let d = start("combined");

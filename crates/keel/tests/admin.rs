@@ -288,6 +288,39 @@ fn invalidate_drops_cached_responses() {
     let _ = port;
 }
 
+/// A URL copied from a browser's address bar may end in `#fragment`, which no client sends:
+/// it is dropped, and the URL's entry goes.
+#[test]
+fn invalidate_drops_a_urls_fragment() {
+    let d = Daemon::start(&format!(
+        "[cache]\nadmission = \"always\"\n{}",
+        demo_config("")
+    ));
+    let fetch = |path: &str| get(d.addr(), path).header("x-cache").map(str::to_owned);
+    for path in ["/cached?ttl=60&id=a", "/cached?ttl=60&id=b"] {
+        assert_eq!(fetch(path).as_deref(), Some("MISS"));
+        assert_eq!(fetch(path).as_deref(), Some("HIT"));
+    }
+    let out = d.cli(&["invalidate", "http://localhost/cached?ttl=60&id=a#reviews"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("invalidated cache entries for url http://localhost/cached?ttl=60&id=a\n"),
+        "{out:?}"
+    );
+    assert_eq!(fetch("/cached?ttl=60&id=a").as_deref(), Some("MISS"));
+
+    let r = d.admin(
+        "POST",
+        "/cache/invalidate",
+        Some(r#"{"prefix": "http://localhost/cached?ttl=60&id=b#x"}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer: Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(answer["target"], "http://localhost/cached?ttl=60&id=b");
+    assert_eq!(fetch("/cached?ttl=60&id=b").as_deref(), Some("MISS"));
+}
+
 #[test]
 fn stop_waits_until_the_daemon_has_exited() {
     let mut d = Daemon::start(&demo_config("start = \"always\""));

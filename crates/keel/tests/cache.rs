@@ -778,3 +778,25 @@ fn an_answer_in_flight_when_its_pool_is_replaced_is_not_stored() {
     assert_eq!(get(a, slow).header("x-cache"), Some("HIT"));
     assert_eq!(count(a, "r"), 1);
 }
+
+/// A cache smaller than the default largest entry (256 KiB) stores no answer it could not
+/// keep: one larger than the whole cache is passed through, not stored and evicted at once
+/// (counted as an eviction, after its body was copied aside for nothing).
+#[test]
+fn a_small_cache_passes_larger_answers_through() {
+    let d = start("admission = \"always\"\nmax_bytes = \"100 KiB\"", "");
+    let a = d.addr();
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "MISS");
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "HIT");
+    for _ in 0..3 {
+        let r = get(a, "/cached?ttl=60&id=big&size=153600");
+        assert_eq!(r.body.len(), 153_600);
+        assert_eq!(r.header("x-cache"), Some("MISS"));
+    }
+    assert_eq!(x_cache(a, "/cached?ttl=60&id=small&size=1000"), "HIT");
+    // Time for the store's removals to be reported, if there were any.
+    std::thread::sleep(Duration::from_millis(300));
+    let cache = &d.admin_json("GET", "/status")["cache"];
+    assert_eq!(cache["evictions"], 0, "{cache}");
+    assert_eq!(cache["entries"], 1, "{cache}");
+}

@@ -147,7 +147,7 @@ pub struct InvalidateRequest {
 pub struct Invalidated {
     /// `url` or `prefix`.
     pub scope: String,
-    /// As the cache compares it (scheme and host lower-cased).
+    /// As the cache compares it (scheme and host lower-cased, without a `#fragment`).
     pub target: String,
 }
 

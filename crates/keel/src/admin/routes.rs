@@ -449,8 +449,10 @@ fn invalidate(body: json::InvalidateRequest) -> Response<Full<Bytes>> {
 }
 
 /// `url` as the cache keys it (`Cache::url`: scheme and host as keys hold them), a bare
-/// host given the path `/` when it names one URL.
+/// host given the path `/` when it names one URL. A `#fragment` is dropped, as a browser
+/// drops it before sending a request: no key has one.
 fn cache_url(url: &str, exact: bool) -> Option<String> {
+    let url = url.split_once('#').map_or(url, |(before, _)| before);
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     if !matches!(scheme.as_str(), "http" | "https") {
@@ -617,6 +619,19 @@ mod tests {
             cache_url("http://example.com", false).as_deref(),
             Some("http://example.com")
         );
+        assert_eq!(
+            cache_url("http://example.com/a?b=1#top", true).as_deref(),
+            Some("http://example.com/a?b=1")
+        );
+        assert_eq!(
+            cache_url("http://example.com#top", true).as_deref(),
+            Some("http://example.com/")
+        );
+        assert_eq!(
+            cache_url("http://example.com/blog/#x", false).as_deref(),
+            Some("http://example.com/blog/")
+        );
+        assert_eq!(cache_url("http://#top", true), None);
         assert_eq!(cache_url("/just/a/path", true), None);
         assert_eq!(cache_url("ftp://example.com/", true), None);
         assert_eq!(cache_url("http:///x", true), None);

@@ -498,6 +498,9 @@ fn read_cache(ck: &mut Checker<'_>, v: &Value<'_>) -> CacheConfig {
         && let Some(n) = ck.size(v, "cache.max_bytes", false)
     {
         cache.max_bytes = n;
+        // Unless given, an entry may be as large as the default or the whole cache,
+        // whichever is smaller: a larger one would be stored and evicted at once.
+        cache.max_entry_bytes = cache.max_entry_bytes.min(n);
     }
     if let Some(v) = t.get("max_entry_bytes")
         && let Some(n) = ck.size(v, "cache.max_entry_bytes", false)
@@ -1529,8 +1532,8 @@ fn read_static(
 ) -> Option<StaticConfig> {
     let root_key = format!("{key}.root");
     let v = t.get("root")?;
-    let text = ck.string(v, &root_key)?;
-    let root = base_dir.join(text);
+    // An empty root would be the config file's own directory (keel.toml, logs, tokens).
+    let root = read_path(ck, v, &root_key, base_dir)?;
     if !root.is_dir() {
         ck.report(
             &v.span(),

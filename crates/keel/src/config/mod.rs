@@ -269,7 +269,8 @@ pub struct CacheConfig {
     /// Bytes the cache may hold: keys, headers and bodies (HTTP.sys
     /// `UriMaxCacheMegabyteCount`; keel's default 256 MiB).
     pub max_bytes: u64,
-    /// Larger responses are not stored (HTTP.sys `UriMaxUriBytes`, 256 KiB).
+    /// Larger responses are not stored (HTTP.sys `UriMaxUriBytes`, 256 KiB); never more
+    /// than `max_bytes` (the default is lowered to a smaller `max_bytes`).
     pub max_entry_bytes: u64,
     pub admission: CacheAdmission,
     /// An entry not used for this long may be dropped (HTTP.sys `UriScavengerPeriod`, 120 s).

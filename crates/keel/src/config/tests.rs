@@ -819,6 +819,28 @@ fn an_app_needs_a_path_and_a_pool_that_exists() {
     );
 }
 
+/// An empty `root` would serve the config file's own directory (keel.toml, logs, an
+/// admin token): it is refused even where that directory exists; `"."` says it on purpose.
+#[test]
+fn a_static_root_must_not_be_empty() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let with_root = |root: &str| {
+        let app = format!(r#"{{ path = "/", pool = "demo" }}, {{ path = "/r", root = "{root}" }}"#);
+        let text = MINIMAL.replace(r#"{ path = "/", pool = "demo" }"#, &app);
+        load_str(&text, ConfigSource::File("keel.toml".into()), dir)
+    };
+    let err = with_root("").expect_err("an empty root loaded").to_string();
+    assert!(
+        err.contains("keel.toml:5: site[0].app[1].root: must not be empty"),
+        "{err}"
+    );
+    let config = with_root(".").unwrap();
+    match &config.sites[0].apps[1].serve {
+        AppServe::Static(files) => assert_eq!(files.root, dir.join(".")),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn two_sites_may_share_a_port_but_not_a_binding_and_path() {
     let second = |binding: &str, path: &str| {
@@ -1506,5 +1528,32 @@ fn daemon_threads_is_auto_or_a_count() {
     assert_error(
         &with("1.5"),
         "keel.toml:2: daemon.threads: must be an integer from 1 to 256",
+    );
+}
+
+/// `max_entry_bytes` never exceeds `max_bytes`: given, it is checked; left out, the default
+/// (256 KiB) is lowered to a smaller cache, whose entries could not be kept otherwise.
+#[test]
+fn cache_max_entry_bytes_is_at_most_max_bytes() {
+    let cache = |lines: &str| load(&format!("[cache]\n{lines}\n{MINIMAL}")).unwrap().cache;
+    let entry_bytes = |lines: &str| cache(lines).max_entry_bytes;
+    let defaults = load(MINIMAL).unwrap().cache;
+    assert_eq!(defaults.max_bytes, 256 << 20);
+    assert_eq!(defaults.max_entry_bytes, 256 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"1 MiB\""), 256 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"100 KiB\""), 100 << 10);
+    assert_eq!(entry_bytes("max_bytes = \"256 KiB\""), 256 << 10);
+    assert_eq!(
+        entry_bytes("max_bytes = \"100 KiB\"\nmax_entry_bytes = \"10 KiB\""),
+        10 << 10
+    );
+    assert_eq!(
+        entry_bytes("max_entry_bytes = \"100 KiB\"\nmax_bytes = \"100 KiB\""),
+        100 << 10
+    );
+    assert_eq!(entry_bytes("max_entry_bytes = \"1 MiB\""), 1 << 20);
+    assert_error(
+        &format!("[cache]\nmax_bytes = \"100 KiB\"\nmax_entry_bytes = \"200 KiB\"\n{MINIMAL}"),
+        "keel.toml:3: cache.max_entry_bytes: must not exceed cache.max_bytes (102400 bytes)",
     );
 }

@@ -136,7 +136,8 @@ pub struct AccessRecord<'a> {
     pub time: SystemTime,
     /// The site name.
     pub site: &'a str,
-    /// The application pool; `None` when no pool took part (cache hit, routing failure).
+    /// The application pool of the URL, also for a cache hit; `None` for a static root's
+    /// answer or a request routed nowhere.
     pub pool: Option<&'a str>,
     pub client: SocketAddr,
     /// The local address the request arrived on.
