@@ -9,6 +9,8 @@
 //! `KEEL_DEMO_START_DELAY_MS=N` sleeps N ms; `KEEL_DEMO_FAIL_FILE=PATH`, if that file holds
 //! `fail`, exits with status 1, and if it holds `hang`, sleeps for ever (never says HELLO).
 //!
+//! `/events?n=N&ms=M` streams N server-sent events, one every M ms.
+//!
 //! `/ws` is a WebSocket echo (text and binary messages up to 1 MiB); `/ws?flood=N` instead
 //! sends N bytes in 64 KiB binary messages without reading, then closes; `/ws-open` tells how
 //! many WebSocket sessions this process has open.
@@ -81,6 +83,24 @@ fn start_up_switches() {
         }
         _ => {}
     }
+}
+
+/// `/events?n=N&ms=M`: a server-sent event stream of N events (about 130 bytes each), the
+/// first at once and then one every M ms, of unknown length.
+fn events(query: &str) -> Response<DemoBody> {
+    let n = param(query, "n").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let ms = param(query, "ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut res = Response::new(DemoBody::Events {
+        left: n,
+        sent: 0,
+        every: Duration::from_millis(ms),
+        next: None,
+    });
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    res
 }
 
 /// Blocks the calling thread for good.
@@ -202,6 +222,7 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
             );
             res
         }
+        (&Method::GET, "/events") => events(query),
         (&Method::GET, "/hang") => hang(),
         (&Method::GET, "/alloc") => alloc(query),
         (&Method::GET, "/whoami") => whoami(),
@@ -538,7 +559,16 @@ async fn ws_session(io: keel_worker::upgrade::Upgraded, flood: Option<u64>) {
 enum DemoBody {
     Full(Option<Bytes>),
     Echo(Body),
-    Big { remaining: u64 },
+    Big {
+        remaining: u64,
+    },
+    /// `/events`: `left` more events, the next when `next` fires.
+    Events {
+        left: u32,
+        sent: u32,
+        every: Duration,
+        next: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
 }
 
 impl http_body::Body for DemoBody {
@@ -560,6 +590,24 @@ impl http_body::Body for DemoBody {
                 *remaining -= n as u64;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
             }
+            DemoBody::Events {
+                left,
+                sent,
+                every,
+                next,
+            } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                if let Some(sleep) = next {
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                }
+                *next = Some(Box::pin(tokio::time::sleep(*every)));
+                *left -= 1;
+                *sent += 1;
+                let event = format!("id: {sent}\ndata: {}\n\n", "event ".repeat(20));
+                Poll::Ready(Some(Ok(Frame::data(event.into()))))
+            }
         }
     }
 
@@ -568,6 +616,7 @@ impl http_body::Body for DemoBody {
             DemoBody::Full(body) => body.is_none(),
             DemoBody::Echo(body) => body.is_end_stream(),
             DemoBody::Big { remaining } => *remaining == 0,
+            DemoBody::Events { left, .. } => *left == 0,
         }
     }
 
@@ -578,6 +627,7 @@ impl http_body::Body for DemoBody {
             }
             DemoBody::Echo(body) => body.size_hint(),
             DemoBody::Big { remaining } => SizeHint::with_exact(*remaining),
+            DemoBody::Events { .. } => SizeHint::default(),
         }
     }
 }

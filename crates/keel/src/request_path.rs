@@ -431,6 +431,13 @@ pub const STATIC_CACHE_TTL: u32 = 5;
 /// or unknown-length bodies are compressed as they stream and are not cached.
 const COMPRESS_WHOLE_MAX: u64 = 1 << 20;
 
+/// A body read to be compressed whole is streamed instead when its next part is this slow
+/// to come (a server-sent event stream, a long poll), or when it has not ended this long
+/// after its first part was awaited: what was read goes out at once, and the rest as it
+/// comes.
+const COMPRESS_WHOLE_GAP: Duration = Duration::from_millis(50);
+const COMPRESS_WHOLE_WAIT: Duration = Duration::from_millis(500);
+
 /// An app served from a static root: through the response cache like any response. `key`:
 /// the request's cache key, when a caller has built it already.
 async fn serve_static<B>(
@@ -545,8 +552,9 @@ fn identity_len(resp: &Response<ResponseBody>, method: &http::Method) -> Option<
 }
 
 /// Compresses the body of a 200 whose fields describe its compressed form already: whole
-/// when it is complete or ends within [`COMPRESS_WHOLE_MAX`] (so that the cache can keep the
-/// compressed variant), as it streams otherwise. `len`: its identity length, when known.
+/// when it is complete or ends within [`COMPRESS_WHOLE_MAX`] and without a pause (so that
+/// the cache can keep the compressed variant; see [`COMPRESS_WHOLE_GAP`]), as it streams
+/// otherwise. `len`: its identity length, when known.
 /// Returns whether the body is now complete in memory.
 async fn compress_body(resp: &mut Response<ResponseBody>, enc: Encoding, len: Option<u64>) -> bool {
     let whole = match resp.body_mut() {
@@ -556,8 +564,16 @@ async fn compress_body(resp: &mut Response<ResponseBody>, enc: Encoding, len: Op
             let mut taken = std::mem::replace(body, ResponseBody::Full(None));
             let mut chunks = Vec::new();
             let mut total = 0u64;
+            let give_up = tokio::time::Instant::now() + COMPRESS_WHOLE_WAIT;
             let ended = loop {
-                match taken.frame().await {
+                let wait = give_up
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(COMPRESS_WHOLE_GAP);
+                // `frame()` holds no data while pending: dropping it on time-out loses none.
+                let Ok(next) = tokio::time::timeout(wait, taken.frame()).await else {
+                    break false;
+                };
+                match next {
                     None => break true,
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {

@@ -592,3 +592,42 @@ fn spellings_of_one_coding_share_its_cached_variant() {
         assert_eq!(fetch(ae), hit(None), "{ae}");
     }
 }
+
+/// A stream of unknown length (server-sent events) is compressed as it flows: each event
+/// reaches the client when the worker sends it, not when the stream ends.
+#[test]
+fn a_slow_stream_is_compressed_without_being_held_back() {
+    use std::io::{BufReader, Write};
+    use std::time::Instant;
+    let d = start("", &[]);
+    let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let asked = Instant::now();
+    // Four events 1.5 s apart: the stream ends 4.5 s after it begins.
+    s.write_all(
+        b"GET /events?n=4&ms=1500 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The head and the first event's compressed bytes.
+    let first_event_at = loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n")
+            && seen.len() > end + 4 + 20
+        {
+            break asked.elapsed();
+        }
+    };
+    let mut r = BufReader::new(std::io::Cursor::new(seen).chain(s));
+    let resp = read_response(&mut r).expect("a response");
+    assert_eq!(resp.header("content-encoding"), Some("gzip"), "{resp:?}");
+    let text = String::from_utf8(gunzip(&resp.body)).unwrap();
+    assert_eq!(text.matches("data: ").count(), 4, "{text}");
+    assert!(
+        first_event_at < Duration::from_millis(3000),
+        "the first event arrived after {first_event_at:?}, with the stream's end"
+    );
+}
