@@ -151,8 +151,13 @@ fn parse_q(s: &str) -> Option<f32> {
 }
 
 /// The coding to compress a response to a request with `headers` with, or `None` for
-/// identity.
+/// identity. A request with `Range` gets identity: its range is of the identity bytes,
+/// whether its answer is a 206 made here (from a file or a cache entry) or the whole 200
+/// (and the cache keys such a request by the identity variant).
 pub fn choose(headers: &HeaderMap) -> Option<Encoding> {
+    if headers.contains_key(header::RANGE) {
+        return None;
+    }
     AcceptEncoding::of(headers).ranked().first().copied()
 }
 

@@ -499,8 +499,14 @@ impl Conditions {
                 fields.append(name.clone(), value.clone());
             }
         }
+        // A range is of the identity bytes (`compress::choose`): no precompressed sibling.
+        let accept_encoding = if h.contains_key(header::RANGE) {
+            AcceptEncoding::default()
+        } else {
+            AcceptEncoding::of(h)
+        };
         Conditions {
-            accept_encoding: AcceptEncoding::of(h),
+            accept_encoding,
             fields,
         }
     }

@@ -188,6 +188,15 @@ fn precompressed_sibling_is_served_as_is() {
     let r = request(&d, "/static/app.js", "");
     assert_eq!(r.header("content-encoding"), None);
     assert_eq!(r.text(), "body of app.js, compressed ahead of time");
+    // A range is of the identity bytes, whatever the client accepts.
+    let r = request(
+        &d,
+        "/static/app.js",
+        "Accept-Encoding: br\r\nRange: bytes=0-3\r\n",
+    );
+    assert_eq!(r.status, 206, "{r:?}");
+    assert_eq!(r.header("content-encoding"), None, "{r:?}");
+    assert_eq!(r.text(), "body");
 }
 
 fn compress_br(data: &[u8]) -> Vec<u8> {
@@ -630,4 +639,25 @@ fn a_slow_stream_is_compressed_without_being_held_back() {
         first_event_at < Duration::from_millis(3000),
         "the first event arrived after {first_event_at:?}, with the stream's end"
     );
+}
+
+/// On a compressing site, a range of a worker's cacheable answer is of its identity bytes,
+/// as a static file's is: from the miss as from the hit, while the same URL without `Range`
+/// is still answered compressed.
+#[test]
+fn a_range_of_a_compressed_worker_answer_is_of_its_identity_bytes() {
+    let d = start("", &[]);
+    let url = "/cached?ttl=60&id=rg&size=5000";
+    for want in ["MISS", "HIT"] {
+        let r = request(&d, url, "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n");
+        assert_eq!(r.status, 206, "{r:?}");
+        assert_eq!(r.header("content-encoding"), None, "{r:?}");
+        assert_eq!(r.header("content-range"), Some("bytes 0-9/5000"), "{r:?}");
+        assert_eq!(r.body, b"cccccccccc", "{r:?}");
+        assert_eq!(r.header("x-cache"), Some(want), "{r:?}");
+    }
+    let r = request(&d, url, "Accept-Encoding: gzip\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"), "{r:?}");
+    assert_eq!(gunzip(&r.body), vec![b'c'; 5000]);
 }

@@ -120,13 +120,16 @@ impl VarySpec {
         let mut out = Vec::new();
         for name in &self.names {
             out.extend_from_slice(name.as_str().as_bytes());
-            out.push(b':');
             if self.coding_chosen_here && name == header::ACCEPT_ENCODING {
+                out.push(b':');
                 let coding = crate::compress::choose(req).map_or("identity", |e| e.as_str());
                 out.extend_from_slice(coding.as_bytes());
                 out.push(b'\n');
                 continue;
             }
+            // An absent field is told from an empty one (RFC 9111 §4.1: absent matches
+            // absent only).
+            out.push(if req.contains_key(name) { b':' } else { b'!' });
             let mut first = true;
             for v in req.get_all(name) {
                 if !first {

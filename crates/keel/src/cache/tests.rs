@@ -164,6 +164,34 @@ fn vary_keeps_variants_apart() {
     );
 }
 
+/// RFC 9111 §4.1: a field the response varies on that the request lacks matches only a
+/// request that lacks it too, not one that sends it empty.
+#[test]
+fn an_absent_varied_field_is_not_an_empty_one() {
+    let c = cache(CacheAdmission::Always, 1 << 20);
+    let resp = headers(&[
+        ("cache-control", "public, max-age=60"),
+        ("vary", "Accept-Language"),
+    ]);
+    let none = HeaderMap::new();
+    let empty = headers(&[("accept-language", "")]);
+    put(&c, "http://a/l", &none, &resp, "p", b"absent");
+    assert_eq!(
+        hit(&c, "http://a/l", &none).as_deref(),
+        Some(&b"absent"[..])
+    );
+    assert!(hit(&c, "http://a/l", &empty).is_none());
+    put(&c, "http://a/l", &empty, &resp, "p", b"empty");
+    assert_eq!(
+        hit(&c, "http://a/l", &empty).as_deref(),
+        Some(&b"empty"[..])
+    );
+    assert_eq!(
+        hit(&c, "http://a/l", &none).as_deref(),
+        Some(&b"absent"[..])
+    );
+}
+
 #[test]
 fn frequent_admission_stores_on_the_second_request() {
     let c = cache(CacheAdmission::Frequent, 1 << 20);
