@@ -75,6 +75,18 @@ pub fn check<'r, B>(
     }
     check_framing(parts.headers)?;
     check_host(&parts)?;
+    // An absolute-form target names the resource: keel serves `http` and `https` ones only
+    // (RFC 9112 §3.2.2; another scheme is a proxy's business).
+    if let Some(scheme) = parts.uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            Reason::Url,
+            "Bad Request (Invalid URL)\n",
+        ));
+    }
     let target = parts
         .uri
         .path_and_query()
