@@ -871,7 +871,7 @@ pub(crate) enum FrontAnswer {
     /// The whole answer was appended to `out`.
     Written,
     /// The head was appended to `out`; these bytes of the file follow it, and then the
-    /// access-log line (bytes sent are known only then).
+    /// access-log line (bytes sent are known only then: `log` counts none of the file's).
     File {
         file: Arc<std::fs::File>,
         offset: u64,
@@ -1013,7 +1013,7 @@ fn write_static_head(
         return Some((status.as_u16(), 0, None));
     }
     out.extend_from_slice(&bytes);
-    Some((status.as_u16(), len, file))
+    Some((status.as_u16(), bytes.len() as u64, file))
 }
 
 impl CacheCtx {

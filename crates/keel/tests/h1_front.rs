@@ -422,7 +422,7 @@ fn a_client_that_stops_reading_a_static_file_is_cut_by_min_send_rate() {
     let big = std::fs::File::create(d.dir.path().join("files/big.bin")).unwrap();
     big.set_len(200 * 1024 * 1024).unwrap();
     let (mut s, _r) = connect(d.addr());
-    s.write_all(b"GET /files/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /files/big.bin?slow=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let t = Instant::now();
     loop {
@@ -439,6 +439,111 @@ fn a_client_that_stops_reading_a_static_file_is_cut_by_min_send_rate() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The cut answer has its access-log line, with the bytes the socket took.
+    let (status, bytes) = logged_status_and_bytes(&d, "slow=1");
+    assert_eq!(status, 200);
+    assert!(bytes < 200 * 1024 * 1024, "{bytes} bytes logged");
     // The daemon still serves.
     assert_eq!(get(d.addr(), "/").status, 200);
+}
+
+/// The `sc-status` and `sc-bytes` of the W3C access-log line whose `cs-uri-query` is `query`,
+/// waited for (10 s at most).
+fn logged_status_and_bytes(d: &Daemon, query: &str) -> (u16, u64) {
+    let path = d.dir.path().join("access.log");
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let fields: Vec<&str> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#Fields: "))
+            .map(|f| f.split(' ').collect())
+            .unwrap_or_default();
+        let at = |name: &str| fields.iter().position(|f| *f == name);
+        if let (Some(q), Some(status), Some(bytes)) =
+            (at("cs-uri-query"), at("sc-status"), at("sc-bytes"))
+        {
+            let line = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(' ').collect::<Vec<_>>())
+                .find(|l| l.get(q) == Some(&query));
+            if let Some(line) = line {
+                return (line[status].parse().unwrap(), line[bytes].parse().unwrap());
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no access-log line for ?{query}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client that leaves while a static file is being sent (by sendfile) still gets its
+/// access-log line, as nginx logs an aborted request: the status sent and the bytes the socket
+/// took, fewer than the answer's. The whole file and a range alike.
+#[test]
+fn a_static_file_cut_by_the_client_is_logged_with_the_bytes_sent() {
+    let d = start_files("", &[]);
+    let size = 200 * 1024 * 1024;
+    let big = std::fs::File::create(d.dir.path().join("files/big.bin")).unwrap();
+    // Sparse: far more than the socket buffers hold, so the client leaves mid-file.
+    big.set_len(size).unwrap();
+    for (query, range, status) in [
+        ("abort=1", "", 200),
+        ("abort=2", "Range: bytes=1000-\r\n", 206),
+    ] {
+        let (mut s, mut r) = connect(d.addr());
+        s.write_all(
+            format!("GET /files/big.bin?{query} HTTP/1.1\r\nHost: x\r\n{range}\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut first = vec![0u8; 64 * 1024];
+        r.read_exact(&mut first).unwrap();
+        let status_line = format!("HTTP/1.1 {status} ");
+        assert!(first.starts_with(status_line.as_bytes()), "{query}");
+        // Closed with unread bytes: the server's next send fails (reset).
+        drop((s, r));
+        let (logged, bytes) = logged_status_and_bytes(&d, query);
+        assert_eq!(logged, status, "{query}");
+        assert!(
+            bytes > 0 && bytes < size - 1000,
+            "{query}: {bytes} bytes logged"
+        );
+    }
+}
+
+/// A file that shrinks while it is sent ends its answer early (the promised length cannot be
+/// kept: the connection closes) and still gets its access-log line, with the bytes sent.
+#[test]
+fn a_static_file_that_shrinks_while_sent_is_logged_with_the_bytes_sent() {
+    let d = start_files("", &[]);
+    let size = 200 * 1024 * 1024;
+    let file = std::fs::File::create(d.dir.path().join("files/shrinks.bin")).unwrap();
+    file.set_len(size).unwrap();
+    let (mut s, mut r) = connect(d.addr());
+    s.write_all(b"GET /files/shrinks.bin?shrink=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    r.read_exact(&mut buf).unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200 "));
+    file.set_len(1024 * 1024).unwrap();
+    // The client reads on until the server closes the connection.
+    let mut got = buf.len() as u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    }
+    assert!(got < size, "{got} bytes arrived");
+    let (status, bytes) = logged_status_and_bytes(&d, "shrink=1");
+    assert_eq!(status, 200);
+    assert!(bytes > 0 && bytes < size, "{bytes} bytes logged");
+    assert!(
+        bytes <= got,
+        "{bytes} bytes logged, {got} arrived with the head"
+    );
 }

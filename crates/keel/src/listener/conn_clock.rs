@@ -309,12 +309,15 @@ pub trait SendFile {
 
     /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`, waiting for the socket
     /// as needed; the clock sees the bytes and the blocked writes as for any write. An
-    /// `UnexpectedEof` error: the file ended early (it shrank since it was opened).
+    /// `UnexpectedEof` error: the file ended early (it shrank since it was opened). `sent`
+    /// grows by each call's bytes as they go, so it holds what the socket took also when
+    /// this fails or is dropped part way (the access log's bytes sent).
     fn send_file(
         &mut self,
         file: &std::fs::File,
         offset: u64,
         len: u64,
+        sent: &mut u64,
     ) -> impl std::future::Future<Output = io::Result<()>> + Send;
 }
 
@@ -327,20 +330,27 @@ impl SendFile for ClockedIo<tokio::net::TcpStream> {
         let _ = rustix::net::sockopt::set_tcp_cork(&self.inner, on);
     }
 
-    async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    async fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+        sent: &mut u64,
+    ) -> io::Result<()> {
         let (mut at, end) = (offset, offset + len);
         while at < end {
             // sendfile(2) moves at most about 2 GiB per call.
             let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 30);
-            let sent = self.inner.try_io(tokio::io::Interest::WRITABLE, || {
+            let moved = self.inner.try_io(tokio::io::Interest::WRITABLE, || {
                 let mut from = at;
                 rustix::fs::sendfile(&self.inner, file, Some(&mut from), want)
                     .map_err(io::Error::from)
             });
-            match sent {
+            match moved {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     at += n as u64;
+                    *sent += n as u64;
                     self.clock.on_write(&Poll::Ready(Ok(n)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -361,7 +371,13 @@ impl<S: Send> SendFile for tokio_rustls::server::TlsStream<S> {
 
     fn cork(&self, _: bool) {}
 
-    async fn send_file(&mut self, _: &std::fs::File, _: u64, _: u64) -> io::Result<()> {
+    async fn send_file(
+        &mut self,
+        _: &std::fs::File,
+        _: u64,
+        _: u64,
+        _: &mut u64,
+    ) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 }

@@ -239,12 +239,40 @@ where
 /// A static file's range, and its access-log line, written after an answer's head.
 type FileAfter = (Arc<std::fs::File>, u64, u64, Option<Box<PendingLog>>);
 
-/// Writes an answer prepared in `out`, then `file` after it (under `TCP_CORK`, its log line
-/// once it is sent). `Err` is how the connection ends instead.
+/// Writes an answer prepared in `out`, then `file` after it (under `TCP_CORK`), then the
+/// file's access-log line. `Err` is how the connection ends instead.
 async fn finish<S, E>(
     io: &mut S,
     out: &[u8],
     file: Option<FileAfter>,
+    ctx: &ConnContext,
+    expired: &mut Pin<&mut E>,
+) -> Result<(), Front>
+where
+    S: AsyncWrite + SendFile + Unpin,
+    E: std::future::Future<Output = Reason>,
+{
+    let Some((file, offset, len, log)) = file else {
+        return write_out(io, out, None, &mut 0, ctx, expired).await;
+    };
+    let mut sent = 0;
+    let ended = write_out(io, out, Some((&file, offset, len)), &mut sent, ctx, expired).await;
+    // Also for an answer cut short (the client left, the file shrank, a timer fired): the
+    // line has the status sent and the file's bytes the socket took, as a body cut under
+    // hyper has its line (`LoggedBody`).
+    if let Some(mut log) = log {
+        log.bytes_sent += sent;
+        log.write();
+    }
+    ended
+}
+
+/// [`finish`]'s writes: `out`, then the file's range, counting its bytes in `sent`.
+async fn write_out<S, E>(
+    io: &mut S,
+    out: &[u8],
+    file: Option<(&std::fs::File, u64, u64)>,
+    sent: &mut u64,
     ctx: &ConnContext,
     expired: &mut Pin<&mut E>,
 ) -> Result<(), Front>
@@ -262,10 +290,10 @@ where
         },
         reason = expired.as_mut() => return Err(Front::Expired(reason)),
     }
-    if let Some((file, offset, len, log)) = file {
+    if let Some((file, offset, len)) = file {
         tokio::select! {
             biased;
-            sent = io.send_file(&file, offset, len) => if let Err(e) = sent {
+            done = io.send_file(file, offset, len, sent) => if let Err(e) = done {
                 // The client went away, or the file shrank under its Content-Length: the
                 // answer is cut, as under hyper.
                 tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
@@ -274,9 +302,6 @@ where
             reason = expired.as_mut() => return Err(Front::Expired(reason)),
         }
         io.cork(false);
-        if let Some(log) = log {
-            log.write();
-        }
     }
     Ok(())
 }
