@@ -343,7 +343,8 @@ fn counter(id: &str, add: bool) -> u64 {
 /// `/cached?ttl=N&id=X[&size=B]`: `Cache-Control: public, max-age=N` (B bytes of body);
 /// `/cookie` adds Set-Cookie; `/private` is private; `/vary` varies on Accept-Encoding (the
 /// body says which it got); `/varystar` has `Vary: *`; `/slow-cached?ms=N` waits first;
-/// `/etag` has an ETag and a Last-Modified; `/status?code=C&cache=ttl:N|until` answers C
+/// `/etag` has an ETag and a Last-Modified (with `lm=now`, the `Date` of the answer, also
+/// sent: a Last-Modified that is no strong validator); `/status?code=C&cache=ttl:N|until` answers C
 /// with the worker cache policy and no cache headers. `cc=V` on any of them sends
 /// `Cache-Control: V` instead (as written in the query: no percent-decoding).
 async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<DemoBody> {
@@ -392,10 +393,15 @@ async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<D
         }
         "/etag" => {
             h.insert(ETAG, HeaderValue::from_static("\"v1\""));
-            h.insert(
-                LAST_MODIFIED,
-                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
-            );
+            let modified = if param(query, "lm") == Some("now") {
+                let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+                let now = HeaderValue::from_str(&now).expect("an HTTP-date is a field value");
+                h.insert(http::header::DATE, now.clone());
+                now
+            } else {
+                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT")
+            };
+            h.insert(LAST_MODIFIED, modified);
             *res.body_mut() = DemoBody::Full(Some(Bytes::from_static(
                 b"0123456789abcdefghijklmnopqrstuvwxyz",
             )));
