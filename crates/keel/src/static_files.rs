@@ -778,6 +778,7 @@ impl StaticRoot {
             len: Some(variant.len),
             encoded: variant.encoding.is_some(),
             no_transform: false,
+            compressed_before: false,
         });
         Some(answer)
     }
