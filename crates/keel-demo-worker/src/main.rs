@@ -11,6 +11,10 @@
 //!
 //! `/events?n=N&ms=M` streams N server-sent events, one every M ms.
 //!
+//! `/validated` validates itself: 2 KiB of text with `ETag: "abc"` (and nothing that lets a
+//! cache store it); to an `If-None-Match` naming that tag (weak comparison, or `*`) it
+//! answers 304 with the ETag alone, no `Content-Type` (RFC 9110 §15.4.5).
+//!
 //! `/ws` is a WebSocket echo (text and binary messages up to 1 MiB); `/ws?flood=N` instead
 //! sends N bytes in 64 KiB binary messages without reading, then closes; `/ws-open` tells how
 //! many WebSocket sessions this process has open.
@@ -100,6 +104,32 @@ fn events(query: &str) -> Response<DemoBody> {
     });
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    res
+}
+
+/// `/validated` (see the module comment).
+fn validated(req: &Request<Body>) -> Response<DemoBody> {
+    const TAG: &str = "\"abc\"";
+    let names_it = req
+        .headers()
+        .get_all(http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(|tag| tag.trim())
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == TAG);
+    let mut res = if names_it {
+        let mut res = Response::new(DemoBody::Full(None));
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
+    } else {
+        text(
+            StatusCode::OK,
+            "validated by the worker\n".repeat(90).into(),
+        )
+    };
+    res.headers_mut()
+        .insert(http::header::ETAG, HeaderValue::from_static(TAG));
     res
 }
 
@@ -223,6 +253,7 @@ async fn route(req: Request<Body>) -> Response<DemoBody> {
             res
         }
         (&Method::GET, "/events") => events(query),
+        (&Method::GET, "/validated") => validated(&req),
         (&Method::GET, "/hang") => hang(),
         (&Method::GET, "/alloc") => alloc(query),
         (&Method::GET, "/whoami") => whoami(),
@@ -343,7 +374,8 @@ fn counter(id: &str, add: bool) -> u64 {
 /// `/cached?ttl=N&id=X[&size=B]`: `Cache-Control: public, max-age=N` (B bytes of body);
 /// `/cookie` adds Set-Cookie; `/private` is private; `/vary` varies on Accept-Encoding (the
 /// body says which it got); `/varystar` has `Vary: *`; `/slow-cached?ms=N` waits first;
-/// `/etag` has an ETag and a Last-Modified; `/status?code=C&cache=ttl:N|until` answers C
+/// `/etag` has an ETag and a Last-Modified (with `lm=now`, the `Date` of the answer, also
+/// sent: a Last-Modified that is no strong validator); `/status?code=C&cache=ttl:N|until` answers C
 /// with the worker cache policy and no cache headers. `cc=V` on any of them sends
 /// `Cache-Control: V` instead (as written in the query: no percent-decoding).
 async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<DemoBody> {
@@ -392,10 +424,15 @@ async fn cache_route(req: &Request<Body>, path: &str, query: &str) -> Response<D
         }
         "/etag" => {
             h.insert(ETAG, HeaderValue::from_static("\"v1\""));
-            h.insert(
-                LAST_MODIFIED,
-                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
-            );
+            let modified = if param(query, "lm") == Some("now") {
+                let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+                let now = HeaderValue::from_str(&now).expect("an HTTP-date is a field value");
+                h.insert(http::header::DATE, now.clone());
+                now
+            } else {
+                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT")
+            };
+            h.insert(LAST_MODIFIED, modified);
             *res.body_mut() = DemoBody::Full(Some(Bytes::from_static(
                 b"0123456789abcdefghijklmnopqrstuvwxyz",
             )));

@@ -216,6 +216,9 @@ pub struct Representation {
     /// Its `Cache-Control` says `no-transform`: nothing between the origin and the client may
     /// change its coding (RFC 9110 §7.7, RFC 9111 §5.2.2.6).
     pub no_transform: bool,
+    /// Known to be worth compressing though its type is not told: the client holds a variant
+    /// of it that keel compressed ([`Representation::of_not_modified`]).
+    pub compressed_before: bool,
 }
 
 impl Representation {
@@ -226,8 +229,37 @@ impl Representation {
             len,
             encoded: headers.contains_key(header::CONTENT_ENCODING),
             no_transform: crate::header_list::lists(headers, header::CACHE_CONTROL, "no-transform"),
+            compressed_before: false,
         }
     }
+
+    /// The representation a worker's 304 with fields `headers`, to a request with fields
+    /// `request`, is about. A 304 need not say its type (RFC 9110 §15.4.5 lists the fields it
+    /// sends, and `Content-Type` is not one of them): one that does is judged by it, as its
+    /// 200 is. One that does not is taken as worth compressing when the request's
+    /// `If-None-Match` names the weak form of the 304's strong `ETag` (`W/"x"` for `"x"`): the
+    /// tag keel gives a compressed variant it made, so the client holds one, and its 304
+    /// says what that 200 said (weak `ETag`, `Vary: Accept-Encoding`). Otherwise nothing tells
+    /// and the 304 is sent as it is.
+    pub fn of_not_modified(headers: &HeaderMap, request: &HeaderMap) -> Self {
+        let mut rep = Representation::of(headers, None);
+        rep.compressed_before = rep.content_type.is_none()
+            && headers
+                .get(header::ETAG)
+                .is_some_and(|tag| holds_weakened(request, tag.as_bytes()));
+        rep
+    }
+}
+
+/// Whether `request`'s `If-None-Match` lists the strong entity-tag `tag` made weak.
+fn holds_weakened(request: &HeaderMap, tag: &[u8]) -> bool {
+    tag.first() == Some(&b'"')
+        && request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(crate::header_list::entity_tags)
+            .flatten()
+            .any(|(weak, listed)| weak && listed == tag)
 }
 
 /// A response extension: keel alone chose this answer's coding from the request's
@@ -253,7 +285,9 @@ pub enum Plan {
 impl Plan {
     /// The plan for a request with fields `request` whose answer is about `rep`.
     pub fn decide(request: &HeaderMap, rep: &Representation) -> Plan {
-        if rep.no_transform || !compressible(rep.content_type.as_ref(), rep.len, rep.encoded) {
+        let worth =
+            rep.compressed_before || compressible(rep.content_type.as_ref(), rep.len, rep.encoded);
+        if rep.no_transform || rep.encoded || !worth {
             return Plan::AsIs;
         }
         choose(request).map_or(Plan::Identity, Plan::Encode)
@@ -723,6 +757,84 @@ mod tests {
         assert!(no_transform.no_transform);
         for rep in [small, encoded, no_transform] {
             assert_eq!(Plan::decide(&gzip, &rep), Plan::AsIs, "{rep:?}");
+        }
+    }
+
+    #[test]
+    fn a_workers_304_without_a_type_is_compressible_when_the_client_holds_a_weakened_tag() {
+        use Encoding::*;
+        let fields = |list: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for &(name, value) in list {
+                h.append(header::HeaderName::from_static(name), hv(value));
+            }
+            h
+        };
+        let strong = fields(&[("etag", "\"abc\"")]);
+        // The 304's fields, the request's, the plan.
+        type Row = (HeaderMap, HeaderMap, Plan);
+        let rows: Vec<Row> = vec![
+            (
+                strong.clone(),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "W/\"abc\"")]),
+                Plan::Encode(Gzip),
+            ),
+            (
+                strong.clone(),
+                fields(&[
+                    ("accept-encoding", "br"),
+                    ("if-none-match", "\"x\", W/\"abc\""),
+                ]),
+                Plan::Encode(Br),
+            ),
+            // It holds a compressed variant but takes none now: the 200 would be identity.
+            (
+                strong.clone(),
+                fields(&[("if-none-match", "W/\"abc\"")]),
+                Plan::Identity,
+            ),
+            // The strong tag: the identity variant, or nothing keel made; nothing tells.
+            (
+                strong.clone(),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "\"abc\"")]),
+                Plan::AsIs,
+            ),
+            (
+                strong.clone(),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "W/\"abd\"")]),
+                Plan::AsIs,
+            ),
+            (
+                strong.clone(),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "*")]),
+                Plan::AsIs,
+            ),
+            // The worker's own weak tag: keel's weakening cannot be told from it.
+            (
+                fields(&[("etag", "W/\"abc\"")]),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "W/\"abc\"")]),
+                Plan::AsIs,
+            ),
+            // A type, when the 304 gives one, decides as for a 200.
+            (
+                fields(&[("etag", "\"abc\""), ("content-type", "image/png")]),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "W/\"abc\"")]),
+                Plan::AsIs,
+            ),
+            (
+                fields(&[("etag", "\"abc\""), ("content-type", "text/css")]),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "\"abc\"")]),
+                Plan::Encode(Gzip),
+            ),
+            (
+                fields(&[("etag", "\"abc\""), ("cache-control", "no-transform")]),
+                fields(&[("accept-encoding", "gzip"), ("if-none-match", "W/\"abc\"")]),
+                Plan::AsIs,
+            ),
+        ];
+        for (i, (answer, request, want)) in rows.iter().enumerate() {
+            let rep = Representation::of_not_modified(answer, request);
+            assert_eq!(Plan::decide(request, &rep), *want, "row {i}: {rep:?}");
         }
     }
 

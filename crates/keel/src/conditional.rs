@@ -26,6 +26,11 @@ pub struct Validators<'a> {
     pub etag: Option<&'a [u8]>,
     /// Its `Last-Modified`, in whole seconds since the epoch (what an HTTP-date holds).
     pub last_modified: Option<u64>,
+    /// When the answer these validators belong to was made, in the same seconds: a cache
+    /// entry's `Date`, the time a static file is answered. A `Last-Modified` is a strong
+    /// validator only when it is at least one second before that (RFC 9110 §8.8.2.2): the
+    /// representation may have changed again within its second.
+    pub date: u64,
 }
 
 /// What the preconditions of a GET or HEAD say (RFC 9110 §13.2.2, steps 1 to 4).
@@ -127,7 +132,8 @@ pub fn range(req: &HeaderMap, ours: Validators<'_>, len: u64) -> Range {
 }
 
 /// `If-Range` (RFC 9110 §13.1.5): a strong entity-tag equal to ours, or exactly our
-/// `Last-Modified` date. A weak tag never holds.
+/// `Last-Modified` date (as nginx compares it) while that date is a strong validator (at
+/// least one second before our `date`). A weak tag never holds.
 fn if_range_holds(value: &HeaderValue, ours: Validators<'_>) -> bool {
     let v = value.as_bytes();
     if v.starts_with(b"\"") {
@@ -138,7 +144,7 @@ fn if_range_holds(value: &HeaderValue, ours: Validators<'_>) -> bool {
         return false;
     }
     ours.last_modified
-        .is_some_and(|lm| http_date(value) == Some(lm))
+        .is_some_and(|lm| lm < ours.date && http_date(value) == Some(lm))
 }
 
 /// One `Range` value against `len` bytes. The unit is case-insensitive (RFC 9110 §14.1).
@@ -221,8 +227,12 @@ mod tests {
     const BEFORE: &str = "Sat, 05 Nov 1994 08:49:37 GMT";
     const AFTER: &str = "Mon, 07 Nov 1994 08:49:37 GMT";
 
+    fn date(text: &str) -> u64 {
+        seconds(httpdate::parse_http_date(text).unwrap())
+    }
+
     fn last_modified() -> Option<u64> {
-        Some(seconds(httpdate::parse_http_date(LM).unwrap()))
+        Some(date(LM))
     }
 
     #[test]
@@ -231,6 +241,7 @@ mod tests {
         let tagged = Validators {
             etag: Some(b"\"v1\""),
             last_modified: last_modified(),
+            date: date(AFTER),
         };
         let weak = Validators {
             etag: Some(b"W/\"v1\""),
@@ -243,6 +254,7 @@ mod tests {
         let bare = Validators {
             etag: None,
             last_modified: None,
+            ..tagged
         };
         /// The representation, the request's fields, what they say.
         type Row<'a> = (Validators<'a>, &'a [(&'a str, &'a str)], Precondition);
@@ -348,16 +360,19 @@ mod tests {
             let ours = Validators {
                 etag: None,
                 last_modified: None,
+                date: date(AFTER),
             };
             assert_eq!(range(&req, ours, *len), *want, "{value} of {len}");
         }
         assert_eq!(range(&HeaderMap::new(), ours_v1(), 12), Whole);
     }
 
+    /// Tagged, and last modified a day before its answer's `Date`.
     fn ours_v1() -> Validators<'static> {
         Validators {
             etag: Some(b"\"v1\""),
             last_modified: last_modified(),
+            date: date(AFTER),
         }
     }
 
@@ -366,10 +381,34 @@ mod tests {
         let weak = Validators {
             etag: Some(b"W/\"v1\""),
             last_modified: None,
+            ..ours_v1()
+        };
+        // Last modified in the second of its answer's `Date`, or one second before it.
+        let same_second = Validators {
+            date: date(LM),
+            ..ours_v1()
+        };
+        let second_before = Validators {
+            date: date("Sun, 06 Nov 1994 08:49:38 GMT"),
+            ..ours_v1()
         };
         let rows: &[(Validators, &str, Range)] = &[
             (ours_v1(), "\"v1\"", Range::Part(0, 4)),
             (ours_v1(), LM, Range::Part(0, 4)),
+            // A date is compared as nginx compares it (equal to `Last-Modified`), and only
+            // while it is a strong validator (RFC 9110 §13.1.5, §8.8.2.2).
+            (second_before, LM, Range::Part(0, 4)),
+            (same_second, LM, Range::Whole),
+            (same_second, "\"v1\"", Range::Part(0, 4)),
+            (
+                Validators {
+                    date: date(BEFORE),
+                    ..ours_v1()
+                },
+                LM,
+                Range::Whole,
+            ),
+            (ours_v1(), BEFORE, Range::Whole),
             (ours_v1(), "\"v2\"", Range::Whole),
             (ours_v1(), "W/\"v1\"", Range::Whole),
             (ours_v1(), AFTER, Range::Whole),

@@ -498,17 +498,23 @@ async fn serve_static<B>(
 
 /// Compression on a site that has it: one [`Plan`] for the request, decided from the
 /// representation the answer is about (`file`, a static root's, or what the answer's own
-/// fields say), and applied to the answer whatever its status or method, so that a HEAD, a
-/// 304 or a 206 says what the 200 to a GET says. Returns whether the body is now complete
-/// in memory.
+/// fields say; for a worker's 304, which need not carry a type, also what the request's
+/// `If-None-Match` says: [`Representation::of_not_modified`]), and applied to the answer
+/// whatever its status or method, so that a HEAD, a 304 or a 206 says what the 200 to a GET
+/// says. Returns whether the body is now complete in memory.
 async fn compress_answer(
     resp: &mut Response<ResponseBody>,
     request_headers: &HeaderMap,
     method: &http::Method,
     file: Option<Representation>,
 ) -> bool {
-    let rep =
-        file.unwrap_or_else(|| Representation::of(resp.headers(), identity_len(resp, method)));
+    let rep = match file {
+        Some(file) => file,
+        None if resp.status() == StatusCode::NOT_MODIFIED => {
+            Representation::of_not_modified(resp.headers(), request_headers)
+        }
+        None => Representation::of(resp.headers(), identity_len(resp, method)),
+    };
     let plan = Plan::decide(request_headers, &rep);
     // Whoever made the answer varied it on `Accept-Encoding` already (a worker's own
     // negotiation, a static root's precompressed files): keel's choice is not the only one.

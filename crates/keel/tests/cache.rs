@@ -562,6 +562,38 @@ fn a_range_unit_in_any_case_is_served_from_a_hit() {
     assert_eq!(count(a, "unit"), 1);
 }
 
+/// RFC 9110 §13.1.5: an `If-Range` date names the representation only when it is a strong
+/// validator, a `Last-Modified` at least one second before the entry's `Date` (§8.8.2.2).
+#[test]
+fn if_range_with_a_last_modified_as_late_as_the_date_gets_the_whole_answer() {
+    let d = start("admission = \"always\"", "");
+    let a = d.addr();
+    // Last-Modified and Date the same moment: the content may change again in that second.
+    let url = "/etag?id=lm-now&lm=now";
+    let first = get(a, url);
+    let lm = first.header("last-modified").unwrap().to_owned();
+    assert_eq!(first.header("date"), Some(lm.as_str()));
+    let if_range = format!("If-Range: {lm}");
+    for r in answers(a, url, &["Range: bytes=0-1", &if_range]) {
+        assert_eq!(r.status, 200, "{if_range}");
+        assert_eq!(r.text(), "0123456789abcdefghijklmnopqrstuvwxyz");
+    }
+    // The ETag is a strong validator all the same.
+    for r in answers(a, url, &["Range: bytes=0-1", "If-Range: \"v1\""]) {
+        assert_eq!((r.status, r.text().as_str()), (206, "01"));
+    }
+    // Last modified long before the entry arrived (it has no Date): the date names it, as
+    // nginx compares it.
+    let old = "/etag?id=lm-old";
+    assert_eq!(get(a, old).status, 200);
+    let if_range = "If-Range: Sun, 06 Nov 1994 08:49:37 GMT";
+    for r in answers(a, old, &["Range: bytes=0-1", if_range]) {
+        assert_eq!((r.status, r.text().as_str()), (206, "01"));
+    }
+    assert_eq!(count(a, "lm-now"), 1);
+    assert_eq!(count(a, "lm-old"), 1);
+}
+
 /// RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31 seconds.
 #[test]
 fn a_lifetime_past_any_integer_is_stored_as_2_pow_31_seconds() {

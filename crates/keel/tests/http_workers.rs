@@ -579,3 +579,62 @@ fn a_worker_answering_what_is_not_a_valid_response_gets_502_and_a_reason_and_kee
     d.wait_for_line("invalid chunk size", Duration::from_secs(5));
     assert_eq!(get(d.addr(), "/ok").text(), "ok");
 }
+
+/// A server on Python's `http.server` that writes the head of its answer to keel's readiness
+/// check (`OPTIONS *`) and its body a moment later, then says so on its stderr. Had the check
+/// closed its connection after the head, that write would fail and `socketserver` would print
+/// a traceback (`BrokenPipeError`) on the same stderr.
+const SLOW_BODY_SERVER: &str = r#"
+import socket, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def address_string(self):
+        return "keel"
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        time.sleep(0.2)
+        self.wfile.write(body)
+        sys.stderr.write(self.command + " answered in full\n")
+    def do_GET(self):
+        self.answer(b"hello")
+    def do_OPTIONS(self):
+        self.answer(b"ready")
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+server.serve_forever()
+"#;
+
+#[test]
+fn the_readiness_check_reads_the_whole_answer_before_it_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow_body.py"), SLOW_BODY_SERVER).unwrap();
+    let pool = format!(
+        "protocol = \"http\"\ncommand = [\"python3\", \"slow_body.py\"]\ncwd = \"{}\"",
+        dir.path().display()
+    );
+    let d = Daemon::start(&worker_config(&pool, ""));
+    // The first request starts the worker: it is answered once the check has passed.
+    let r = get(d.addr(), "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    let worker_said = |what: &str| d.log_lines().iter().any(|l| l.contains(what));
+    let broke = ["Traceback", "BrokenPipeError", "ConnectionResetError"];
+    wait_until(
+        Duration::from_secs(10),
+        "the readiness answer's end",
+        || worker_said("OPTIONS answered in full") || broke.iter().any(|w| worker_said(w)),
+    );
+    for what in broke {
+        assert!(
+            !worker_said(what),
+            "{what} in the worker's stderr:\n{}",
+            d.log_lines().join("\n")
+        );
+    }
+}

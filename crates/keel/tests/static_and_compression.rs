@@ -531,6 +531,35 @@ fn a_304_made_from_the_file_carries_the_etag_and_vary_of_the_200() {
     }
 }
 
+/// The demo worker's `/validated` answers an `If-None-Match` itself, with a 304 that has no
+/// `Content-Type`: keel describes it as the compressed 200 the client holds.
+#[test]
+fn a_workers_own_304_carries_the_etag_and_vary_of_the_compressed_200() {
+    let d = start("", &[]);
+    let ok = request(&d, "/validated", GZIP);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("content-encoding"), Some("gzip"));
+    assert_eq!(ok.header("etag"), Some("W/\"abc\""));
+    assert!(varies_on_accept_encoding(&ok));
+    let fields = format!("{GZIP}If-None-Match: W/\"abc\"\r\n");
+    for not_modified in [
+        bodiless(&d, "GET", "/validated", &fields),
+        head(&d, "/validated", &fields),
+    ] {
+        assert_eq!(not_modified.status, 304);
+        // Made by the worker, not from a cache entry.
+        assert_eq!(not_modified.header("x-cache"), Some("MISS"));
+        assert_eq!(not_modified.header("content-type"), None);
+        assert_eq!(not_modified.header("etag"), ok.header("etag"));
+        assert!(
+            varies_on_accept_encoding(&not_modified),
+            "{:?}",
+            not_modified.headers
+        );
+        assert!(not_modified.body.is_empty());
+    }
+}
+
 #[test]
 fn a_304_from_a_cached_entry_leaves_out_the_fields_of_a_body() {
     let (d, _) = start_with_comp2();

@@ -158,6 +158,9 @@ pub struct Entry {
     pub body: Bytes,
     pub etag: Option<HeaderValue>,
     pub last_modified: Option<SystemTime>,
+    /// Its `Date`, or when it arrived if it had none (RFC 9110 §6.6.1): what tells whether
+    /// its `Last-Modified` is a strong validator (`conditional::Validators::date`).
+    pub date: SystemTime,
     pub stored_at: Instant,
     /// The response's `Age` when it arrived.
     pub initial_age: Duration,
@@ -852,6 +855,11 @@ impl Cache {
                 .headers
                 .get(header::LAST_MODIFIED)
                 .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
+            date: c
+                .headers
+                .get(header::DATE)
+                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
+                .unwrap_or_else(SystemTime::now),
             headers: c.headers,
             body: BytesMut::from(body).freeze(),
             stored_at: Instant::now(),

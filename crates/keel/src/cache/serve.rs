@@ -131,6 +131,7 @@ fn validators(entry: &Entry) -> Validators<'_> {
     Validators {
         etag: entry.etag.as_ref().map(HeaderValue::as_bytes),
         last_modified: entry.last_modified.map(conditional::seconds),
+        date: conditional::seconds(entry.date),
     }
 }
 

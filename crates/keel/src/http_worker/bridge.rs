@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 const READY_POLL: Duration = Duration::from_millis(25);
 /// A health check that takes longer than this fails.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this much of a health check's answer body is read, for at most this long, before
+/// its connection is closed (a longer or slower body is cut there); it changes no verdict.
+const CHECK_BODY_MAX: usize = 64 * 1024;
+const CHECK_BODY_WAIT: Duration = Duration::from_secs(1);
 /// After a connection fails mid-request: time for the daemon to see the worker's exit, so
 /// the request follows the worker-loss rules (replay) instead of failing here.
 const LOSS_GRACE: Duration = Duration::from_secs(2);
@@ -135,7 +139,9 @@ async fn run(spec: BridgeSpec, upstream: Arc<Upstream>, pipe: tokio::io::DuplexS
 /// Readiness and health: the worker answers an HTTP request on a new connection (never one
 /// a request may be using). With a health path, a GET of it must answer 2xx; without, an
 /// `OPTIONS *` must get any answer at all. A connection alone proves nothing: the kernel
-/// accepts on a listening socket whether or not the application ever reads it.
+/// accepts on a listening socket whether or not the application ever reads it. The verdict
+/// is the head's; the body is then read to its end ([`read_answer_out`]) before the
+/// connection closes.
 async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
     let check = async {
         let mut lease = upstream.connect().await.ok()?;
@@ -155,12 +161,32 @@ async fn healthy(upstream: &Upstream, health_path: Option<&str>) -> bool {
         let response = upstream::drive(&mut lease.driver, lease.sender.send_request(request))
             .await
             .ok()?;
-        Some(health_path.is_none() || response.status().is_success())
+        let passed = health_path.is_none() || response.status().is_success();
+        Some((passed, lease, response.into_body()))
     };
-    matches!(
-        tokio::time::timeout(CHECK_TIMEOUT, check).await,
-        Ok(Some(true))
-    )
+    let Ok(Some((passed, mut lease, body))) = tokio::time::timeout(CHECK_TIMEOUT, check).await
+    else {
+        return false;
+    };
+    read_answer_out(&mut lease, body).await;
+    passed
+}
+
+/// Reads a health check's answer body to its end, within [`CHECK_BODY_MAX`] and
+/// [`CHECK_BODY_WAIT`], before its connection is closed: a server still writing it when the
+/// connection closes fails that write (EPIPE, ECONNRESET), which Python's `http.server`
+/// reports with a traceback on its stderr at every start and health check.
+async fn read_answer_out(lease: &mut Lease, mut body: hyper::body::Incoming) {
+    let read = async {
+        let mut seen = 0;
+        while seen <= CHECK_BODY_MAX {
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CHECK_BODY_WAIT, upstream::drive(&mut lease.driver, read)).await;
 }
 
 /// The service the SDK runs for each request: forward it to the worker.
