@@ -252,11 +252,39 @@ where
     S: AsyncWrite + SendFile + Unpin,
     E: std::future::Future<Output = Reason>,
 {
-    let Some((file, offset, len, log)) = file else {
-        return write_out(io, out, None, &mut 0, ctx, expired).await;
+    let (range, log) = match file {
+        Some((file, offset, len, log)) => (Some((file, offset, len)), log),
+        None => (None, None),
     };
+    if range.is_some() {
+        io.cork(true);
+    }
+    // One body of writes (every answer, a cache hit's included, passes here): the exits
+    // leave the block with how the connection ends, and the file's line is written after.
     let mut sent = 0;
-    let ended = write_out(io, out, Some((&file, offset, len)), &mut sent, ctx, expired).await;
+    let ended = 'write: {
+        tokio::select! {
+            biased;
+            written = io.write_all(out) => if written.is_err() {
+                break 'write Err(Front::Closed);
+            },
+            reason = expired.as_mut() => break 'write Err(Front::Expired(reason)),
+        }
+        if let Some((file, offset, len)) = &range {
+            tokio::select! {
+                biased;
+                done = io.send_file(file, *offset, *len, &mut sent) => if let Err(e) = done {
+                    // The client went away, or the file shrank under its Content-Length:
+                    // the answer is cut, as under hyper.
+                    tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
+                    break 'write Err(Front::Closed);
+                },
+                reason = expired.as_mut() => break 'write Err(Front::Expired(reason)),
+            }
+            io.cork(false);
+        }
+        Ok(())
+    };
     // Also for an answer cut short (the client left, the file shrank, a timer fired): the
     // line has the status sent and the file's bytes the socket took, as a body cut under
     // hyper has its line (`LoggedBody`).
@@ -265,45 +293,6 @@ where
         log.write();
     }
     ended
-}
-
-/// [`finish`]'s writes: `out`, then the file's range, counting its bytes in `sent`.
-async fn write_out<S, E>(
-    io: &mut S,
-    out: &[u8],
-    file: Option<(&std::fs::File, u64, u64)>,
-    sent: &mut u64,
-    ctx: &ConnContext,
-    expired: &mut Pin<&mut E>,
-) -> Result<(), Front>
-where
-    S: AsyncWrite + SendFile + Unpin,
-    E: std::future::Future<Output = Reason>,
-{
-    if file.is_some() {
-        io.cork(true);
-    }
-    tokio::select! {
-        biased;
-        written = io.write_all(out) => if written.is_err() {
-            return Err(Front::Closed);
-        },
-        reason = expired.as_mut() => return Err(Front::Expired(reason)),
-    }
-    if let Some((file, offset, len)) = file {
-        tokio::select! {
-            biased;
-            done = io.send_file(file, offset, len, sent) => if let Err(e) = done {
-                // The client went away, or the file shrank under its Content-Length: the
-                // answer is cut, as under hyper.
-                tracing::debug!(peer = %ctx.peer, "static file cut: {e}");
-                return Err(Front::Closed);
-            },
-            reason = expired.as_mut() => return Err(Front::Expired(reason)),
-        }
-        io.cork(false);
-    }
-    Ok(())
 }
 
 /// Where one field of a head lies in it (a head here is under [`MAX_BUFFERED`] bytes, so
