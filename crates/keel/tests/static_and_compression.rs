@@ -690,3 +690,40 @@ fn a_range_of_a_compressed_worker_answer_is_of_its_identity_bytes() {
     assert_eq!(r.header("content-encoding"), Some("gzip"), "{r:?}");
     assert_eq!(gunzip(&r.body), vec![b'c'; 5000]);
 }
+
+/// Slow clients of a large file each hold a bounded share of the daemon's memory: 20 of
+/// them reading a little at a time (the file streamed in chunks read on the blocking pool)
+/// grow its RSS by less than 40 MiB.
+#[test]
+fn slow_clients_of_a_large_file_hold_little_memory() {
+    use std::io::Write;
+    let d = start("", &[]);
+    let big = std::fs::File::create(public(&d).join("big.bin")).unwrap();
+    big.set_len(200 * 1024 * 1024).unwrap();
+    let rss = || common::rss_kib(d.pid()) * 1024;
+    let before = rss();
+    let mut clients: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(d.addr()).unwrap();
+            s.write_all(b"GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    let mut peak = before;
+    let mut buf = [0u8; 16 * 1024];
+    for _ in 0..40 {
+        for s in &mut clients {
+            assert!(s.read(&mut buf).unwrap() > 0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        peak = peak.max(rss());
+    }
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 40 << 20,
+        "20 slow clients grew the daemon by {} MiB",
+        grew >> 20
+    );
+}
