@@ -292,32 +292,41 @@ fn valid_port(port: &[u8]) -> bool {
         && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
 }
 
-/// The bytes a reg-name holds as they are (RFC 3986 unreserved and sub-delims, but `.`):
-/// one table lookup per byte of every request's Host ([`valid_host`]).
+/// RFC 3986's unreserved characters and sub-delims: what a URI component keeps as it is
+/// (a Host's reg-name, here and in [`valid_host`]; the path and query the HTTP/1.1 front
+/// takes as plain).
+pub const fn unreserved_or_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'a'..=b'z'
+            | b'A'..=b'Z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b';'
+            | b'='
+    )
+}
+
+/// The bytes a reg-name holds as they are ([`unreserved_or_sub_delim`], but `.`, which
+/// [`valid_host`] judges with its neighbour): one table lookup per byte of every request's
+/// Host.
 const REG_NAME_BYTES: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        table[b] = matches!(
-            b as u8,
-            b'a'..=b'z'
-                | b'A'..=b'Z'
-                | b'0'..=b'9'
-                | b'-'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        );
+        table[b] = b as u8 != b'.' && unreserved_or_sub_delim(b as u8);
         b += 1;
     }
     table

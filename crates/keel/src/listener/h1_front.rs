@@ -335,29 +335,8 @@ struct Scanned {
 /// (RFC 3986), which `http::Uri` keeps as they are. Anything else (a fragment, quotes,
 /// braces, non-ASCII) takes the request's own path.
 fn plain_target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'?'
-                | b'%'
-        )
+    crate::request_check::unreserved_or_sub_delim(b)
+        || matches!(b, b':' | b'@' | b'/' | b'?' | b'%')
 }
 
 /// The bytes `HeaderValue::to_str` takes.
