@@ -212,16 +212,7 @@ pub fn seconds(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
-    fn fields(list: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in list {
-            h.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_fields::header_map as fields;
 
     const LM: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
     const BEFORE: &str = "Sat, 05 Nov 1994 08:49:37 GMT";

@@ -23,3 +23,21 @@ pub mod request_path;
 pub mod routing;
 pub mod static_files;
 pub mod upgrade;
+
+/// Helpers for the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_fields {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A field map from `(name, value)` pairs, in order (a name may repeat).
+    pub fn header_map(list: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in list {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        h
+    }
+}

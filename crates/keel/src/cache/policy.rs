@@ -187,16 +187,7 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn headers(list: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in list {
-            h.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_fields::header_map as headers;
 
     #[test]
     fn table() {

@@ -16,19 +16,18 @@ fn cache(admission: CacheAdmission, max_bytes: u64) -> Arc<Cache> {
     )
 }
 
-fn headers(list: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (n, v) in list {
-        h.append(
-            HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h
-}
+use crate::test_fields::header_map as headers;
 
-/// Stores `body` for `url` as pool `pool` would, if policy and admission allow.
-fn put(c: &Cache, url: &str, req: &HeaderMap, resp: &HeaderMap, pool: &str, body: &[u8]) {
+/// A 200 answered by pool `pool` (retired when `retired` is set) for site `s`, ready to
+/// be stored when its body is complete.
+fn candidate(
+    c: &Cache,
+    url: &str,
+    req: &HeaderMap,
+    resp: &HeaderMap,
+    pool: &str,
+    retired: Option<&Arc<AtomicBool>>,
+) -> Candidate {
     let lifetime = policy::decide(
         &Method::GET,
         req,
@@ -39,19 +38,23 @@ fn put(c: &Cache, url: &str, req: &HeaderMap, resp: &HeaderMap, pool: &str, body
     )
     .unwrap();
     let site: Arc<str> = "s".into();
-    let cand = c.candidate(
+    c.candidate(
         url.into(),
         req,
         StatusCode::OK,
         resp,
         lifetime,
         pool,
-        None,
+        retired,
         &site,
         false,
         false,
-    );
-    c.finish(cand, body);
+    )
+}
+
+/// Stores `body` for `url` as pool `pool` would, if policy and admission allow.
+fn put(c: &Cache, url: &str, req: &HeaderMap, resp: &HeaderMap, pool: &str, body: &[u8]) {
+    c.finish(candidate(c, url, req, resp, pool, None), body);
 }
 
 fn hit(c: &Cache, url: &str, req: &HeaderMap) -> Option<Bytes> {
@@ -101,31 +104,8 @@ fn a_retired_pools_answer_is_shared_but_not_stored() {
     let c = cache(CacheAdmission::Always, 1 << 20);
     let none = HeaderMap::new();
     let public = headers(PUBLIC);
-    let site: Arc<str> = "s".into();
-    let lifetime = || {
-        policy::decide(
-            &Method::GET,
-            &none,
-            StatusCode::OK,
-            &public,
-            keel_proto::CachePolicy::None,
-            SystemTime::now(),
-        )
-        .unwrap()
-    };
     let candidate = |url: &str, retired: &Arc<AtomicBool>| {
-        c.candidate(
-            url.into(),
-            &none,
-            StatusCode::OK,
-            &public,
-            lifetime(),
-            "p",
-            Some(retired),
-            &site,
-            false,
-            false,
-        )
+        candidate(&c, url, &none, &public, "p", Some(retired))
     };
     // The request reached the pool before the reload; its body completes after it.
     let old = Arc::new(AtomicBool::new(false));

@@ -234,16 +234,7 @@ mod tests {
         }
     }
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_fields::header_map as map;
 
     #[test]
     fn client_copies_are_replaced_by_what_keel_saw() {
