@@ -413,6 +413,8 @@ impl Drop for FlightGuard {
 /// What a response needs to become an entry once its body is complete.
 pub struct Candidate {
     url: Arc<str>,
+    /// `url`'s key in the side tables ([`Cache::fingerprint`]).
+    fingerprint: Fingerprint,
     status: StatusCode,
     headers: HeaderMap,
     lifetime: Lifetime,
@@ -578,8 +580,10 @@ impl Cache {
         site: &Arc<str>,
         absent: bool,
     ) -> (Lookup, bool) {
-        let passed = self.pass.contains_key(&self.fingerprint(url));
-        (self.lookup_inner(url, req, site, passed, absent), passed)
+        let fingerprint = self.fingerprint(url);
+        let passed = self.pass.contains_key(&fingerprint);
+        let found = self.lookup_inner(url, fingerprint, req, site, passed, absent);
+        (found, passed)
     }
 
     /// The URL's responses may be stored again: the next request takes the whole path.
@@ -599,6 +603,7 @@ impl Cache {
     fn lookup_inner(
         &self,
         url: &Arc<str>,
+        fingerprint: Fingerprint,
         req: &HeaderMap,
         site: &Arc<str>,
         passed: bool,
@@ -624,7 +629,7 @@ impl Cache {
             _ => {
                 self.count(site, CacheStatus::Miss);
                 if let Some(seen) = &self.seen {
-                    seen.get_with(self.fingerprint(url), Arc::default)
+                    seen.get_with(fingerprint, Arc::default)
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Lookup::Miss
@@ -781,7 +786,8 @@ impl Cache {
         refresh: bool,
         coding_chosen_here: bool,
     ) -> Candidate {
-        self.known.insert(self.fingerprint(&url), ());
+        let fingerprint = self.fingerprint(&url);
+        self.known.insert(fingerprint, ());
         let pool: Arc<str> = pool.into();
         let mut names: Vec<HeaderName> = Vec::new();
         for t in crate::header_list::members(resp, header::VARY) {
@@ -818,6 +824,7 @@ impl Cache {
         }
         Candidate {
             url,
+            fingerprint,
             status,
             headers,
             lifetime,
@@ -880,7 +887,7 @@ impl Cache {
         // and covers every entry inserted until then.
         let retired = || c.retired.as_ref().is_some_and(|r| r.load(Ordering::SeqCst));
         if body.len() <= self.settings.max_entry_bytes
-            && self.admit(&c.url, c.refresh)
+            && self.admit(c.fingerprint, c.refresh)
             && !retired()
         {
             self.insert(c.url, entry.clone());
@@ -901,12 +908,12 @@ impl Cache {
         entry
     }
 
-    fn admit(&self, url: &Arc<str>, refresh: bool) -> bool {
+    fn admit(&self, fingerprint: Fingerprint, refresh: bool) -> bool {
         match &self.seen {
             None => true,
             Some(_) if refresh => true,
             Some(seen) => seen
-                .get(&self.fingerprint(url))
+                .get(&fingerprint)
                 .is_some_and(|n| n.load(Ordering::Relaxed) >= FREQUENT_HITS),
         }
     }
