@@ -766,14 +766,8 @@ mod tests {
 
     #[test]
     fn a_workers_304_without_a_type_is_compressible_when_the_client_holds_a_weakened_tag() {
+        use crate::test_fields::header_map as fields;
         use Encoding::*;
-        let fields = |list: &[(&'static str, &'static str)]| {
-            let mut h = HeaderMap::new();
-            for &(name, value) in list {
-                h.append(header::HeaderName::from_static(name), hv(value));
-            }
-            h
-        };
         let strong = fields(&[("etag", "\"abc\"")]);
         // The 304's fields, the request's, the plan.
         type Row = (HeaderMap, HeaderMap, Plan);
