@@ -81,11 +81,7 @@ pub fn check<'r, B>(
         && !scheme.eq_ignore_ascii_case("http")
         && !scheme.eq_ignore_ascii_case("https")
     {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            Reason::Url,
-            "Bad Request (Invalid URL)\n",
-        ));
+        return Err(bad_url());
     }
     let target = parts
         .uri
@@ -125,11 +121,7 @@ fn check_path<'p>(
     path: &'p str,
     limits: &RequestLimits,
 ) -> Result<std::borrow::Cow<'p, str>, Refusal> {
-    let bad_url = refuse(
-        StatusCode::BAD_REQUEST,
-        Reason::Url,
-        "Bad Request (Invalid URL)\n",
-    );
+    let bad_url = bad_url();
     let within = |segments: usize, longest: usize| {
         segments <= limits.max_segments && longest <= limits.max_segment_chars
     };
@@ -222,6 +214,14 @@ fn check_host(parts: &Head<'_>) -> Result<(), Refusal> {
         return Err(bad_host());
     }
     Ok(())
+}
+
+fn bad_url() -> Refusal {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        Reason::Url,
+        "Bad Request (Invalid URL)\n",
+    )
 }
 
 fn bad_host() -> Refusal {
