@@ -858,15 +858,8 @@ impl Cache {
             prepared,
             prepared_says,
             etag: c.headers.get(header::ETAG).cloned(),
-            last_modified: c
-                .headers
-                .get(header::LAST_MODIFIED)
-                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()),
-            date: c
-                .headers
-                .get(header::DATE)
-                .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok())
-                .unwrap_or_else(SystemTime::now),
+            last_modified: policy::http_date(&c.headers, header::LAST_MODIFIED),
+            date: policy::http_date(&c.headers, header::DATE).unwrap_or_else(SystemTime::now),
             headers: c.headers,
             body: BytesMut::from(body).freeze(),
             stored_at: Instant::now(),

@@ -91,7 +91,8 @@ fn seconds(arg: &Option<String>) -> Option<Duration> {
     delta_seconds(arg.as_deref()?)
 }
 
-fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+/// The HTTP-date of `headers`' `name` field, if it has a readable one.
+pub(super) fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
     httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
 }
 
