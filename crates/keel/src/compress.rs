@@ -72,6 +72,18 @@ pub struct AcceptEncoding {
 }
 
 impl AcceptEncoding {
+    /// The codings a request with `headers` may be answered in: those of its
+    /// `Accept-Encoding`, or none but identity when it has a `Range`. A range is of the
+    /// identity bytes, whether its answer is a 206 made here (from a file, a precompressed
+    /// sibling's original or a cache entry) or the whole 200, and the cache keys such a
+    /// request by the identity variant.
+    pub fn of_request(headers: &HeaderMap) -> Self {
+        if headers.contains_key(header::RANGE) {
+            return AcceptEncoding::default();
+        }
+        AcceptEncoding::of(headers)
+    }
+
     /// The request's `Accept-Encoding`, all its lines. Malformed members are skipped; a
     /// malformed q-value counts as q=0 (refused), the safe reading.
     pub fn of(headers: &HeaderMap) -> Self {
@@ -154,14 +166,12 @@ fn parse_q(s: &str) -> Option<f32> {
 }
 
 /// The coding to compress a response to a request with `headers` with, or `None` for
-/// identity. A request with `Range` gets identity: its range is of the identity bytes,
-/// whether its answer is a 206 made here (from a file or a cache entry) or the whole 200
-/// (and the cache keys such a request by the identity variant).
+/// identity ([`AcceptEncoding::of_request`]).
 pub fn choose(headers: &HeaderMap) -> Option<Encoding> {
-    if headers.contains_key(header::RANGE) {
-        return None;
-    }
-    AcceptEncoding::of(headers).ranked().first().copied()
+    AcceptEncoding::of_request(headers)
+        .ranked()
+        .first()
+        .copied()
 }
 
 /// Whether a response is worth compressing: a textual type, at least `MIN_SIZE` long (an

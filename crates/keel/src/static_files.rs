@@ -505,14 +505,9 @@ impl Conditions {
                 fields.append(name.clone(), value.clone());
             }
         }
-        // A range is of the identity bytes (`compress::choose`): no precompressed sibling.
-        let accept_encoding = if h.contains_key(header::RANGE) {
-            AcceptEncoding::default()
-        } else {
-            AcceptEncoding::of(h)
-        };
         Conditions {
-            accept_encoding,
+            // A request with `Range` takes no precompressed sibling.
+            accept_encoding: AcceptEncoding::of_request(h),
             fields,
         }
     }
